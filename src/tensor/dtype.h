@@ -1,0 +1,59 @@
+// Tensor element types, numbered exactly as GGUF/ggml number them, and the one trait table that
+// describes each (design.md seam 5): block size, bytes per block, conversion functions, and the
+// activation format its dot product consumes.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace moe {
+
+enum class DType : uint32_t {
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  BF16 = 30,
+};
+
+// Dequantize n elements (n is a multiple of block_elems).
+using DequantizeFn = void (*)(const void* src, float* dst, int64_t n);
+// Quantize n elements (n is a multiple of block_elems). Reference-quality quantizer used for writing models.
+using QuantizeFn = void (*)(const float* src, void* dst, int64_t n);
+// Dot product of one weight row (this dtype) with one activation row already converted to vec_dot_type.
+using VecDotFn = float (*)(int64_t n, const void* weight_row, const void* act_row);
+
+struct DTypeTraits {
+  DType type;
+  std::string_view name;   // ggml's name, e.g. "q4_K"
+  int64_t block_elems;     // elements per block (1 for F32/F16/BF16)
+  size_t block_bytes;      // bytes per block
+  bool is_quantized;
+  DType vec_dot_type;      // format activations are converted to before vec_dot (as llama.cpp does)
+  DequantizeFn dequantize;
+  QuantizeFn quantize;     // nullptr only where no quantizer exists
+  VecDotFn vec_dot;        // fastest kernel for this CPU (chosen once at startup); nullptr for activation-only types
+  VecDotFn vec_dot_ref;    // plain scalar reference
+};
+
+// Returns nullptr for unknown / unsupported type numbers.
+const DTypeTraits* find_dtype(uint32_t raw);
+// Throws moe::Error for unsupported types.
+const DTypeTraits& dtype_traits(DType t);
+std::optional<DType> dtype_from_name(std::string_view name);  // case-insensitive "q4_k", "f16", ...
+
+// Bytes for a row of n elements; throws if n is not a multiple of the block size.
+size_t row_bytes(DType t, int64_t n);
+
+}  // namespace moe
