@@ -1,0 +1,48 @@
+#include "kernels/matmul.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/error.h"
+
+namespace moe::kernels {
+
+void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n, int64_t x_stride) {
+  const DTypeTraits& tr = dtype_traits(type);
+  type_ = type;
+  n_tokens_ = n_tokens;
+  n_ = n;
+  row_bytes_ = row_bytes(type, n);
+  const size_t need = row_bytes_ * static_cast<size_t>(n_tokens);
+  if (data_.size() < need) data_.resize(need);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    uint8_t* dst = data_.data() + static_cast<size_t>(t) * row_bytes_;
+    if (type == DType::F32) {
+      std::memcpy(dst, x + t * x_stride, static_cast<size_t>(n) * sizeof(float));
+    } else {
+      tr.quantize(x + t * x_stride, dst, n);
+    }
+  }
+}
+
+void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, int64_t r0, int64_t r1) {
+  const DTypeTraits& tr = dtype_traits(w.type);
+  const VecDotFn dot = tr.vec_dot;
+  // Token-inner loop: a weight row stays in cache while it meets every token.
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* wr = w.data + static_cast<size_t>(r) * w.row_bytes;
+    for (int64_t t = 0; t < act.n_tokens(); ++t) y[t * y_stride + r] = dot(w.cols, wr, act.row(t));
+  }
+}
+
+void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, ThreadPool& pool) {
+  if (act.n() != w.cols) fail("matmul: activation length {} != weight columns {}", act.n(), w.cols);
+  if (act.type() != dtype_traits(w.type).vec_dot_type)
+    fail("matmul: activations are {} but {} weights need {}", dtype_traits(act.type()).name,
+         dtype_traits(w.type).name, dtype_traits(dtype_traits(w.type).vec_dot_type).name);
+  // Chunks of rows sized so each chunk is a few tens of KB of weights.
+  const int64_t grain = std::max<int64_t>(4, static_cast<int64_t>(32768 / std::max<size_t>(1, w.row_bytes)));
+  pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) { matmul_rows(w, act, y, y_stride, r0, r1); });
+}
+
+}  // namespace moe::kernels

@@ -1,0 +1,47 @@
+// Matrix-times-activations driver over the dtype trait table. Activations are converted once per
+// call into the weight type's vec_dot format (as llama.cpp does: F16 for F16 weights, Q8_0 / Q8_1 /
+// Q8_K for quantized ones), then each output row is one vec_dot per token. Rows are split across the
+// pool in dynamic chunks.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "tensor/dtype.h"
+
+namespace moe::kernels {
+
+// A row-major matrix in ggml order: `rows` rows of `cols` elements, each row `row_bytes` long.
+struct MatrixRef {
+  const uint8_t* data = nullptr;
+  DType type = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_bytes = 0;
+};
+
+// Activations converted to one vec_dot format. Reused across calls so decode does not allocate.
+class ActBuffer {
+ public:
+  // Converts n_tokens rows of n floats (stride x_stride floats) to `type`.
+  void convert(DType type, const float* x, int64_t n_tokens, int64_t n, int64_t x_stride);
+  DType type() const { return type_; }
+  int64_t n_tokens() const { return n_tokens_; }
+  int64_t n() const { return n_; }
+  const uint8_t* row(int64_t t) const { return data_.data() + static_cast<size_t>(t) * row_bytes_; }
+
+ private:
+  std::vector<uint8_t> data_;
+  DType type_ = DType::F32;
+  int64_t n_tokens_ = 0;
+  int64_t n_ = 0;
+  size_t row_bytes_ = 0;
+};
+
+// y[t * y_stride + r] = dot(W[r], act[t]) for all rows r and tokens t. act must be in W's vec_dot_type.
+void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, ThreadPool& pool);
+
+// Same, single-threaded, over rows [r0, r1) (building block for fused parallel regions).
+void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, int64_t r0, int64_t r1);
+
+}  // namespace moe::kernels

@@ -1,0 +1,36 @@
+// Elementwise and row kernels used by the forward pass. Their arithmetic follows ggml's CPU backend
+// where that matters for matching llama.cpp (e.g. RMSNorm sums in double, rope angles advance by
+// repeated multiplication in float).
+#pragma once
+#include <cstdint>
+
+namespace moe::kernels {
+
+// y = x / sqrt(mean(x^2) + eps) * w   (w may be null). y may alias x.
+void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps);
+
+// Rotary embedding of one head vector of length head_dim in place, rotating the first n_rot dims.
+// neox: pairs (i, i + n_rot/2); otherwise pairs (2i, 2i+1).
+void rope(float* x, int64_t n_rot, int64_t pos, float freq_base, float freq_scale, bool neox);
+// Precomputes cos/sin for one position: cs[2*i] = cos, cs[2*i+1] = sin, i < n_rot/2.
+void rope_angles(float* cs, int64_t n_rot, int64_t pos, float freq_base, float freq_scale);
+void rope_apply(float* x, const float* cs, int64_t n_rot, bool neox);
+
+// In-place softmax over n values (max-subtracted, sum in double).
+void softmax(float* x, int64_t n);
+
+inline float silu(float x);
+// out[i] = silu(gate[i]) * up[i]
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+
+void add(float* y, const float* x, int64_t n);            // y += x
+void scale(float* y, float s, int64_t n);                 // y *= s
+void axpy(float* y, float a, const float* x, int64_t n);  // y += a*x
+float dot_f32(const float* a, const float* b, int64_t n);
+
+}  // namespace moe::kernels
+
+#include <cmath>
+namespace moe::kernels {
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+}  // namespace moe::kernels

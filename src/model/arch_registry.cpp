@@ -1,0 +1,302 @@
+#include <cmath>
+
+#include "base/error.h"
+#include "format/gguf.h"
+#include "model/arch.h"
+
+namespace moe {
+
+const ArchDescriptor* find_arch(const std::string& name) {
+  // The one registry line per architecture.
+  static const ArchDescriptor* const kArchs[] = {
+      &arch_qwen3moe(), &arch_qwen2moe(), &arch_llama(), &arch_olmoe(), &arch_deepseek(), &arch_granitemoe(),
+  };
+  for (const auto* a : kArchs)
+    if (a->name == name) return a;
+  return nullptr;
+}
+
+std::vector<std::string> supported_archs() {
+  return {"qwen3moe", "qwen2moe", "llama", "olmoe", "deepseek", "granitemoe"};
+}
+
+const char* role_name(Role r) {
+  static const char* const kNames[] = {
+      "token_embd", "output_norm", "output", "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+      "attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias", "attn_q_norm", "attn_k_norm",
+      "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp", "exp_probs_b", "ffn_gate_exps",
+      "ffn_up_exps", "ffn_down_exps", "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp", "ffn_gate_inp_shexp"};
+  static_assert(sizeof(kNames) / sizeof(kNames[0]) == static_cast<size_t>(Role::Count));
+  return kNames[static_cast<int>(r)];
+}
+
+const char* placement_name(Placement p) {
+  switch (p) {
+    case Placement::Embedding: return "embeddings";
+    case Placement::Attention: return "attention";
+    case Placement::Router: return "router";
+    case Placement::Expert: return "experts";
+    case Placement::SharedExpert: return "shared";
+    case Placement::DenseFfn: return "dense_ffn";
+    case Placement::Norm: return "norms";
+    case Placement::Output: return "output";
+  }
+  return "?";
+}
+
+float ModelSpec::kq_scale() const {
+  return attn_scale != 0.0f ? attn_scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
+}
+
+namespace {
+
+// A per-layer hyperparameter that GGUF may store as a scalar or as an array with one value per layer.
+int64_t per_layer_uint(const gguf::File& f, const std::string& key, int layer, int64_t def, bool required) {
+  const gguf::Value* v = f.find(key);
+  if (!v) {
+    if (required) fail("{}: missing required key '{}'", f.path(), key);
+    return def;
+  }
+  if (v->type == gguf::ValueType::ARRAY) {
+    auto arr = f.get_int_array(key);
+    if (layer >= static_cast<int>(arr.size()))
+      fail("{}: key '{}': array has {} entries, expected one per layer", f.path(), key, arr.size());
+    return arr[layer];
+  }
+  return static_cast<int64_t>(f.get_uint(key));
+}
+
+void check_positive(const gguf::File& f, const std::string& key, int64_t v, int64_t max) {
+  if (v <= 0 || v > max) fail("{}: key '{}': value {} out of range [1, {}]", f.path(), key, v, max);
+}
+
+}  // namespace
+
+ModelSpec load_model_spec(const gguf::File& f, const ArchDescriptor& arch) {
+  ModelSpec s;
+  s.arch = arch.name;
+  s.name = f.get_string_or("general.name", "");
+  const std::string p = arch.name + ".";
+  s.n_embd = static_cast<int64_t>(f.get_uint(p + "embedding_length"));
+  check_positive(f, p + "embedding_length", s.n_embd, 1 << 20);
+  s.n_layer = static_cast<int>(f.get_uint(p + "block_count"));
+  check_positive(f, p + "block_count", s.n_layer, 4096);
+  s.n_ctx_train = static_cast<int64_t>(f.get_uint_or(p + "context_length", 4096));
+  s.n_head = static_cast<int>(per_layer_uint(f, p + "attention.head_count", 0, 0, true));
+  check_positive(f, p + "attention.head_count", s.n_head, 1 << 12);
+  s.n_head_kv = static_cast<int>(per_layer_uint(f, p + "attention.head_count_kv", 0, s.n_head, false));
+  check_positive(f, p + "attention.head_count_kv", s.n_head_kv, s.n_head);
+  if (s.n_head % s.n_head_kv != 0)
+    fail("{}: key '{}': {} heads are not a multiple of {} kv heads", f.path(), p + "attention.head_count_kv",
+         s.n_head, s.n_head_kv);
+  s.head_dim = static_cast<int64_t>(f.get_uint_or(p + "attention.key_length", s.n_embd / s.n_head));
+  check_positive(f, p + "attention.key_length", s.head_dim, 1024);  // real models use <= 256
+  int64_t v_len = static_cast<int64_t>(f.get_uint_or(p + "attention.value_length", s.head_dim));
+  if (v_len != s.head_dim)
+    fail("{}: key '{}': value_length {} != key_length {} is not supported", f.path(), p + "attention.value_length",
+         v_len, s.head_dim);
+  s.n_rot = static_cast<int64_t>(f.get_uint_or(p + "rope.dimension_count", s.head_dim));
+  if (s.n_rot <= 0 || s.n_rot > s.head_dim || s.n_rot % 2)
+    fail("{}: key '{}': {} must be even and <= head dim {}", f.path(), p + "rope.dimension_count", s.n_rot, s.head_dim);
+  s.rope_base = static_cast<float>(f.get_float_or(p + "rope.freq_base", 10000.0));
+  std::string scaling = f.get_string_or(p + "rope.scaling.type", "none");
+  if (scaling == "linear") {
+    double factor = f.get_float_or(p + "rope.scaling.factor", 1.0);
+    if (factor > 0) s.rope_freq_scale = static_cast<float>(1.0 / factor);
+  } else if (scaling != "none") {
+    fail("{}: key '{}': rope scaling '{}' is not supported", f.path(), p + "rope.scaling.type", scaling);
+  }
+  s.rms_eps = static_cast<float>(f.get_float_or(p + "attention.layer_norm_rms_epsilon", 1e-6));
+  s.attn_scale = static_cast<float>(f.get_float_or(p + "attention.scale", 0.0));
+
+  if (f.has(p + "vocab_size")) {
+    s.n_vocab = static_cast<int64_t>(f.get_uint(p + "vocab_size"));
+  } else if (f.has("tokenizer.ggml.tokens")) {
+    s.n_vocab = static_cast<int64_t>(f.get_string_array("tokenizer.ggml.tokens").size());
+  } else if (const auto* t = f.find_tensor("token_embd.weight"); t && t->dims.size() == 2) {
+    s.n_vocab = t->dims[1];
+  }
+  check_positive(f, p + "vocab_size", s.n_vocab, int64_t(1) << 24);
+
+  // Generic MoE fields; the arch hook sets the routing rules and block structure.
+  const int n_expert = static_cast<int>(f.get_uint_or(p + "expert_count", 0));
+  const int n_used = static_cast<int>(f.get_uint_or(p + "expert_used_count", 0));
+  if (n_expert < 0 || n_expert > 65536) fail("{}: key '{}': {} out of range", f.path(), p + "expert_count", n_expert);
+  if (n_expert > 0 && (n_used <= 0 || n_used > n_expert))
+    fail("{}: key '{}': {} must be in [1, expert_count={}]", f.path(), p + "expert_used_count", n_used, n_expert);
+  s.layers.resize(s.n_layer);
+  for (int il = 0; il < s.n_layer; ++il) {
+    LayerSpec& L = s.layers[il];
+    L.n_ff_dense = per_layer_uint(f, p + "feed_forward_length", il, 0, false);
+    L.is_moe = n_expert > 0;
+    L.moe.n_expert = n_expert;
+    L.moe.n_expert_used = n_used;
+    L.moe.n_ff_exp = per_layer_uint(f, p + "expert_feed_forward_length", il, L.n_ff_dense, false);
+  }
+  s.tied_output = f.find_tensor("output.weight") == nullptr;
+  arch.load_spec(f, s);
+  for (int il = 0; il < s.n_layer; ++il) {
+    const LayerSpec& L = s.layers[il];
+    if (L.is_moe) {
+      check_positive(f, p + "expert_feed_forward_length", L.moe.n_ff_exp, int64_t(1) << 20);
+      if (L.moe.n_shared > 0) check_positive(f, p + "expert_shared_feed_forward_length", L.moe.n_ff_shexp, 1 << 20);
+    } else {
+      check_positive(f, p + "feed_forward_length", L.n_ff_dense, int64_t(1) << 22);
+    }
+  }
+  return s;
+}
+
+void save_model_spec(const ModelSpec& s, const ArchDescriptor& arch, gguf::Writer& w) {
+  using gguf::Value;
+  const std::string p = arch.name + ".";
+  w.set("general.architecture", Value::make_string(arch.name));
+  if (!s.name.empty()) w.set("general.name", Value::make_string(s.name));
+  w.set(p + "vocab_size", Value::make_u32(static_cast<uint32_t>(s.n_vocab)));
+  w.set(p + "context_length", Value::make_u32(static_cast<uint32_t>(s.n_ctx_train)));
+  w.set(p + "embedding_length", Value::make_u32(static_cast<uint32_t>(s.n_embd)));
+  w.set(p + "block_count", Value::make_u32(static_cast<uint32_t>(s.n_layer)));
+  // The dense width: from the first dense layer if any, else the expert width (as converters do).
+  int64_t n_ff = 0, n_ff_exp = 0;
+  int n_expert = 0, n_used = 0;
+  for (const auto& L : s.layers) {
+    if (!L.is_moe && n_ff == 0) n_ff = L.n_ff_dense;
+    if (L.is_moe && n_expert == 0) {
+      n_expert = L.moe.n_expert;
+      n_used = L.moe.n_expert_used;
+      n_ff_exp = L.moe.n_ff_exp;
+    }
+  }
+  w.set(p + "feed_forward_length", Value::make_u32(static_cast<uint32_t>(n_ff ? n_ff : n_ff_exp)));
+  w.set(p + "attention.head_count", Value::make_u32(static_cast<uint32_t>(s.n_head)));
+  w.set(p + "attention.head_count_kv", Value::make_u32(static_cast<uint32_t>(s.n_head_kv)));
+  w.set(p + "attention.key_length", Value::make_u32(static_cast<uint32_t>(s.head_dim)));
+  w.set(p + "attention.value_length", Value::make_u32(static_cast<uint32_t>(s.head_dim)));
+  w.set(p + "attention.layer_norm_rms_epsilon", Value::make_f32(s.rms_eps));
+  if (s.attn_scale != 0.0f) w.set(p + "attention.scale", Value::make_f32(s.attn_scale));
+  w.set(p + "rope.freq_base", Value::make_f32(s.rope_base));
+  w.set(p + "rope.dimension_count", Value::make_u32(static_cast<uint32_t>(s.n_rot)));
+  if (n_expert > 0) {
+    w.set(p + "expert_count", Value::make_u32(static_cast<uint32_t>(n_expert)));
+    w.set(p + "expert_used_count", Value::make_u32(static_cast<uint32_t>(n_used)));
+    w.set(p + "expert_feed_forward_length", Value::make_u32(static_cast<uint32_t>(n_ff_exp)));
+  }
+  if (arch.save_spec) arch.save_spec(s, w);
+}
+
+namespace roles {
+
+using Shape = std::vector<int64_t>;
+
+std::vector<TensorRoleDesc> common_io(bool output_optional) {
+  return {
+      {Role::TokenEmbd, "token_embd.weight", false, Placement::Embedding,
+       [](const ModelSpec& s, int) { return Shape{s.n_embd, s.n_vocab}; }},
+      {Role::OutputNorm, "output_norm.weight", false, Placement::Norm,
+       [](const ModelSpec& s, int) { return Shape{s.n_embd}; }},
+      {Role::Output, "output.weight", false, Placement::Output,
+       [](const ModelSpec& s, int) { return Shape{s.n_embd, s.n_vocab}; }, output_optional},
+  };
+}
+
+std::vector<TensorRoleDesc> common_attention(bool with_qkv_bias, QkNorm qk_norm) {
+  std::vector<TensorRoleDesc> r = {
+      {Role::AttnNorm, "blk.%d.attn_norm.weight", true, Placement::Norm,
+       [](const ModelSpec& s, int) { return Shape{s.n_embd}; }},
+      {Role::AttnQ, "blk.%d.attn_q.weight", true, Placement::Attention,
+       [](const ModelSpec& s, int) { return Shape{s.n_embd, s.q_dim()}; }},
+      {Role::AttnK, "blk.%d.attn_k.weight", true, Placement::Attention,
+       [](const ModelSpec& s, int) { return Shape{s.n_embd, s.kv_dim()}; }},
+      {Role::AttnV, "blk.%d.attn_v.weight", true, Placement::Attention,
+       [](const ModelSpec& s, int) { return Shape{s.n_embd, s.kv_dim()}; }},
+      {Role::AttnOut, "blk.%d.attn_output.weight", true, Placement::Attention,
+       [](const ModelSpec& s, int) { return Shape{s.q_dim(), s.n_embd}; }},
+      {Role::AttnOutBias, "blk.%d.attn_output.bias", true, Placement::Attention,
+       [](const ModelSpec& s, int) { return Shape{s.n_embd}; }, true},
+  };
+  if (with_qkv_bias) {
+    r.push_back({Role::AttnQBias, "blk.%d.attn_q.bias", true, Placement::Attention,
+                 [](const ModelSpec& s, int) { return Shape{s.q_dim()}; }});
+    r.push_back({Role::AttnKBias, "blk.%d.attn_k.bias", true, Placement::Attention,
+                 [](const ModelSpec& s, int) { return Shape{s.kv_dim()}; }});
+    r.push_back({Role::AttnVBias, "blk.%d.attn_v.bias", true, Placement::Attention,
+                 [](const ModelSpec& s, int) { return Shape{s.kv_dim()}; }});
+  }
+  if (qk_norm == QkNorm::PerHead) {
+    r.push_back({Role::AttnQNorm, "blk.%d.attn_q_norm.weight", true, Placement::Norm,
+                 [](const ModelSpec& s, int) { return Shape{s.head_dim}; }});
+    r.push_back({Role::AttnKNorm, "blk.%d.attn_k_norm.weight", true, Placement::Norm,
+                 [](const ModelSpec& s, int) { return Shape{s.head_dim}; }});
+  } else if (qk_norm == QkNorm::Full) {
+    r.push_back({Role::AttnQNorm, "blk.%d.attn_q_norm.weight", true, Placement::Norm,
+                 [](const ModelSpec& s, int) { return Shape{s.q_dim()}; }});
+    r.push_back({Role::AttnKNorm, "blk.%d.attn_k_norm.weight", true, Placement::Norm,
+                 [](const ModelSpec& s, int) { return Shape{s.kv_dim()}; }});
+  }
+  r.push_back({Role::FfnNorm, "blk.%d.ffn_norm.weight", true, Placement::Norm,
+               [](const ModelSpec& s, int) { return Shape{s.n_embd}; }});
+  return r;
+}
+
+std::vector<TensorRoleDesc> dense_ffn() {
+  auto dense = [](Shape (*f)(const ModelSpec&, const LayerSpec&)) {
+    return [f](const ModelSpec& s, int il) { return s.layers[il].is_moe ? Shape{} : f(s, s.layers[il]); };
+  };
+  return {
+      {Role::FfnGate, "blk.%d.ffn_gate.weight", true, Placement::DenseFfn,
+       dense([](const ModelSpec& s, const LayerSpec& L) { return Shape{s.n_embd, L.n_ff_dense}; })},
+      {Role::FfnUp, "blk.%d.ffn_up.weight", true, Placement::DenseFfn,
+       dense([](const ModelSpec& s, const LayerSpec& L) { return Shape{s.n_embd, L.n_ff_dense}; })},
+      {Role::FfnDown, "blk.%d.ffn_down.weight", true, Placement::DenseFfn,
+       dense([](const ModelSpec& s, const LayerSpec& L) { return Shape{L.n_ff_dense, s.n_embd}; })},
+  };
+}
+
+std::vector<TensorRoleDesc> routed_experts() {
+  auto moe = [](Shape (*f)(const ModelSpec&, const MoeSpec&)) {
+    return [f](const ModelSpec& s, int il) { return s.layers[il].is_moe ? f(s, s.layers[il].moe) : Shape{}; };
+  };
+  return {
+      {Role::Router, "blk.%d.ffn_gate_inp.weight", true, Placement::Router,
+       moe([](const ModelSpec& s, const MoeSpec& m) { return Shape{s.n_embd, m.n_expert}; })},
+      {Role::RouterBias, "blk.%d.exp_probs_b.bias", true, Placement::Router,
+       moe([](const ModelSpec&, const MoeSpec& m) { return m.has_selection_bias ? Shape{m.n_expert} : Shape{}; })},
+      {Role::ExpGate, "blk.%d.ffn_gate_exps.weight", true, Placement::Expert,
+       moe([](const ModelSpec& s, const MoeSpec& m) { return Shape{s.n_embd, m.n_ff_exp, m.n_expert}; })},
+      {Role::ExpUp, "blk.%d.ffn_up_exps.weight", true, Placement::Expert,
+       moe([](const ModelSpec& s, const MoeSpec& m) { return Shape{s.n_embd, m.n_ff_exp, m.n_expert}; })},
+      {Role::ExpDown, "blk.%d.ffn_down_exps.weight", true, Placement::Expert,
+       moe([](const ModelSpec& s, const MoeSpec& m) { return Shape{m.n_ff_exp, s.n_embd, m.n_expert}; })},
+  };
+}
+
+std::vector<TensorRoleDesc> shared_experts(bool with_gate) {
+  auto sh = [](Shape (*f)(const ModelSpec&, const MoeSpec&)) {
+    return [f](const ModelSpec& s, int il) {
+      const LayerSpec& L = s.layers[il];
+      return L.is_moe && L.moe.n_shared > 0 ? f(s, L.moe) : Shape{};
+    };
+  };
+  std::vector<TensorRoleDesc> r = {
+      {Role::ShexpGate, "blk.%d.ffn_gate_shexp.weight", true, Placement::SharedExpert,
+       sh([](const ModelSpec& s, const MoeSpec& m) { return Shape{s.n_embd, m.n_ff_shexp}; })},
+      {Role::ShexpUp, "blk.%d.ffn_up_shexp.weight", true, Placement::SharedExpert,
+       sh([](const ModelSpec& s, const MoeSpec& m) { return Shape{s.n_embd, m.n_ff_shexp}; })},
+      {Role::ShexpDown, "blk.%d.ffn_down_shexp.weight", true, Placement::SharedExpert,
+       sh([](const ModelSpec& s, const MoeSpec& m) { return Shape{m.n_ff_shexp, s.n_embd}; })},
+  };
+  if (with_gate) {
+    r.push_back({Role::ShexpRouter, "blk.%d.ffn_gate_inp_shexp.weight", true, Placement::SharedExpert,
+                 sh([](const ModelSpec& s, const MoeSpec&) { return Shape{s.n_embd}; })});
+  }
+  return r;
+}
+
+std::vector<TensorRoleDesc> concat(std::initializer_list<std::vector<TensorRoleDesc>> groups) {
+  std::vector<TensorRoleDesc> out;
+  for (const auto& g : groups) out.insert(out.end(), g.begin(), g.end());
+  return out;
+}
+
+}  // namespace roles
+}  // namespace moe

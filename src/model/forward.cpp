@@ -1,0 +1,195 @@
+#include "model/forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "base/error.h"
+#include "kernels/ops.h"
+#include "tensor/fp16.h"
+
+namespace moe {
+
+KvCache::KvCache(const ModelSpec& spec, int64_t n_ctx)
+    : n_ctx_(n_ctx), kv_dim_(spec.kv_dim()) {
+  if (n_ctx <= 0) fail("KV cache: context size {} must be positive", n_ctx);
+  const size_t n = static_cast<size_t>(spec.n_layer) * static_cast<size_t>(n_ctx) * static_cast<size_t>(kv_dim_);
+  k_.assign(n, 0);
+  v_.assign(n, 0);
+}
+
+ForwardPass::ForwardPass(const Model& model, ExpertStore& store) : model_(model), store_(store) {}
+
+void ForwardPass::project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
+  act_.convert(dtype_traits(w.type).vec_dot_type, x, n_tokens, w.cols, w.cols);
+  kernels::matmul(to_matrix(w), act_, y, w.rows, pool);
+}
+
+namespace {
+
+void add_bias(float* y, const WeightView& b, int64_t n_tokens, int64_t n) {
+  if (!b) return;
+  const float* bias = reinterpret_cast<const float*>(b.data);
+  for (int64_t t = 0; t < n_tokens; ++t) kernels::add(y + t * n, bias, n);
+}
+
+const float* f32(const WeightView& v) { return reinterpret_cast<const float*>(v.data); }
+
+}  // namespace
+
+void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  const LayerWeights& lw = model_.layer(il);
+  const int64_t hd = s.head_dim, qd = s.q_dim(), kvd = s.kv_dim();
+  q_.resize(static_cast<size_t>(n_tokens * qd));
+  k_.resize(static_cast<size_t>(n_tokens * kvd));
+  v_.resize(static_cast<size_t>(n_tokens * kvd));
+  project(lw[Role::AttnQ], xn_.data(), n_tokens, q_.data(), pool);
+  project(lw[Role::AttnK], xn_.data(), n_tokens, k_.data(), pool);
+  project(lw[Role::AttnV], xn_.data(), n_tokens, v_.data(), pool);
+  add_bias(q_.data(), lw[Role::AttnQBias], n_tokens, qd);
+  add_bias(k_.data(), lw[Role::AttnKBias], n_tokens, kvd);
+  add_bias(v_.data(), lw[Role::AttnVBias], n_tokens, kvd);
+
+  const bool neox = s.rope_style == RopeStyle::Neox;
+  rope_cs_.resize(static_cast<size_t>(s.n_rot));
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    float* q = q_.data() + t * qd;
+    float* k = k_.data() + t * kvd;
+    if (s.qk_norm == QkNorm::PerHead) {
+      for (int h = 0; h < s.n_head; ++h) kernels::rms_norm(q + h * hd, f32(lw[Role::AttnQNorm]), q + h * hd, hd, s.rms_eps);
+      for (int h = 0; h < s.n_head_kv; ++h)
+        kernels::rms_norm(k + h * hd, f32(lw[Role::AttnKNorm]), k + h * hd, hd, s.rms_eps);
+    } else if (s.qk_norm == QkNorm::Full) {
+      kernels::rms_norm(q, f32(lw[Role::AttnQNorm]), q, qd, s.rms_eps);
+      kernels::rms_norm(k, f32(lw[Role::AttnKNorm]), k, kvd, s.rms_eps);
+    }
+    kernels::rope_angles(rope_cs_.data(), s.n_rot, pos0 + t, s.rope_base, s.rope_freq_scale);
+    for (int h = 0; h < s.n_head; ++h) kernels::rope_apply(q + h * hd, rope_cs_.data(), s.n_rot, neox);
+    for (int h = 0; h < s.n_head_kv; ++h) kernels::rope_apply(k + h * hd, rope_cs_.data(), s.n_rot, neox);
+    fp32_to_fp16_row(k, kv.k(il, pos0 + t), kvd);
+    fp32_to_fp16_row(v_.data() + t * kvd, kv.v(il, pos0 + t), kvd);
+  }
+
+  // Causal attention over the fp16 cache, one (token, head) pair per work item.
+  att_.resize(static_cast<size_t>(n_tokens * qd));
+  const int group = s.n_head / s.n_head_kv;
+  const float scale = s.kq_scale();
+  const int64_t n_items = n_tokens * s.n_head;
+  const int64_t n_ctx_used = pos0 + n_tokens;
+  pool.run([&](int ti, int nt) {
+    std::vector<float> scores(static_cast<size_t>(n_ctx_used));
+    std::vector<float> kf(static_cast<size_t>(hd)), acc(static_cast<size_t>(hd));
+    for (int64_t item = ti; item < n_items; item += nt) {
+      const int64_t t = item / s.n_head;
+      const int h = static_cast<int>(item % s.n_head);
+      const int hk = h / group;
+      const int64_t n_keys = pos0 + t + 1;
+      const float* q = q_.data() + t * qd + h * hd;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < n_keys; ++j) {
+        fp16_to_fp32_row(kv.k(il, j) + hk * hd, kf.data(), hd);
+        const float sc = kernels::dot_f32(q, kf.data(), hd) * scale;
+        scores[j] = sc;
+        mx = std::max(mx, sc);
+      }
+      double sum = 0.0;
+      for (int64_t j = 0; j < n_keys; ++j) {
+        scores[j] = std::exp(scores[j] - mx);
+        sum += scores[j];
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t j = 0; j < n_keys; ++j) {
+        fp16_to_fp32_row(kv.v(il, j) + hk * hd, kf.data(), hd);
+        kernels::axpy(acc.data(), scores[j], kf.data(), hd);
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      float* o = att_.data() + t * qd + h * hd;
+      for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] * inv;
+    }
+  });
+  tmp_.resize(static_cast<size_t>(n_tokens * s.n_embd));
+  project(lw[Role::AttnOut], att_.data(), n_tokens, tmp_.data(), pool);
+  add_bias(tmp_.data(), lw[Role::AttnOutBias], n_tokens, s.n_embd);
+}
+
+void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  const LayerSpec& L = s.layers[il];
+  const LayerWeights& lw = model_.layer(il);
+  const int64_t d = s.n_embd;
+  tmp_.resize(static_cast<size_t>(n_tokens * d));
+  if (!L.is_moe) {
+    swiglu_ffn(to_matrix(lw[Role::FfnGate]), to_matrix(lw[Role::FfnUp]), to_matrix(lw[Role::FfnDown]), xn_.data(),
+               n_tokens, tmp_.data(), pool, ffn_scratch_);
+    return;
+  }
+  const MoeSpec& ms = L.moe;
+  router_logits_.resize(static_cast<size_t>(n_tokens * ms.n_expert));
+  project(lw[Role::Router], xn_.data(), n_tokens, router_logits_.data(), pool);
+  const float* bias = lw[Role::RouterBias] ? f32(lw[Role::RouterBias]) : nullptr;
+  route_tokens(ms, router_logits_.data(), bias, n_tokens, routing_);
+  if (observer_) observer_->on_routing(il, pos0, routing_);
+  executor_.run(il, ms, xn_.data(), n_tokens, d, routing_, store_, pool, tmp_.data());
+
+  if (ms.n_shared > 0) {
+    shexp_out_.resize(static_cast<size_t>(n_tokens * d));
+    swiglu_ffn(to_matrix(lw[Role::ShexpGate]), to_matrix(lw[Role::ShexpUp]), to_matrix(lw[Role::ShexpDown]),
+               xn_.data(), n_tokens, shexp_out_.data(), pool, ffn_scratch_);
+    if (ms.shared_gate == SharedGate::Sigmoid) {
+      std::vector<float> g(static_cast<size_t>(n_tokens));
+      project(lw[Role::ShexpRouter], xn_.data(), n_tokens, g.data(), pool);
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        // llama.cpp forms the sigmoid as silu(x) / x; keep its rounding.
+        const float gate = kernels::silu(g[t]) / g[t];
+        kernels::scale(shexp_out_.data() + t * d, gate, d);
+      }
+    }
+    kernels::add(tmp_.data(), shexp_out_.data(), n_tokens * d);
+  }
+}
+
+void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool,
+                      float* logits, bool all_logits) {
+  const ModelSpec& s = model_.spec();
+  if (n_tokens <= 0) return;
+  if (pos0 < 0 || pos0 + n_tokens > kv.n_ctx())
+    fail("context full: positions [{}, {}) exceed the context size {}", pos0, pos0 + n_tokens, kv.n_ctx());
+  const int64_t d = s.n_embd;
+  x_.resize(static_cast<size_t>(n_tokens * d));
+  xn_.resize(static_cast<size_t>(n_tokens * d));
+
+  const WeightView& emb = model_.global(Role::TokenEmbd);
+  const DTypeTraits& emb_tr = dtype_traits(emb.type);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const int32_t id = tokens[t];
+    if (id < 0 || id >= s.n_vocab) fail("token id {} at position {} is outside the vocabulary [0, {})", id, pos0 + t, s.n_vocab);
+    emb_tr.dequantize(emb.row(id), x_.data() + t * d, d);
+    if (s.embedding_scale != 0.0f) kernels::scale(x_.data() + t * d, s.embedding_scale, d);
+  }
+
+  for (int il = 0; il < s.n_layer; ++il) {
+    const LayerWeights& lw = model_.layer(il);
+    for (int64_t t = 0; t < n_tokens; ++t)
+      kernels::rms_norm(x_.data() + t * d, f32(lw[Role::AttnNorm]), xn_.data() + t * d, d, s.rms_eps);
+    attention(il, n_tokens, pos0, kv, pool);
+    if (s.residual_scale != 0.0f) kernels::scale(tmp_.data(), s.residual_scale, n_tokens * d);
+    kernels::add(x_.data(), tmp_.data(), n_tokens * d);
+
+    for (int64_t t = 0; t < n_tokens; ++t)
+      kernels::rms_norm(x_.data() + t * d, f32(lw[Role::FfnNorm]), xn_.data() + t * d, d, s.rms_eps);
+    ffn(il, n_tokens, pos0, pool);
+    if (s.residual_scale != 0.0f) kernels::scale(tmp_.data(), s.residual_scale, n_tokens * d);
+    kernels::add(x_.data(), tmp_.data(), n_tokens * d);
+  }
+
+  const int64_t first = all_logits ? 0 : n_tokens - 1;
+  const int64_t n_out = n_tokens - first;
+  for (int64_t t = first; t < n_tokens; ++t)
+    kernels::rms_norm(x_.data() + t * d, f32(model_.global(Role::OutputNorm)), xn_.data() + (t - first) * d, d,
+                      s.rms_eps);
+  project(model_.global(Role::Output), xn_.data(), n_out, logits, pool);
+  if (s.logit_scale != 0.0f) kernels::scale(logits, 1.0f / s.logit_scale, n_out * s.n_vocab);
+}
+
+}  // namespace moe

@@ -1,0 +1,68 @@
+// The optimized forward pass: threaded, SIMD kernels through the dtype table, activations converted
+// to each weight's vec_dot format as llama.cpp does, K/V cached in fp16. Works for a batched prompt
+// and for token-by-token decoding alike.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "kernels/matmul.h"
+#include "model/weights.h"
+#include "moe/executor.h"
+#include "moe/expert_store.h"
+#include "moe/router.h"
+
+namespace moe {
+
+// Per-layer K and V for positions [0, n_ctx), fp16, [layer][pos][kv_dim].
+class KvCache {
+ public:
+  KvCache(const ModelSpec& spec, int64_t n_ctx);
+  int64_t n_ctx() const { return n_ctx_; }
+  int64_t kv_dim() const { return kv_dim_; }
+  uint16_t* k(int layer, int64_t pos) { return k_.data() + (layer * n_ctx_ + pos) * kv_dim_; }
+  uint16_t* v(int layer, int64_t pos) { return v_.data() + (layer * n_ctx_ + pos) * kv_dim_; }
+  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(uint16_t); }
+
+ private:
+  int64_t n_ctx_, kv_dim_;
+  std::vector<uint16_t> k_, v_;
+};
+
+// Observes routing decisions (design.md seam 4); traces and statistics subscribe here.
+class RoutingObserver {
+ public:
+  virtual ~RoutingObserver() = default;
+  virtual void on_routing(int layer, int64_t pos0, const Routing& routing) = 0;
+};
+
+class ForwardPass {
+ public:
+  ForwardPass(const Model& model, ExpertStore& store);
+
+  // Runs n_tokens tokens at positions [pos0, pos0 + n_tokens) with the cache holding [0, pos0).
+  // Writes logits for every token ([n_tokens][n_vocab]) if all_logits, else for the last one only.
+  void run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool, float* logits,
+           bool all_logits);
+
+  void set_observer(RoutingObserver* obs) { observer_ = obs; }
+
+ private:
+  void attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);
+  void ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
+  void project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
+
+  const Model& model_;
+  ExpertStore& store_;
+  RoutingObserver* observer_ = nullptr;
+  ExpertExecutor executor_;
+  FfnScratch ffn_scratch_;
+  Routing routing_;
+  // Activations, [n_tokens][width].
+  std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, router_logits_, shexp_out_, moe_out_;
+  kernels::ActBuffer act_;
+  std::vector<float> rope_cs_;
+};
+
+}  // namespace moe

@@ -1,0 +1,190 @@
+#include "model/synth.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "base/error.h"
+#include "format/gguf.h"
+#include "model/arch.h"
+
+namespace moe {
+
+namespace {
+
+// A small, portable generator (splitmix64 + Box-Muller) so files are identical across platforms.
+struct Rng {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+  float normal() {
+    const double u1 = uniform(), u2 = uniform();
+    return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  }
+};
+
+uint64_t hash_name(const std::string& s, uint64_t seed) {
+  uint64_t h = 1469598103934665603ull ^ seed;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+DType type_for(const SynthConfig& c, Placement p, size_t n_dims, int64_t cols) {
+  DType t;
+  switch (p) {
+    case Placement::Embedding: t = c.embd_type; break;
+    case Placement::Output: t = c.output_type; break;
+    case Placement::Attention: t = c.attn_type; break;
+    case Placement::Router: t = c.router_type; break;
+    case Placement::Expert: t = c.expert_type; break;
+    case Placement::SharedExpert: case Placement::DenseFfn: t = c.shared_type; break;
+    default: t = DType::F32;
+  }
+  if (n_dims < 2) return DType::F32;  // norms, biases and gate vectors stay fp32, as llama.cpp keeps them
+  if (cols % dtype_traits(t).block_elems != 0) return DType::F16;
+  return t;
+}
+
+}  // namespace
+
+ModelSpec make_moe_shape(int n_layer, int64_t n_embd, int n_head, int n_head_kv, int64_t head_dim, int n_expert, int k,
+                         int64_t n_ff_exp, int64_t n_vocab, int n_dense_lead, int64_t n_ff_dense, int n_shared,
+                         int64_t n_ff_shexp) {
+  ModelSpec s;
+  s.n_layer = n_layer;
+  s.n_embd = n_embd;
+  s.n_head = n_head;
+  s.n_head_kv = n_head_kv;
+  s.head_dim = head_dim;
+  s.n_rot = head_dim;
+  s.n_vocab = n_vocab;
+  s.n_ctx_train = 4096;
+  s.layers.resize(n_layer);
+  for (int il = 0; il < n_layer; ++il) {
+    LayerSpec& L = s.layers[il];
+    L.is_moe = il >= n_dense_lead && n_expert > 0;
+    L.n_ff_dense = n_ff_dense;
+    L.moe.n_expert = n_expert;
+    L.moe.n_expert_used = k;
+    L.moe.n_ff_exp = n_ff_exp;
+    L.moe.n_shared = n_shared;
+    L.moe.n_ff_shexp = n_ff_shexp;
+  }
+  return s;
+}
+
+void write_synth_model(const std::string& path, const SynthConfig& cfg,
+                       const std::function<void(uint64_t, uint64_t)>& progress) {
+  const ArchDescriptor* arch = find_arch(cfg.arch);
+  if (!arch) fail("synth: unknown architecture '{}'", cfg.arch);
+  const ModelSpec& s = cfg.spec;
+  gguf::Writer w;
+  save_model_spec(s, *arch, w);
+  if (cfg.with_vocab) {
+    // A byte-level vocabulary: the 256 byte symbols, then placeholder tokens up to n_vocab, with the
+    // last token as end-of-text.
+    if (s.n_vocab < 257) fail("synth: vocab size {} is too small for the byte-level vocabulary (needs >= 257)", s.n_vocab);
+    std::vector<std::string> tokens;
+    std::vector<int32_t> types;
+    for (int b = 0; b < 256; ++b) {
+      // GPT-2 byte-to-unicode mapping for the 256 byte symbols.
+      int cp = b;
+      if (!((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255))) {
+        int n = 0;
+        for (int x = 0; x < b; ++x)
+          if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255))) ++n;
+        cp = 256 + n;
+      }
+      std::string u;
+      if (cp < 0x80) u += static_cast<char>(cp);
+      else {
+        u += static_cast<char>(0xC0 | (cp >> 6));
+        u += static_cast<char>(0x80 | (cp & 0x3F));
+      }
+      tokens.push_back(u);
+      types.push_back(1);
+    }
+    for (int64_t i = 256; i < s.n_vocab - 1; ++i) {
+      tokens.push_back("<synth_" + std::to_string(i) + ">");
+      types.push_back(4);  // user-defined
+    }
+    tokens.push_back("<|endoftext|>");
+    types.push_back(3);  // control
+    w.set("tokenizer.ggml.model", gguf::Value::make_string("gpt2"));
+    w.set("tokenizer.ggml.pre", gguf::Value::make_string("gpt-2"));
+    w.set("tokenizer.ggml.tokens", gguf::Value::make_string_array(tokens));
+    w.set("tokenizer.ggml.token_type", gguf::Value::make_i32_array(types));
+    w.set("tokenizer.ggml.merges", gguf::Value::make_string_array({}));
+    w.set("tokenizer.ggml.bos_token_id", gguf::Value::make_u32(static_cast<uint32_t>(s.n_vocab - 1)));
+    w.set("tokenizer.ggml.eos_token_id", gguf::Value::make_u32(static_cast<uint32_t>(s.n_vocab - 1)));
+    w.set("tokenizer.ggml.add_bos_token", gguf::Value::make_bool(false));
+  }
+  w.set("general.file_type", gguf::Value::make_u32(cfg.expert_type == DType::F16 ? 1 : 0));
+
+  // The spec the loader will see (arch hooks decide e.g. qk-norm shape) comes from the descriptor.
+  ModelSpec shaped = s;
+  shaped.arch = arch->name;
+
+  uint64_t total = 0;
+  struct Planned {
+    std::string name;
+    DType type;
+    std::vector<int64_t> dims;
+    Placement placement;
+    Role role;
+  };
+  std::vector<Planned> plan;
+  for (const TensorRoleDesc& d : arch->roles) {
+    const int n_iter = d.per_layer ? s.n_layer : 1;
+    for (int il = 0; il < n_iter; ++il) {
+      std::vector<int64_t> dims = d.shape(shaped, il);
+      if (dims.empty() || (d.optional && !(d.role == Role::Output))) continue;
+      if (d.role == Role::Output && s.tied_output) continue;
+      char name[256];
+      std::snprintf(name, sizeof name, d.gguf_name, il);
+      const DType t = type_for(cfg, d.placement, dims.size(), dims[0]);
+      int64_t rows = 1;
+      for (size_t i = 1; i < dims.size(); ++i) rows *= dims[i];
+      total += row_bytes(t, dims[0]) * static_cast<uint64_t>(rows);
+      plan.push_back({d.per_layer ? std::string(name) : std::string(d.gguf_name), t, dims, d.placement, d.role});
+    }
+  }
+  auto done = std::make_shared<uint64_t>(0);
+  for (const Planned& p : plan) {
+    const uint64_t seed = hash_name(p.name, cfg.seed);
+    const Planned pc = p;
+    w.add_tensor_stream(p.name, p.type, p.dims, [pc, seed, done, total, progress](uint8_t* dst, uint64_t nbytes) {
+      Rng rng{seed};
+      const int64_t cols = pc.dims[0];
+      int64_t rows = 1;
+      for (size_t i = 1; i < pc.dims.size(); ++i) rows *= pc.dims[i];
+      const bool is_norm = pc.placement == Placement::Norm;
+      const bool is_vector = pc.dims.size() == 1;
+      const float sd = pc.placement == Placement::Embedding ? 1.0f : 1.0f / std::sqrt(static_cast<float>(cols));
+      std::vector<float> row(static_cast<size_t>(cols));
+      const DTypeTraits& tr = dtype_traits(pc.type);
+      const size_t rb = row_bytes(pc.type, cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const float z = rng.normal();
+          row[c] = is_norm ? 1.0f + 0.1f * z : (is_vector ? 0.1f * z : sd * z);
+        }
+        uint8_t* out = dst + static_cast<size_t>(r) * rb;
+        if (pc.type == DType::F32) std::memcpy(out, row.data(), rb);
+        else tr.quantize(row.data(), out, cols);
+      }
+      *done += nbytes;
+      if (progress) progress(*done, total);
+    });
+  }
+  w.write(path);
+}
+
+}  // namespace moe

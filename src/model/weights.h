@@ -1,0 +1,80 @@
+// Binds the tensors of a GGUF file to the roles of its arch descriptor, checking every shape and type
+// against the spec. Model code sees WeightViews (pointer + type + shape), never the file.
+#pragma once
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "format/gguf.h"
+#include "kernels/matmul.h"
+#include "model/arch.h"
+#include "model/spec.h"
+#include "tensor/dtype.h"
+
+namespace moe {
+
+// A 2-D (or stacked 3-D) matrix in ggml order: `cols` elements per row (contiguous), `rows` rows,
+// `n_mat` matrices (experts) one after another.
+struct WeightView {
+  const uint8_t* data = nullptr;
+  DType type = DType::F32;
+  int64_t cols = 0;
+  int64_t rows = 0;
+  int64_t n_mat = 1;
+  size_t row_bytes = 0;
+  const gguf::TensorInfo* info = nullptr;
+
+  explicit operator bool() const { return data != nullptr; }
+  size_t matrix_bytes() const { return row_bytes * static_cast<size_t>(rows); }
+  const uint8_t* row(int64_t r, int64_t mat = 0) const {
+    return data + static_cast<size_t>(mat) * matrix_bytes() + static_cast<size_t>(r) * row_bytes;
+  }
+  // One matrix of a stacked tensor (e.g. one expert).
+  WeightView matrix(int64_t mat) const {
+    WeightView v = *this;
+    v.data = data + static_cast<size_t>(mat) * matrix_bytes();
+    v.n_mat = 1;
+    return v;
+  }
+};
+
+inline kernels::MatrixRef to_matrix(const WeightView& v, int64_t mat = 0) {
+  WeightView m = v.matrix(mat);
+  return {m.data, m.type, m.rows, m.cols, m.row_bytes};
+}
+
+struct LayerWeights {
+  std::array<WeightView, static_cast<size_t>(Role::Count)> t{};
+  const WeightView& operator[](Role r) const { return t[static_cast<size_t>(r)]; }
+};
+
+class Model {
+ public:
+  // Opens, validates and binds a model. Throws moe::Error naming the file, key or tensor.
+  static std::unique_ptr<Model> load(const std::string& path, gguf::DataAccess access = gguf::DataAccess::Mmap);
+
+  const ModelSpec& spec() const { return spec_; }
+  const ArchDescriptor& arch() const { return *arch_; }
+  const gguf::File& file() const { return *file_; }
+  const WeightView& global(Role r) const { return globals_[r]; }
+  const LayerWeights& layer(int il) const { return layers_[il]; }
+
+  // Bytes per placement, for `moe info` and residency planning.
+  struct ByteReport {
+    std::array<uint64_t, 8> by_placement{};  // indexed by Placement
+    uint64_t total = 0;
+    uint64_t bytes_per_expert_max = 0;   // largest single expert (gate+up+down) over layers
+    uint64_t active_bytes_per_token = 0; // attention + router + k experts + shared + dense + output
+  };
+  ByteReport byte_report() const;
+
+ private:
+  std::unique_ptr<gguf::File> file_;
+  const ArchDescriptor* arch_ = nullptr;
+  ModelSpec spec_;
+  LayerWeights globals_;
+  std::vector<LayerWeights> layers_;
+};
+
+}  // namespace moe

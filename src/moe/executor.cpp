@@ -1,0 +1,66 @@
+#include "moe/executor.h"
+
+#include <cstring>
+
+#include "kernels/ops.h"
+
+namespace moe {
+
+void swiglu_ffn(const kernels::MatrixRef& gate, const kernels::MatrixRef& up, const kernels::MatrixRef& down,
+                const float* x, int64_t n_tokens, float* out, ThreadPool& pool, FfnScratch& s) {
+  const int64_t n_in = gate.cols, n_ff = gate.rows, n_out = down.rows;
+  s.gate.resize(static_cast<size_t>(n_tokens * n_ff));
+  s.up.resize(static_cast<size_t>(n_tokens * n_ff));
+  const DType gate_act = dtype_traits(gate.type).vec_dot_type;
+  const DType up_act = dtype_traits(up.type).vec_dot_type;
+  s.act_in.convert(gate_act, x, n_tokens, n_in, n_in);
+  kernels::matmul(gate, s.act_in, s.gate.data(), n_ff, pool);
+  const kernels::ActBuffer* up_in = &s.act_in;
+  if (up_act != gate_act) {
+    s.act_up.convert(up_act, x, n_tokens, n_in, n_in);
+    up_in = &s.act_up;
+  }
+  kernels::matmul(up, *up_in, s.up.data(), n_ff, pool);
+  kernels::swiglu(s.gate.data(), s.up.data(), s.gate.data(), n_tokens * n_ff);
+  s.act_down.convert(dtype_traits(down.type).vec_dot_type, s.gate.data(), n_tokens, n_ff, n_ff);
+  kernels::matmul(down, s.act_down, out, n_out, pool);
+}
+
+void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t n_tokens, int64_t n_embd,
+                         const Routing& routing, ExpertStore& store, ThreadPool& pool, float* out) {
+  const int E = spec.n_expert;
+  const int k = routing.k;
+  by_expert_.resize(E);
+  for (auto& v : by_expert_) v.clear();
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int j = 0; j < k; ++j) by_expert_[routing.id(t, j)].push_back({static_cast<int32_t>(t), j});
+
+  // Per (token, slot) weighted expert outputs, summed in slot order at the end.
+  slots_.assign(static_cast<size_t>(n_tokens * k * n_embd), 0.0f);
+  for (int e = 0; e < E; ++e) {
+    const auto& members = by_expert_[e];
+    if (members.empty()) continue;
+    const int64_t m = static_cast<int64_t>(members.size());
+    xg_.resize(static_cast<size_t>(m * n_embd));
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(xg_.data() + i * n_embd, x + members[i].first * n_embd, static_cast<size_t>(n_embd) * sizeof(float));
+    ExpertWeights w = store.acquire(layer, e);
+    down_.resize(static_cast<size_t>(m * n_embd));
+    swiglu_ffn(w.gate, w.up, w.down, xg_.data(), m, down_.data(), pool, ffn_);
+    store.release(layer, e);
+    for (int64_t i = 0; i < m; ++i) {
+      const auto [t, j] = members[i];
+      const float wt = routing.weight(t, j);
+      float* dst = slots_.data() + (static_cast<int64_t>(t) * k + j) * n_embd;
+      const float* src = down_.data() + i * n_embd;
+      for (int64_t c = 0; c < n_embd; ++c) dst[c] = src[c] * wt;
+    }
+  }
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    float* o = out + t * n_embd;
+    std::memcpy(o, slots_.data() + t * k * n_embd, static_cast<size_t>(n_embd) * sizeof(float));
+    for (int j = 1; j < k; ++j) kernels::add(o, slots_.data() + (t * k + j) * n_embd, n_embd);
+  }
+}
+
+}  // namespace moe

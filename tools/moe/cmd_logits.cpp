@@ -1,0 +1,48 @@
+// `moe logits -m MODEL --tokens FILE -o OUT.f32 [-t N]`: one batched forward pass from position 0;
+// float32 logits for every position, row-major [n_tokens][n_vocab].
+#include <cstdio>
+
+#include "base/thread_pool.h"
+#include "cli_util.h"
+#include "commands.h"
+#include "model/weights.h"
+#include "moe/expert_store.h"
+#include "runtime/session.h"
+
+namespace moe::cli {
+
+namespace {
+
+struct LogitsArgs {
+  std::string model, tokens, out;
+  int threads = 0;
+  int64_t batch = 512;
+};
+
+int run_logits(const LogitsArgs& a) {
+  auto model = Model::load(a.model);
+  std::vector<int32_t> ids = read_token_file(a.tokens);
+  ThreadPool pool(resolve_threads(a.threads));
+  ResidentExpertStore store(*model);
+  Session session(*model, store, static_cast<int64_t>(ids.size()));
+  const std::vector<float>& logits = session.eval(ids, pool, /*all_logits=*/true, a.batch);
+  write_file_atomic(a.out, logits.data(), logits.size() * sizeof(float));
+  std::fprintf(stderr, "moe logits: %zu tokens x %lld vocab -> %s\n", ids.size(), (long long)model->spec().n_vocab,
+               a.out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void register_logits(CLI::App& app, CommandSet& cmds) {
+  auto args = std::make_shared<LogitsArgs>();
+  CLI::App* sub = app.add_subcommand("logits", "Write the logits of one batched forward pass");
+  sub->add_option("-m,--model", args->model, "GGUF model file")->required();
+  sub->add_option("--tokens", args->tokens, "File of whitespace-separated token ids")->required();
+  sub->add_option("-o,--output", args->out, "Output file (float32, [n_tokens][n_vocab])")->required();
+  sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  sub->add_option("-b,--batch", args->batch, "Tokens per forward batch")->check(CLI::Range(1, 1 << 20));
+  cmds.add(sub, [args] { return run_logits(*args); });
+}
+
+}  // namespace moe::cli
