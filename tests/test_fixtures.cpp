@@ -61,27 +61,59 @@ TEST_P(FixtureModel, LogitsMatchLlamaCpp) {
   }
 }
 
+// Greedy decoding with the KV cache, teacher-forced on llama.cpp's tokens so every step is compared on
+// the same context. Returns how many leading tokens agree and, at the first divergence, how close the
+// two picks were: (logit of our pick - logit of llama.cpp's pick) / logit range.
+struct GreedyResult {
+  std::vector<int32_t> got;
+  size_t same = 0;
+  double tie_margin = 0.0;
+};
+
+GreedyResult greedy_vs_reference(const Model& model, const std::vector<int32_t>& prompt,
+                                 const std::vector<int32_t>& want, ForwardOptions opts) {
+  const int64_t V = model.spec().n_vocab;
+  ThreadPool pool(2);
+  ResidentExpertStore store(model);
+  Session s(model, store, 256, opts);
+  GreedyResult r;
+  const std::vector<float>* logits = &s.eval(prompt, pool);
+  bool diverged = false;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const float* l = logits->data();
+    r.got.push_back(argmax(l, V));
+    if (r.got.back() != want[i] && !diverged) {
+      diverged = true;
+      const auto [mn, mx] = std::minmax_element(l, l + V);
+      r.tie_margin = (l[r.got.back()] - l[want[i]]) / (*mx - *mn);
+    }
+    if (!diverged) ++r.same;
+    logits = &s.eval({want[i]}, pool);
+  }
+  return r;
+}
+
 TEST_P(FixtureModel, GreedyContinuationMatchesLlamaCpp) {
   const std::string name = GetParam();
   auto model = Model::load(model_path(name));
-  const int64_t V = model->spec().n_vocab;
   const auto prompt = read_ids(ref_path(name, "t1.tok"));
   const auto want = read_ids(ref_path(name, "t1.greedy24.tok"));
   ASSERT_EQ(want.size(), 24u);
-  ThreadPool pool(2);
-  ResidentExpertStore store(*model);
-  Session s(*model, store, 256);
-  std::vector<int32_t> got;
-  const std::vector<float>* logits = &s.eval(prompt, pool);
-  for (size_t i = 0; i < want.size(); ++i) {
-    got.push_back(argmax(logits->data(), V));
-    logits = &s.eval({got.back()}, pool);
+  const GreedyResult ours = greedy_vs_reference(*model, prompt, want, ForwardOptions{});
+  const GreedyResult compat = greedy_vs_reference(*model, prompt, want, ForwardOptions{true});
+  std::printf("[fixture] %-24s greedy identical: %2zu/24 default, %2zu/24 --llama-compat (tie margins %.4f, %.4f)\n",
+              name.c_str(), ours.same, compat.same, ours.tie_margin, compat.tie_margin);
+  if (base_model_name(name) == name) {
+    EXPECT_EQ(ours.got, want);
+    EXPECT_EQ(compat.got, want);
+  } else {
+    // Quantized weights amplify last-bit differences through 8-bit activation rounding, so a near-tie
+    // may flip. In compat mode the only remaining difference is llama.cpp's repacked-kernel activation
+    // rounding (within 2% of the logit range); by default our fp32 decode attention also differs from
+    // its fp16 one (within 5%).
+    EXPECT_LT(ours.tie_margin, 0.05);
+    EXPECT_LT(compat.tie_margin, 0.02);
   }
-  size_t same = 0;
-  while (same < got.size() && got[same] == want[same]) ++same;
-  std::printf("[fixture] %-24s greedy: %zu/24 identical before the first difference\n", name.c_str(), same);
-  if (base_model_name(name) == name) EXPECT_EQ(got, want);
-  else EXPECT_GE(same, 8u) << "quantized greedy diverges early";
 }
 
 TEST_P(FixtureModel, BatchedEqualsTokenByToken) {

@@ -18,7 +18,8 @@ KvCache::KvCache(const ModelSpec& spec, int64_t n_ctx)
   v_.assign(n, 0);
 }
 
-ForwardPass::ForwardPass(const Model& model, ExpertStore& store) : model_(model), store_(store) {}
+ForwardPass::ForwardPass(const Model& model, ExpertStore& store, ForwardOptions options)
+    : model_(model), store_(store), options_(options) {}
 
 void ForwardPass::project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
   act_.convert(dtype_traits(w.type).vec_dot_type, x, n_tokens, w.cols, w.cols);
@@ -26,6 +27,9 @@ void ForwardPass::project(const WeightView& w, const float* x, int64_t n_tokens,
 }
 
 namespace {
+
+// Query-batch size at which llama.cpp's CPU flash attention switches to its fp32 tiled kernel.
+constexpr int64_t kAttnTileQ = 64;
 
 void add_bias(float* y, const WeightView& b, int64_t n_tokens, int64_t n) {
   if (!b) return;
@@ -77,15 +81,44 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
   const float scale = s.kq_scale();
   const int64_t n_items = n_tokens * s.n_head;
   const int64_t n_ctx_used = pos0 + n_tokens;
+  // llama.cpp's CPU flash attention has two paths; in compat mode we keep both, so decoding gives its
+  // exact tokens: batches of fewer than 64 queries round Q to fp16 and accumulate V in fp16 with an
+  // online softmax; larger batches work in fp32 throughout (our default everywhere).
+  const bool fp16_path = options_.llama_compat_attention && n_tokens < kAttnTileQ;
   pool.run([&](int ti, int nt) {
     std::vector<float> scores(static_cast<size_t>(n_ctx_used));
-    std::vector<float> kf(static_cast<size_t>(hd)), acc(static_cast<size_t>(hd));
+    std::vector<float> kf(static_cast<size_t>(hd)), acc(static_cast<size_t>(hd)), qr(static_cast<size_t>(hd));
     for (int64_t item = ti; item < n_items; item += nt) {
       const int64_t t = item / s.n_head;
       const int h = static_cast<int>(item % s.n_head);
       const int hk = h / group;
       const int64_t n_keys = pos0 + t + 1;
       const float* q = q_.data() + t * qd + h * hd;
+      float* o = att_.data() + t * qd + h * hd;
+      if (fp16_path) {
+        for (int64_t d = 0; d < hd; ++d) qr[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
+        float M = -INFINITY, S = 0.0f;
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t j = 0; j < n_keys; ++j) {
+          fp16_to_fp32_row(kv.k(il, j) + hk * hd, kf.data(), hd);
+          const float sc = kernels::dot_f32(qr.data(), kf.data(), hd) * scale;
+          float ms = 1.0f, vs = 1.0f;
+          if (sc > M) {
+            const float m_old = M;
+            M = sc;
+            ms = std::exp(m_old - M);
+            for (int64_t d = 0; d < hd; ++d) acc[d] = fp16_to_fp32(fp32_to_fp16(acc[d] * ms));
+          } else {
+            vs = std::exp(sc - M);
+          }
+          fp16_to_fp32_row(kv.v(il, j) + hk * hd, kf.data(), hd);
+          for (int64_t d = 0; d < hd; ++d) acc[d] = fp16_to_fp32(fp32_to_fp16(std::fma(kf[d], vs, acc[d])));
+          S = S * ms + vs;
+        }
+        const float inv = S == 0.0f ? 0.0f : 1.0f / S;
+        for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] * inv;
+        continue;
+      }
       float mx = -INFINITY;
       for (int64_t j = 0; j < n_keys; ++j) {
         fp16_to_fp32_row(kv.k(il, j) + hk * hd, kf.data(), hd);
@@ -104,7 +137,6 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
         kernels::axpy(acc.data(), scores[j], kf.data(), hd);
       }
       const float inv = static_cast<float>(1.0 / sum);
-      float* o = att_.data() + t * qd + h * hd;
       for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] * inv;
     }
   });

@@ -37,9 +37,16 @@ class RoutingObserver {
   virtual void on_routing(int layer, int64_t pos0, const Routing& routing) = 0;
 };
 
+struct ForwardOptions {
+  // Reproduce llama.cpp's CPU attention numerics exactly, including its small-batch kernel that rounds
+  // Q to fp16 and accumulates V in fp16. Off by default: our fp32 attention is more accurate and gives
+  // the same logits whether a prompt is evaluated in one batch or token by token.
+  bool llama_compat_attention = false;
+};
+
 class ForwardPass {
  public:
-  ForwardPass(const Model& model, ExpertStore& store);
+  ForwardPass(const Model& model, ExpertStore& store, ForwardOptions options = {});
 
   // Runs n_tokens tokens at positions [pos0, pos0 + n_tokens) with the cache holding [0, pos0).
   // Writes logits for every token ([n_tokens][n_vocab]) if all_logits, else for the last one only.
@@ -55,6 +62,7 @@ class ForwardPass {
 
   const Model& model_;
   ExpertStore& store_;
+  ForwardOptions options_;
   RoutingObserver* observer_ = nullptr;
   ExpertExecutor executor_;
   FfnScratch ffn_scratch_;

@@ -169,7 +169,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
       const bool is_vector = pc.dims.size() == 1;
       const float sd = pc.placement == Placement::Embedding ? 1.0f : 1.0f / std::sqrt(static_cast<float>(cols));
       std::vector<float> row(static_cast<size_t>(cols));
-      const DTypeTraits& tr = dtype_traits(pc.type);
+      const QuantizeFn quantize = storage_quantizer(pc.type);
       const size_t rb = row_bytes(pc.type, cols);
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t c = 0; c < cols; ++c) {
@@ -178,7 +178,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
         }
         uint8_t* out = dst + static_cast<size_t>(r) * rb;
         if (pc.type == DType::F32) std::memcpy(out, row.data(), rb);
-        else tr.quantize(row.data(), out, cols);
+        else quantize(row.data(), out, cols);
       }
       *done += nbytes;
       if (progress) progress(*done, total);

@@ -56,4 +56,16 @@ std::optional<DType> dtype_from_name(std::string_view name);  // case-insensitiv
 // Bytes for a row of n elements; throws if n is not a multiple of the block size.
 size_t row_bytes(DType t, int64_t n);
 
+// Additions by the kernels module (additive; the declarations above are unchanged).
+//
+// DTypeTraits::quantize is the conversion the forward pass applies to activations, so for Q8_0 it
+// mirrors llama.cpp's x86 activation quantizer. Writing a model file needs llama.cpp's reference
+// (model-file) quantizer instead; the two differ only for Q8_0 (scale 1/d and round-half-away vs
+// 127/amax and round-half-even). storage_quantizer() returns the model-file one for every type
+// (nullptr for activation-only types Q8_1 / Q8_K).
+QuantizeFn storage_quantizer(DType t);
+// Convenience wrappers over the trait table (n must be a multiple of the block size).
+void dequantize_row(DType t, const void* src, float* dst, int64_t n);
+void quantize_row(DType t, const float* src, void* dst, int64_t n);  // the trait (activation) quantizer
+
 }  // namespace moe

@@ -17,6 +17,7 @@ struct LogitsArgs {
   std::string model, tokens, out;
   int threads = 0;
   int64_t batch = 512;
+  bool llama_compat = false;
 };
 
 int run_logits(const LogitsArgs& a) {
@@ -24,7 +25,9 @@ int run_logits(const LogitsArgs& a) {
   std::vector<int32_t> ids = read_token_file(a.tokens);
   ThreadPool pool(resolve_threads(a.threads));
   ResidentExpertStore store(*model);
-  Session session(*model, store, static_cast<int64_t>(ids.size()));
+  ForwardOptions fopts;
+  fopts.llama_compat_attention = a.llama_compat;
+  Session session(*model, store, static_cast<int64_t>(ids.size()), fopts);
   const std::vector<float>& logits = session.eval(ids, pool, /*all_logits=*/true, a.batch);
   write_file_atomic(a.out, logits.data(), logits.size() * sizeof(float));
   std::fprintf(stderr, "moe logits: %zu tokens x %lld vocab -> %s\n", ids.size(), (long long)model->spec().n_vocab,
@@ -42,6 +45,7 @@ void register_logits(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-o,--output", args->out, "Output file (float32, [n_tokens][n_vocab])")->required();
   sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("-b,--batch", args->batch, "Tokens per forward batch")->check(CLI::Range(1, 1 << 20));
+  sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
   cmds.add(sub, [args] { return run_logits(*args); });
 }
 

@@ -29,6 +29,7 @@ struct RunArgs {
   float top_p = 0.95f;
   uint64_t seed = 0;
   bool ignore_eos = false;
+  bool llama_compat = false;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -62,7 +63,9 @@ int run_run(const RunArgs& a) {
 
   ThreadPool pool(resolve_threads(a.threads));
   ResidentExpertStore store(*model);
-  Session session(*model, store, n_ctx);
+  ForwardOptions fopts;
+  fopts.llama_compat_attention = a.llama_compat;
+  Session session(*model, store, n_ctx, fopts);
   Sampler sampler({a.temp, a.top_k, a.top_p, a.seed});
   std::unique_ptr<StreamDecoder> stream;
   const bool text_out = tok && a.tokens.empty();
@@ -133,6 +136,7 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_option("--top-p", args->top_p, "Top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
   sub->add_option("--seed", args->seed, "Sampling seed");
   sub->add_option("--stop", args->stops, "Stop when this string is generated (repeatable)");
+  sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
   cmds.add(sub, [args] { return run_run(*args); });
 }
