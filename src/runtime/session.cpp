@@ -6,8 +6,8 @@
 
 namespace moe {
 
-Session::Session(const Model& model, ExpertStore& store, int64_t n_ctx)
-    : model_(model), kv_(model.spec(), n_ctx), forward_(model, store) {}
+Session::Session(const Model& model, ExpertStore& store, int64_t n_ctx, ForwardOptions options)
+    : model_(model), kv_(model.spec(), n_ctx), forward_(model, store, options) {}
 
 const std::vector<float>& Session::eval(const std::vector<int32_t>& tokens, ThreadPool& pool, bool all_logits,
                                         int64_t n_batch) {

@@ -14,7 +14,7 @@ namespace moe {
 
 class Session {
  public:
-  Session(const Model& model, ExpertStore& store, int64_t n_ctx);
+  Session(const Model& model, ExpertStore& store, int64_t n_ctx, ForwardOptions options = {});
 
   // Appends tokens to the context and returns logits: of every new token ([n][n_vocab]) when
   // all_logits, else of the last one ([n_vocab]). Prompts are processed in batches of `n_batch`.
