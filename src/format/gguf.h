@@ -122,7 +122,10 @@ class File {
 };
 
 // Builds a GGUF file. Tensor data is supplied either as bytes or by a callback that streams it, so
-// large models can be written without holding them in memory. write() goes to PATH.tmp and renames.
+// large models can be written without holding them in memory (at most one tensor's bytes are held
+// at a time for producers, a bounded chunk for copy_from). write() goes to PATH.tmp.<pid> and renames.
+// "general.alignment" and set_alignment() are kept in sync: setting the key (it must be a U32 power of
+// two) changes the alignment, and a non-default alignment is written as a U32 key.
 class Writer {
  public:
   void set(const std::string& key, Value v);  // replaces an existing key in place
@@ -133,10 +136,19 @@ class Writer {
   void add_tensor(const std::string& name, DType type, std::vector<int64_t> dims, std::vector<uint8_t> data);
   void add_tensor_stream(const std::string& name, DType type, std::vector<int64_t> dims, Producer producer);
 
-  // Copies every key and tensor of `src` (data read from src on write).
+  // Copies every key and tensor of `src` (data read from src on write, so `src` must outlive
+  // write()). Keys already set are replaced in place; a tensor name already added is an error.
   void copy_from(const File& src);
 
+  // Layout (as llama.cpp writes it): header, metadata in insertion order, tensor infos, zero padding
+  // to the alignment, then each tensor's data padded to the alignment. Writes PATH.tmp.<pid>, fsyncs
+  // and renames over PATH; on any error (including a throwing producer) the temporary file is
+  // removed and PATH is left untouched.
   void write(const std::string& path, uint32_t version = 3) const;
+
+  const std::vector<std::pair<std::string, Value>>& metadata() const { return kv_; }
+  size_t tensor_count() const { return tensors_.size(); }
+  uint32_t alignment() const { return alignment_; }
 
  private:
   struct PendingTensor {
@@ -145,7 +157,11 @@ class Writer {
     std::vector<int64_t> dims;
     uint64_t nbytes;
     Producer producer;
+    // Set by copy_from: data is streamed from this file in bounded chunks instead of a producer.
+    const File* src = nullptr;
+    TensorInfo src_info;
   };
+  void add_pending(PendingTensor t);
   std::vector<std::pair<std::string, Value>> kv_;
   std::vector<PendingTensor> tensors_;
   uint32_t alignment_ = 32;
