@@ -69,6 +69,13 @@ std::vector<SynthCase> synth_cases() {
                         make_moe_shape(2, 256, 8, 2, 32, 8, 4, 128, 300, 0, 0, 1, 384), DType::Q4_1, DType::Q4_1,
                         DType::Q8_0, DType::Q4_1, DType::Q8_0, q));
   {
+    // A selection-only router bias (aux-loss-free balancing): changes which experts are picked.
+    ModelSpec b = make_moe_shape(2, 128, 4, 2, 32, 8, 2, 64, 280);
+    for (auto& L : b.layers) L.moe.has_selection_bias = true;
+    v.push_back(make_case("qwen3moe_selection_bias", "qwen3moe", b, DType::F16, DType::F16, DType::F16, DType::F16,
+                          DType::F16, f16));
+  }
+  {
     ModelSpec g = make_moe_shape(3, 256, 4, 2, 64, 12, 3, 128, 300, 0, 0, 1, 256);
     g.embedding_scale = 6.0f;
     g.residual_scale = 0.3f;

@@ -259,8 +259,9 @@ std::vector<TensorRoleDesc> routed_experts() {
   return {
       {Role::Router, "blk.%d.ffn_gate_inp.weight", true, Placement::Router,
        moe([](const ModelSpec& s, const MoeSpec& m) { return Shape{s.n_embd, m.n_expert}; })},
+      // Selection-only bias (DeepSeek-V3, aux-loss-free training): used when present.
       {Role::RouterBias, "blk.%d.exp_probs_b.bias", true, Placement::Router,
-       moe([](const ModelSpec&, const MoeSpec& m) { return m.has_selection_bias ? Shape{m.n_expert} : Shape{}; })},
+       moe([](const ModelSpec&, const MoeSpec& m) { return Shape{m.n_expert}; }), true},
       {Role::ExpGate, "blk.%d.ffn_gate_exps.weight", true, Placement::Expert,
        moe([](const ModelSpec& s, const MoeSpec& m) { return Shape{s.n_embd, m.n_ff_exp, m.n_expert}; })},
       {Role::ExpUp, "blk.%d.ffn_up_exps.weight", true, Placement::Expert,

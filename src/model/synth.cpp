@@ -145,7 +145,11 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
     const int n_iter = d.per_layer ? s.n_layer : 1;
     for (int il = 0; il < n_iter; ++il) {
       std::vector<int64_t> dims = d.shape(shaped, il);
-      if (dims.empty() || (d.optional && !(d.role == Role::Output))) continue;
+      if (dims.empty()) continue;
+      // Optional roles are written only when the spec asks for them.
+      if (d.optional && d.role != Role::Output &&
+          !(d.role == Role::RouterBias && s.layers[il].moe.has_selection_bias))
+        continue;
       if (d.role == Role::Output && s.tied_output) continue;
       char name[256];
       std::snprintf(name, sizeof name, d.gguf_name, il);

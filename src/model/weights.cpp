@@ -86,6 +86,7 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
   if (!m->globals_[Role::Output]) m->globals_.t[static_cast<size_t>(Role::Output)] = m->globals_[Role::TokenEmbd];
   for (int il = 0; il < s.n_layer; ++il) {
     if (m->layers_[il][Role::AttnOutBias]) m->spec_.attn_out_bias = true;
+    if (m->layers_[il][Role::RouterBias]) m->spec_.layers[il].moe.has_selection_bias = true;
   }
   return m;
 }
