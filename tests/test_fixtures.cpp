@@ -137,6 +137,14 @@ TEST_P(FixtureModel, ThreadCountDoesNotChangeResults) {
   EXPECT_EQ(batched_logits(*model, ids, 1), batched_logits(*model, ids, 3));
 }
 
+TEST_P(FixtureModel, PreadLoadingEqualsMmap) {
+  const std::string name = GetParam();
+  auto mapped = Model::load(model_path(name));
+  auto read = Model::load(model_path(name), gguf::DataAccess::Pread);
+  const auto ids = read_ids(ref_path(name, "t3.tok"));
+  EXPECT_EQ(batched_logits(*mapped, ids, 2), batched_logits(*read, ids, 2));
+}
+
 TEST_P(FixtureModel, AgreesWithNaiveReferenceForward) {
   const std::string name = GetParam();
   auto model = Model::load(model_path(name));

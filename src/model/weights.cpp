@@ -1,6 +1,7 @@
 #include "model/weights.h"
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "base/error.h"
 
@@ -38,7 +39,6 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
   auto m = std::unique_ptr<Model>(new Model());
   m->file_ = gguf::File::open(path, access);
   const gguf::File& f = *m->file_;
-  if (!f.is_mapped()) fail("{}: the forward pass needs mmap access to tensor data", path);
   const std::string arch_name = f.get_string("general.architecture");
   m->arch_ = find_arch(arch_name);
   if (!m->arch_) {
@@ -72,7 +72,16 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
         fail("{}: tensor '{}': type {} is not supported for this role (expected f32)", path, name,
              dtype_traits(t->type).name);
       WeightView v;
-      v.data = f.tensor_data(*t);
+      if (f.is_mapped()) {
+        v.data = f.tensor_data(*t);
+      } else {
+        // pread mode: the tensor is read once into memory we own (no page cache mapping kept).
+        auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (t->nbytes + 63) / 64 * 64));
+        if (!buf) fail("{}: tensor '{}': cannot allocate {} bytes", path, name, t->nbytes);
+        m->owned_.emplace_back(buf, [](uint8_t* p) { std::free(p); });
+        f.read_tensor_bytes(*t, 0, t->nbytes, buf);
+        v.data = buf;
+      }
       v.type = t->type;
       v.cols = t->dims[0];
       v.rows = t->dims.size() > 1 ? t->dims[1] : 1;

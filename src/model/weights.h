@@ -71,6 +71,8 @@ class Model {
 
  private:
   std::unique_ptr<gguf::File> file_;
+  // Tensor bytes read with pread when the file is not memory-mapped (64-byte aligned per tensor).
+  std::vector<std::unique_ptr<uint8_t[], void (*)(uint8_t*)>> owned_;
   const ArchDescriptor* arch_ = nullptr;
   ModelSpec spec_;
   LayerWeights globals_;

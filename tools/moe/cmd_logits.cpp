@@ -18,10 +18,11 @@ struct LogitsArgs {
   int threads = 0;
   int64_t batch = 512;
   bool llama_compat = false;
+  bool no_mmap = false;
 };
 
 int run_logits(const LogitsArgs& a) {
-  auto model = Model::load(a.model);
+  auto model = Model::load(a.model, a.no_mmap ? gguf::DataAccess::Pread : gguf::DataAccess::Mmap);
   std::vector<int32_t> ids = read_token_file(a.tokens);
   ThreadPool pool(resolve_threads(a.threads));
   ResidentExpertStore store(*model);
@@ -45,6 +46,7 @@ void register_logits(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-o,--output", args->out, "Output file (float32, [n_tokens][n_vocab])")->required();
   sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("-b,--batch", args->batch, "Tokens per forward batch")->check(CLI::Range(1, 1 << 20));
+  sub->add_flag("--no-mmap", args->no_mmap, "Read weights with pread into memory instead of mapping the file");
   sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
   cmds.add(sub, [args] { return run_logits(*args); });
 }

@@ -1,0 +1,94 @@
+// The CLI forms external checks drive: `moe info --json`, `moe logits`, and clean one-line errors.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "fixture_util.h"
+
+namespace moe {
+namespace {
+
+struct CmdResult {
+  int status;
+  std::string out;  // stdout + stderr
+};
+
+CmdResult run_cli(const std::string& args) {
+  const std::string cmd = std::string(MOE_CLI_PATH) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  CmdResult r{-1, ""};
+  if (!p) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+std::string tmp(const std::string& n) {
+  return (std::filesystem::temp_directory_path() / ("moe_cli_" + std::to_string(getpid()) + n)).string();
+}
+
+TEST(CliCore, InfoJson) {
+  auto r = run_cli("info --json -m " + test::model_path("tiny-deepseekmoe"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["arch"], "deepseek");
+  EXPECT_EQ(j["n_layer"], 3);
+  EXPECT_EQ(j["n_moe_layers"], 2);
+  EXPECT_EQ(j["n_expert"], 8);
+  EXPECT_EQ(j["n_shared_experts"], 2);
+  EXPECT_EQ(j["n_tensors"], 38);
+  uint64_t sum = 0;
+  for (auto& [k, v] : j["bytes_by_role"].items()) sum += v.get<uint64_t>();
+  EXPECT_EQ(sum, j["bytes_total"].get<uint64_t>());
+  // Active bytes: everything but 6 of 8 experts per MoE layer and all but one embedding row.
+  EXPECT_LT(j["active_bytes_per_token"].get<uint64_t>(), j["bytes_total"].get<uint64_t>());
+  EXPECT_EQ(j["bytes_per_expert"].get<uint64_t>(), 3u * 256 * 256 * 2);
+}
+
+TEST(CliCore, LogitsFileMatchesReference) {
+  const std::string name = "tiny-olmoe", out = tmp("logits.f32");
+  auto r = run_cli("logits -m " + test::model_path(name) + " --tokens " + test::ref_path(name, "seq.tok") + " -o " +
+                   out + " -t 2");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto ours = test::read_f32(out), ref = test::read_f32(test::ref_path(name, "seq.logits.f32"));
+  ASSERT_EQ(ours.size(), ref.size());
+  EXPECT_LE(test::nmse(ours, ref), 1e-5);
+  std::filesystem::remove(out);
+}
+
+TEST(CliCore, ErrorsAreOneLineAndNameTheProblem) {
+  struct Case {
+    std::string args, must_contain;
+  };
+  const std::string model = test::model_path("tiny-qwen3moe");
+  const std::string bad_tokens = tmp("bad.tok");
+  { FILE* f = fopen(bad_tokens.c_str(), "w"); fputs("1 2 three 4", f); fclose(f); }
+  const std::string big_tokens = tmp("big.tok");
+  { FILE* f = fopen(big_tokens.c_str(), "w"); fputs("1 2 100000", f); fclose(f); }
+  const std::vector<Case> cases = {
+      {"info -m /nonexistent/model.gguf", "/nonexistent/model.gguf"},
+      {"info -m " + test::fixtures_dir() + "/ref/tiny-qwen3moe.seq.tok", "magic"},
+      {"logits -m " + model + " --tokens " + bad_tokens + " -o " + tmp("x.f32"), "three"},
+      {"logits -m " + model + " --tokens " + big_tokens + " -o " + tmp("x.f32"), "100000"},
+      {"logits -m " + model + " --tokens /nonexistent.tok -o " + tmp("x.f32"), "/nonexistent.tok"},
+      {"run -m " + model + " --tokens " + test::ref_path("tiny-qwen3moe", "t1.tok") + " -t -3", "-t"},
+      {"run -m " + model + " --bogus-flag", "bogus-flag"},
+  };
+  for (const auto& c : cases) {
+    auto r = run_cli(c.args);
+    EXPECT_NE(r.status, 0) << c.args;
+    EXPECT_NE(r.out.find(c.must_contain), std::string::npos) << c.args << "\n" << r.out;
+    EXPECT_EQ(r.out.find("Segmentation"), std::string::npos) << r.out;
+  }
+  std::filesystem::remove(bad_tokens);
+  std::filesystem::remove(big_tokens);
+}
+
+}  // namespace
+}  // namespace moe
