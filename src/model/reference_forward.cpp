@@ -123,6 +123,7 @@ Vec moe_block(const ModelSpec& s, const MoeSpec& m, const LayerWeights& lw, cons
 
 std::vector<float> reference_forward(const Model& model, const std::vector<int32_t>& tokens) {
   const ModelSpec& s = model.spec();
+  if (model.experts_deferred()) fail("reference forward: needs a model loaded with its experts in memory");
   const int64_t n = static_cast<int64_t>(tokens.size()), d = s.n_embd, hd = s.head_dim;
   std::vector<Vec> h(static_cast<size_t>(n));
   for (int64_t t = 0; t < n; ++t) {

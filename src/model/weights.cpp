@@ -36,7 +36,12 @@ bool must_be_f32(Role r) {
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess access) {
+  return load(path, access, false);
+}
+
+std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess access, bool defer_experts) {
   auto m = std::unique_ptr<Model>(new Model());
+  m->experts_deferred_ = defer_experts;
   m->file_ = gguf::File::open(path, access);
   const gguf::File& f = *m->file_;
   const std::string arch_name = f.get_string("general.architecture");
@@ -72,7 +77,9 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
         fail("{}: tensor '{}': type {} is not supported for this role (expected f32)", path, name,
              dtype_traits(t->type).name);
       WeightView v;
-      if (f.is_mapped()) {
+      if (defer_experts && d.placement == Placement::Expert) {
+        v.data = nullptr;  // served by an ExpertStore
+      } else if (f.is_mapped()) {
         v.data = f.tensor_data(*t);
       } else {
         // pread mode: the tensor is read once into memory we own (no page cache mapping kept).

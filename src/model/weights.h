@@ -25,7 +25,8 @@ struct WeightView {
   size_t row_bytes = 0;
   const gguf::TensorInfo* info = nullptr;
 
-  explicit operator bool() const { return data != nullptr; }
+  // Bound to a tensor of the file (data may be null for experts served by an ExpertStore).
+  explicit operator bool() const { return info != nullptr; }
   size_t matrix_bytes() const { return row_bytes * static_cast<size_t>(rows); }
   const uint8_t* row(int64_t r, int64_t mat = 0) const {
     return data + static_cast<size_t>(mat) * matrix_bytes() + static_cast<size_t>(r) * row_bytes;
@@ -53,6 +54,10 @@ class Model {
  public:
   // Opens, validates and binds a model. Throws moe::Error naming the file, key or tensor.
   static std::unique_ptr<Model> load(const std::string& path, gguf::DataAccess access = gguf::DataAccess::Mmap);
+  // With defer_experts, routed-expert tensors are bound (shape, type, file offset) but their bytes are
+  // not read: an offloading ExpertStore loads them on demand.
+  static std::unique_ptr<Model> load(const std::string& path, gguf::DataAccess access, bool defer_experts);
+  bool experts_deferred() const { return experts_deferred_; }
 
   const ModelSpec& spec() const { return spec_; }
   const ArchDescriptor& arch() const { return *arch_; }
@@ -74,6 +79,7 @@ class Model {
   // Tensor bytes read with pread when the file is not memory-mapped (64-byte aligned per tensor).
   std::vector<std::unique_ptr<uint8_t[], void (*)(uint8_t*)>> owned_;
   const ArchDescriptor* arch_ = nullptr;
+  bool experts_deferred_ = false;
   ModelSpec spec_;
   LayerWeights globals_;
   std::vector<LayerWeights> layers_;

@@ -35,6 +35,13 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   for (int64_t t = 0; t < n_tokens; ++t)
     for (int j = 0; j < k; ++j) by_expert_[routing.id(t, j)].push_back({static_cast<int32_t>(t), j});
 
+  // Tell the store everything this layer needs before computing the first expert, so an offloading
+  // store reads the later experts while the earlier ones compute.
+  needed_.clear();
+  for (int e = 0; e < E; ++e)
+    if (!by_expert_[e].empty()) needed_.push_back(e);
+  store.prefetch(layer, needed_.data(), static_cast<int>(needed_.size()), /*speculative=*/false);
+
   // Per (token, slot) weighted expert outputs, summed in slot order at the end.
   slots_.assign(static_cast<size_t>(n_tokens * k * n_embd), 0.0f);
   for (int e = 0; e < E; ++e) {

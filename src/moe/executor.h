@@ -33,6 +33,7 @@ class ExpertExecutor {
  private:
   std::vector<std::vector<std::pair<int32_t, int32_t>>> by_expert_;  // expert -> (token, slot)
   std::vector<float> xg_, down_, slots_;
+  std::vector<int32_t> needed_;
   FfnScratch ffn_;
 };
 

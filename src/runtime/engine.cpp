@@ -1,0 +1,124 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+
+#include "base/error.h"
+
+namespace moe {
+
+namespace {
+
+// Fixed costs the budget must also cover: code, libraries, tokenizer tables, thread stacks.
+constexpr uint64_t kFixedOverhead = 48ull << 20;
+
+uint64_t kv_bytes_for(const ModelSpec& s, int64_t n_ctx) {
+  return static_cast<uint64_t>(s.n_layer) * static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 *
+         sizeof(uint16_t);
+}
+
+uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch) {
+  int64_t widest = std::max<int64_t>(s.n_embd, s.q_dim());
+  for (const auto& L : s.layers) {
+    widest = std::max(widest, L.n_ff_dense);
+    widest = std::max(widest, L.moe.n_ff_exp * std::max(1, L.moe.n_expert_used));
+    widest = std::max(widest, L.moe.n_ff_shexp);
+  }
+  // Hidden state, normed copy, q/k/v/attention, FFN gate/up, per-slot expert outputs, logits.
+  const uint64_t per_token = static_cast<uint64_t>(8 * s.n_embd + 4 * widest + s.n_vocab) * sizeof(float);
+  return per_token * static_cast<uint64_t>(n_batch) + kFixedOverhead;
+}
+
+}  // namespace
+
+std::string MemoryPlan::describe() const {
+  auto gib = [](uint64_t b) { return static_cast<double>(b) / (1ull << 30); };
+  if (!offload)
+    return fmt::format("all weights resident ({:.2f} GiB) + KV {:.2f} GiB + buffers {:.2f} GiB", gib(weights_total),
+                       gib(kv_bytes), gib(buffer_bytes));
+  return fmt::format(
+      "experts stream from disk: resident weights {:.2f} GiB of {:.2f} GiB, KV {:.2f} GiB, buffers {:.2f} GiB, "
+      "expert pool {:.2f} GiB",
+      gib(weights_resident), gib(weights_total), gib(kv_bytes), gib(buffer_bytes), gib(expert_pool_bytes));
+}
+
+MemoryPlan plan_memory(const Model& m, const EngineOptions& o) {
+  MemoryPlan p;
+  const Model::ByteReport r = m.byte_report();
+  p.weights_total = r.total;
+  p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx);
+  p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch);
+  const uint64_t experts = r.by_placement[static_cast<size_t>(Placement::Expert)];
+  const bool fits = o.mem_bytes == 0 || p.weights_total + p.kv_bytes + p.buffer_bytes <= o.mem_bytes;
+  p.offload = experts > 0 && (o.force_offload || !fits);
+  if (!p.offload) {
+    p.weights_resident = p.weights_total;
+    if (o.mem_bytes != 0 && !fits)
+      fail("--mem {} bytes: the model needs {} bytes of weights + {} KV + {} buffers and has no experts to stream",
+           o.mem_bytes, p.weights_total, p.kv_bytes, p.buffer_bytes);
+    return p;
+  }
+  p.weights_resident = p.weights_total - experts;
+  const uint64_t fixed = p.weights_resident + p.kv_bytes + p.buffer_bytes;
+  if (o.mem_bytes == 0) {
+    p.expert_pool_bytes = experts;  // forced offload without a budget: room for every expert
+  } else {
+    if (o.mem_bytes <= fixed)
+      fail("--mem {} bytes is too small: non-expert weights {} + KV cache {} + buffers {} already need {} bytes "
+           "(a smaller -c context also helps)",
+           o.mem_bytes, p.weights_resident, p.kv_bytes, p.buffer_bytes, fixed);
+    p.expert_pool_bytes = o.mem_bytes - fixed;
+  }
+  return p;
+}
+
+std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOptions& o) {
+  auto e = std::unique_ptr<Engine>(new Engine());
+  // Plan from a header-only view (deferred experts, mmap: nothing is read yet).
+  {
+    auto header = Model::load(path, gguf::DataAccess::Mmap, /*defer_experts=*/true);
+    e->plan_ = plan_memory(*header, o);
+  }
+  if (!e->plan_.offload) {
+    e->model_ = Model::load(path, o.no_mmap ? gguf::DataAccess::Pread : gguf::DataAccess::Mmap);
+    e->store_ = std::make_unique<ResidentExpertStore>(*e->model_);
+    return e;
+  }
+  // Resident part read into owned memory, so the experts' file pages are never mapped or cached.
+  e->model_ = Model::load(path, gguf::DataAccess::Pread, /*defer_experts=*/true);
+  BudgetedExpertStore::Options so;
+  so.pool_bytes = e->plan_.expert_pool_bytes;
+  so.policy = o.cache_policy;
+  so.io_mode = o.io_mode;
+  auto store = std::make_unique<BudgetedExpertStore>(*e->model_, so);
+  e->budgeted_ = store.get();
+  e->store_ = std::move(store);
+  return e;
+}
+
+uint64_t parse_size(const std::string& text, const std::string& what) {
+  size_t i = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+  if (i == 0) fail("{}: '{}' is not a size (examples: 8G, 512M, 3.5GiB)", what, text);
+  double v = 0;
+  try {
+    v = std::stod(text.substr(0, i));
+  } catch (...) {
+    fail("{}: '{}' is not a size", what, text);
+  }
+  std::string unit = text.substr(i);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  double mult = 1;
+  if (unit.empty() || unit == "B") mult = 1;
+  else if (unit == "K" || unit == "KB" || unit == "KIB") mult = 1024.0;
+  else if (unit == "M" || unit == "MB" || unit == "MIB") mult = 1024.0 * 1024;
+  else if (unit == "G" || unit == "GB" || unit == "GIB") mult = 1024.0 * 1024 * 1024;
+  else if (unit == "T" || unit == "TB" || unit == "TIB") mult = 1024.0 * 1024 * 1024 * 1024;
+  else fail("{}: unknown unit '{}' in '{}' (use K, M, G or T)", what, text.substr(i), text);
+  const double bytes = v * mult;
+  if (!(bytes >= 1) || bytes > 1e18) fail("{}: '{}' is out of range", what, text);
+  return static_cast<uint64_t>(bytes);
+}
+
+}  // namespace moe

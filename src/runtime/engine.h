@@ -1,0 +1,57 @@
+// Engine: a loaded model plus the expert store that serves it, set up from a memory budget. With no
+// budget, or one the whole model fits in, every weight is resident (mmap). Otherwise non-expert
+// weights are read into memory and the routed experts stream from disk through a BudgetedExpertStore
+// whose pool takes what the budget leaves after weights, KV cache and buffers.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "model/weights.h"
+#include "moe/expert_store.h"
+
+namespace moe {
+
+struct EngineOptions {
+  uint64_t mem_bytes = 0;     // total budget for weights + KV cache + buffers; 0 = unlimited
+  int64_t n_ctx = 4096;       // context the KV cache is sized for
+  int64_t n_batch = 512;      // largest prompt batch (sizes the activation buffers)
+  std::string cache_policy = "lru";
+  bool no_mmap = false;       // read resident weights with pread instead of mapping
+  bool force_offload = false; // stream experts even if everything would fit (testing, benchmarks)
+  DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
+};
+
+struct MemoryPlan {
+  bool offload = false;
+  uint64_t weights_total = 0;       // all tensors
+  uint64_t weights_resident = 0;    // what stays in memory
+  uint64_t kv_bytes = 0;
+  uint64_t buffer_bytes = 0;        // activations, scratch and fixed overhead (estimate)
+  uint64_t expert_pool_bytes = 0;   // offload only
+  std::string describe() const;
+};
+
+// Estimates the plan without loading weights (reads only the header).
+MemoryPlan plan_memory(const Model& model_header_only, const EngineOptions& opts);
+
+class Engine {
+ public:
+  static std::unique_ptr<Engine> open(const std::string& path, const EngineOptions& opts);
+  const Model& model() const { return *model_; }
+  ExpertStore& store() { return *store_; }
+  const MemoryPlan& plan() const { return plan_; }
+  // Non-null when experts stream from disk.
+  BudgetedExpertStore* offload_store() { return budgeted_; }
+
+ private:
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<ExpertStore> store_;
+  BudgetedExpertStore* budgeted_ = nullptr;
+  MemoryPlan plan_;
+};
+
+// Parses sizes like "8G", "512M", "3.5GiB", "1000000" (bytes). Throws naming `what` on bad input.
+uint64_t parse_size(const std::string& text, const std::string& what);
+
+}  // namespace moe

@@ -1,0 +1,188 @@
+// The offloading expert store: bit-identical logits to resident runs for every policy and I/O mode,
+// a clear error when the budget cannot hold one layer's experts, correct pinning under concurrency,
+// and the eviction order of each cache policy.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "base/error.h"
+#include "fixture_util.h"
+#include "moe/cache_policy.h"
+#include "runtime/engine.h"
+#include "runtime/session.h"
+
+namespace moe {
+namespace {
+
+std::vector<float> logits_with(Engine& e, const std::vector<int32_t>& ids, int64_t n_batch) {
+  ThreadPool pool(2);
+  Session s(e.model(), e.store(), static_cast<int64_t>(ids.size()));
+  return s.eval(ids, pool, true, n_batch);
+}
+
+EngineOptions offload_opts(const std::string& policy, DirectReader::Mode io) {
+  EngineOptions o;
+  o.force_offload = true;
+  o.cache_policy = policy;
+  o.io_mode = io;
+  o.n_ctx = 128;
+  o.n_batch = 128;
+  return o;
+}
+
+class OffloadFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(OffloadFixture, StreamingExpertsGivesBitIdenticalLogits) {
+  const std::string name = GetParam();
+  const auto ids = test::read_ids(test::ref_path(name, "seq.tok"));
+  auto resident = Engine::open(test::model_path(name), EngineOptions{});
+  ASSERT_EQ(resident->offload_store(), nullptr);
+  const auto want = logits_with(*resident, ids, 512);
+  const auto want_steps = logits_with(*resident, std::vector<int32_t>(ids.begin(), ids.begin() + 12), 1);
+
+  const int k = resident->model().spec().layers.back().moe.n_expert_used;
+  const uint64_t slot = BudgetedExpertStore::slot_bytes_for(resident->model());
+  for (const std::string policy : cache_policy_names()) {
+    for (auto io : {DirectReader::Mode::IoUring, DirectReader::Mode::DirectPread, DirectReader::Mode::BufferedPread}) {
+      for (int slots : {k, k + 3}) {
+        EngineOptions o = offload_opts(policy, io);
+        auto probe = Engine::open(test::model_path(name), o);  // unlimited pool, to learn the plan
+        o.mem_bytes = probe->plan().weights_resident + probe->plan().kv_bytes + probe->plan().buffer_bytes +
+                      static_cast<uint64_t>(slots) * slot;
+        auto e = Engine::open(test::model_path(name), o);
+        ASSERT_NE(e->offload_store(), nullptr);
+        ASSERT_EQ(e->offload_store()->n_slots(), static_cast<size_t>(slots));
+        EXPECT_EQ(logits_with(*e, ids, 512), want) << policy << " " << static_cast<int>(io) << " slots " << slots;
+        EXPECT_EQ(logits_with(*e, std::vector<int32_t>(ids.begin(), ids.begin() + 12), 1), want_steps) << policy;
+        const ExpertStoreStats st = e->offload_store()->stats();
+        uint64_t misses = 0;
+        for (auto m : st.misses) misses += m;
+        EXPECT_GT(misses, 0u);
+        EXPECT_GT(st.bytes_read, 0u);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, OffloadFixture,
+                         ::testing::Values("tiny-qwen3moe", "tiny-mixtral-Q4_K_M", "tiny-deepseekmoe",
+                                           "tiny-qwen2moe"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& c : s)
+                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return s;
+                         });
+
+TEST(OffloadBudget, TooSmallForOneLayerIsAClearError) {
+  EngineOptions o = offload_opts("lru", DirectReader::Mode::IoUring);
+  auto probe = Engine::open(test::model_path("tiny-qwen3moe"), o);
+  const uint64_t slot = BudgetedExpertStore::slot_bytes_for(probe->model());
+  o.mem_bytes = probe->plan().weights_resident + probe->plan().kv_bytes + probe->plan().buffer_bytes + slot;  // k = 2
+  try {
+    Engine::open(test::model_path("tiny-qwen3moe"), o);
+    FAIL() << "a pool of one expert was accepted for k = 2";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--mem"), std::string::npos) << e.what();
+  }
+  o.mem_bytes = 1 << 20;
+  EXPECT_THROW(Engine::open(test::model_path("tiny-qwen3moe"), o), Error);
+}
+
+TEST(OffloadBudget, ParseSize) {
+  EXPECT_EQ(parse_size("8G", "--mem"), 8ull << 30);
+  EXPECT_EQ(parse_size("512M", "--mem"), 512ull << 20);
+  EXPECT_EQ(parse_size("1.5GiB", "--mem"), 3ull << 29);
+  EXPECT_EQ(parse_size("4096", "--mem"), 4096u);
+  EXPECT_THROW(parse_size("lots", "--mem"), Error);
+  EXPECT_THROW(parse_size("8Q", "--mem"), Error);
+  EXPECT_THROW(parse_size("0", "--mem"), Error);
+}
+
+// Many threads acquire random experts (with hints in between) from a pool far smaller than the
+// model; every acquired expert must hold exactly the resident bytes for as long as it is pinned.
+TEST(OffloadConcurrency, PinnedExpertsAreNeverEvictedOrCorrupted) {
+  auto resident = Model::load(test::model_path("tiny-qwen3moe"));
+  auto deferred = Model::load(test::model_path("tiny-qwen3moe"), gguf::DataAccess::Pread, true);
+  BudgetedExpertStore::Options so;
+  so.pool_bytes = 4 * BudgetedExpertStore::slot_bytes_for(*deferred);
+  so.policy = "arc";
+  BudgetedExpertStore store(*deferred, so);
+  ResidentExpertStore truth(*resident);
+  const int L = resident->spec().n_layer, E = resident->spec().layers[0].moe.n_expert;
+  std::atomic<int> bad{0};
+  std::mutex truth_mu;
+  auto worker = [&](int seed) {
+    std::mt19937 rng(seed);
+    for (int it = 0; it < 150; ++it) {
+      const int l = static_cast<int>(rng() % L), e = static_cast<int>(rng() % E);
+      if (rng() % 3 == 0) {
+        int32_t hint[2] = {static_cast<int32_t>(rng() % E), static_cast<int32_t>(rng() % E)};
+        store.prefetch(static_cast<int>(rng() % L), hint, 2, true);
+      }
+      ExpertWeights got = store.acquire(l, e);
+      ExpertWeights want;
+      {
+        std::lock_guard<std::mutex> lock(truth_mu);
+        want = truth.acquire(l, e);
+      }
+      std::this_thread::yield();
+      for (auto [g, w] : {std::pair{got.gate, want.gate}, {got.up, want.up}, {got.down, want.down}})
+        if (std::memcmp(g.data, w.data, w.row_bytes * static_cast<size_t>(w.rows)) != 0) ++bad;
+      store.release(l, e);
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) threads.emplace_back(worker, 100 + t);
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_THROW(store.release(0, 0), Error);  // nothing pinned any more
+}
+
+TEST(CachePolicies, EvictionOrder) {
+  auto all = [](ExpertKey) { return true; };
+  ExpertKey v = 0;
+  {
+    auto p = make_cache_policy("lru", 3, 8, 2);
+    for (ExpertKey k : {1u, 2u, 3u}) p->on_insert(k);
+    p->on_access(1);
+    ASSERT_TRUE(p->choose_victim(all, v));
+    EXPECT_EQ(v, 2u);
+    ASSERT_TRUE(p->choose_victim([](ExpertKey k) { return k != 2; }, v));
+    EXPECT_EQ(v, 3u);
+  }
+  {
+    auto p = make_cache_policy("lfu", 3, 8, 2);
+    for (ExpertKey k : {1u, 2u, 3u}) p->on_insert(k);
+    p->on_access(1);
+    p->on_access(1);
+    p->on_access(3);
+    ASSERT_TRUE(p->choose_victim(all, v));
+    EXPECT_EQ(v, 2u);
+  }
+  {
+    // ARC: a key seen twice (T2) outlives one-time keys (T1) when T1 is over its target.
+    auto p = make_cache_policy("arc", 3, 8, 2);
+    for (ExpertKey k : {1u, 2u, 3u}) p->on_insert(k);
+    p->on_access(1);
+    ASSERT_TRUE(p->choose_victim(all, v));
+    EXPECT_NE(v, 1u);
+  }
+  {
+    // Layer-aware: with equal recency, the deeper layer's expert goes first.
+    auto p = make_cache_policy("layer", 2, 8, 4);
+    p->on_insert(3 * 8 + 1);  // layer 3
+    p->on_insert(0 * 8 + 1);  // layer 0, newer
+    p->on_access(3 * 8 + 1);
+    p->on_access(0 * 8 + 1);
+    ASSERT_TRUE(p->choose_victim(all, v));
+    EXPECT_EQ(v, 3u * 8 + 1);
+  }
+  EXPECT_THROW(make_cache_policy("fifo", 1, 1, 1), Error);
+}
+
+}  // namespace
+}  // namespace moe
