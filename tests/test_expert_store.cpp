@@ -44,7 +44,7 @@ TEST_P(OffloadFixture, StreamingExpertsGivesBitIdenticalLogits) {
   const auto want_steps = logits_with(*resident, std::vector<int32_t>(ids.begin(), ids.begin() + 12), 1);
 
   const int k = resident->model().spec().layers.back().moe.n_expert_used;
-  const uint64_t slot = BudgetedExpertStore::slot_bytes_for(resident->model());
+  const uint64_t slot = BudgetedExpertStore::slot_bytes_for(resident->model().expert_layout());
   for (const std::string policy : cache_policy_names()) {
     for (auto io : {DirectReader::Mode::IoUring, DirectReader::Mode::DirectPread, DirectReader::Mode::BufferedPread}) {
       for (int slots : {k, k + 3}) {
@@ -80,7 +80,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, OffloadFixture,
 TEST(OffloadBudget, TooSmallForOneLayerIsAClearError) {
   EngineOptions o = offload_opts("lru", DirectReader::Mode::IoUring);
   auto probe = Engine::open(test::model_path("tiny-qwen3moe"), o);
-  const uint64_t slot = BudgetedExpertStore::slot_bytes_for(probe->model());
+  const uint64_t slot = BudgetedExpertStore::slot_bytes_for(probe->model().expert_layout());
   o.mem_bytes = probe->plan().weights_resident + probe->plan().kv_bytes + probe->plan().buffer_bytes + slot;  // k = 2
   try {
     Engine::open(test::model_path("tiny-qwen3moe"), o);
@@ -108,9 +108,9 @@ TEST(OffloadConcurrency, PinnedExpertsAreNeverEvictedOrCorrupted) {
   auto resident = Model::load(test::model_path("tiny-qwen3moe"));
   auto deferred = Model::load(test::model_path("tiny-qwen3moe"), gguf::DataAccess::Pread, true);
   BudgetedExpertStore::Options so;
-  so.pool_bytes = 4 * BudgetedExpertStore::slot_bytes_for(*deferred);
+  so.pool_bytes = 4 * BudgetedExpertStore::slot_bytes_for(deferred->expert_layout());
   so.policy = "arc";
-  BudgetedExpertStore store(*deferred, so);
+  BudgetedExpertStore store(deferred->expert_layout(), so);
   ResidentExpertStore truth(*resident);
   const int L = resident->spec().n_layer, E = resident->spec().layers[0].moe.n_expert;
   std::atomic<int> bad{0};

@@ -5,27 +5,12 @@
 #include <string>
 #include <vector>
 
+#include "moe/moe_spec.h"
+
 namespace moe {
 
-enum class Gating { Softmax, Sigmoid };
-enum class SharedGate { None, Sigmoid };  // how the shared-expert output is scaled
 enum class RopeStyle { Normal, Neox };     // Normal pairs (2i, 2i+1); Neox pairs (i, i + n_rot/2)
 enum class QkNorm { None, PerHead, Full }; // RMSNorm on q/k per head, or over the whole projection
-
-struct MoeSpec {
-  int n_expert = 0;
-  int n_expert_used = 0;  // k
-  int64_t n_ff_exp = 0;
-  Gating gating = Gating::Softmax;
-  bool norm_topk = false;     // renormalize the k selected weights to sum 1
-  float route_scale = 1.0f;   // multiplies the final weights (1 = none)
-  bool has_selection_bias = false;
-  int n_group = 1;            // group-limited routing (1 = off)
-  int topk_group = 1;
-  int n_shared = 0;           // shared experts, computed as one FFN of width n_ff_shexp
-  int64_t n_ff_shexp = 0;
-  SharedGate shared_gate = SharedGate::None;
-};
 
 struct LayerSpec {
   bool is_moe = false;

@@ -107,6 +107,28 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
   return m;
 }
 
+ExpertLayout Model::expert_layout() const {
+  ExpertLayout out;
+  out.path = file_->path();
+  const ModelSpec& s = spec_;
+  out.layers.resize(s.n_layer);
+  out.n_expert_used.assign(s.n_layer, 0);
+  const Role roles[3] = {Role::ExpGate, Role::ExpUp, Role::ExpDown};
+  for (int il = 0; il < s.n_layer; ++il) {
+    if (!s.layers[il].is_moe) continue;
+    out.n_expert = std::max(out.n_expert, s.layers[il].moe.n_expert);
+    out.n_expert_used[il] = s.layers[il].moe.n_expert_used;
+    for (int i = 0; i < 3; ++i) {
+      const WeightView& v = layers_[il][roles[i]];
+      ExpertTensorLayout& t = out.layers[il][i];
+      t.data = v.data;
+      t.file_offset = file_->data_offset() + v.info->offset;
+      t.shape = {nullptr, v.type, v.rows, v.cols, v.row_bytes};
+    }
+  }
+  return out;
+}
+
 Model::ByteReport Model::byte_report() const {
   ByteReport r;
   const ModelSpec& s = spec_;

@@ -8,6 +8,7 @@
 
 #include "format/gguf.h"
 #include "kernels/matmul.h"
+#include "moe/expert_store.h"
 #include "model/arch.h"
 #include "model/spec.h"
 #include "tensor/dtype.h"
@@ -73,6 +74,8 @@ class Model {
     uint64_t active_bytes_per_token = 0; // attention + router + k experts + shared + dense + output
   };
   ByteReport byte_report() const;
+  // Where the routed experts are (in memory and in the file), for expert stores.
+  ExpertLayout expert_layout() const;
 
  private:
   std::unique_ptr<gguf::File> file_;

@@ -7,7 +7,7 @@
 
 #include "base/thread_pool.h"
 #include "kernels/matmul.h"
-#include "model/spec.h"
+#include "moe/moe_spec.h"
 #include "moe/expert_store.h"
 #include "moe/router.h"
 

@@ -4,60 +4,52 @@
 #include <chrono>
 
 #include "base/error.h"
-#include "model/weights.h"
 
 namespace moe {
 
 ExpertWeights ResidentExpertStore::acquire(int layer, int expert) {
-  const LayerWeights& lw = model_.layer(layer);
-  const WeightView& up = lw[Role::ExpUp];
-  if (!up || expert < 0 || expert >= up.n_mat) fail("expert store: no expert {} in layer {}", expert, layer);
-  if (!up.data) fail("expert store: the model was loaded with deferred experts; use an offloading store");
-  return {to_matrix(lw[Role::ExpGate], expert), to_matrix(up, expert), to_matrix(lw[Role::ExpDown], expert)};
+  if (layer < 0 || layer >= layout_.n_layer() || expert < 0 || expert >= layout_.n_expert ||
+      layout_.n_expert_used[layer] == 0)
+    fail("expert store: no expert {} in layer {}", expert, layer);
+  ExpertWeights w;
+  kernels::MatrixRef* out[3] = {&w.gate, &w.up, &w.down};
+  for (int i = 0; i < 3; ++i) {
+    const ExpertTensorLayout& t = layout_.layers[layer][i];
+    if (!t.data) fail("expert store: the model was loaded with deferred experts; use an offloading store");
+    *out[i] = t.shape;
+    out[i]->data = t.data + static_cast<uint64_t>(expert) * t.matrix_bytes();
+  }
+  return w;
 }
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr Role kExpertRoles[3] = {Role::ExpGate, Role::ExpUp, Role::ExpDown};
-
-// One expert's matrix inside its stacked tensor, as an absolute file extent.
-struct Extent {
-  uint64_t offset, size;
-};
-
-Extent expert_extent(const Model& m, const WeightView& v, int expert) {
-  return {m.file().data_offset() + v.info->offset + static_cast<uint64_t>(expert) * v.matrix_bytes(), v.matrix_bytes()};
-}
 
 uint64_t align_down(uint64_t x, uint64_t a) { return x / a * a; }
 uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 }  // namespace
 
-uint64_t BudgetedExpertStore::slot_bytes_for(const Model& m, uint64_t a) {
+uint64_t BudgetedExpertStore::slot_bytes_for(const ExpertLayout& layout, uint64_t a) {
   uint64_t best = 0;
-  for (int il = 0; il < m.spec().n_layer; ++il) {
-    if (!m.spec().layers[il].is_moe) continue;
+  for (int il = 0; il < layout.n_layer(); ++il) {
+    if (layout.n_expert_used[il] == 0) continue;
     uint64_t sum = 0;
-    for (Role r : kExpertRoles) sum += align_up(m.layer(il)[r].matrix_bytes(), a) + a;  // + a: misaligned start
+    for (const auto& t : layout.layers[il]) sum += align_up(t.matrix_bytes(), a) + a;  // + a: misaligned start
     best = std::max(best, sum);
   }
   return best;
 }
 
-BudgetedExpertStore::BudgetedExpertStore(const Model& model, Options opts) : model_(model) {
-  const ModelSpec& s = model.spec();
-  n_layer_ = s.n_layer;
+BudgetedExpertStore::BudgetedExpertStore(ExpertLayout layout, Options opts) : layout_(std::move(layout)) {
+  n_layer_ = layout_.n_layer();
+  n_expert_ = layout_.n_expert;
   int max_k = 0;
-  for (const auto& L : s.layers)
-    if (L.is_moe) {
-      n_expert_ = std::max(n_expert_, L.moe.n_expert);
-      max_k = std::max(max_k, L.moe.n_expert_used);
-    }
-  if (n_expert_ == 0) fail("{}: the model has no experts to offload", model.file().path());
-  reader_ = std::make_unique<DirectReader>(model.file().path(), opts.io_mode);
-  slot_bytes_ = slot_bytes_for(model, reader_->alignment());
+  for (int k : layout_.n_expert_used) max_k = std::max(max_k, k);
+  if (n_expert_ == 0 || max_k == 0) fail("{}: the model has no experts to offload", layout_.path);
+  reader_ = std::make_unique<DirectReader>(layout_.path, opts.io_mode);
+  slot_bytes_ = slot_bytes_for(layout_, reader_->alignment());
   const uint64_t n = opts.pool_bytes / slot_bytes_;
   if (n < static_cast<uint64_t>(max_k))
     fail("expert pool of {} bytes holds {} experts of {} bytes, fewer than the {} one layer needs per token; raise --mem",
@@ -198,18 +190,18 @@ void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, boo
 void BudgetedExpertStore::load_into(const Job& job) {
   const int layer = static_cast<int>(job.key / static_cast<ExpertKey>(n_expert_));
   const int expert = static_cast<int>(job.key % static_cast<ExpertKey>(n_expert_));
-  const LayerWeights& lw = model_.layer(layer);
   const uint64_t a = reader_->alignment();
   uint8_t* base = slots_[job.slot].buf.data();  // the slot is Loading: only this thread touches it
   std::vector<ReadRequest> reqs;
   kernels::MatrixRef refs[3];
   uint64_t cursor = 0, bytes = 0;
   for (int i = 0; i < 3; ++i) {
-    const WeightView& v = lw[kExpertRoles[i]];
-    const Extent e = expert_extent(model_, v, expert);
-    const uint64_t start = align_down(e.offset, a), end = align_up(e.offset + e.size, a);
+    const ExpertTensorLayout& t = layout_.layers[layer][i];
+    const uint64_t offset = t.file_offset + static_cast<uint64_t>(expert) * t.matrix_bytes();
+    const uint64_t start = align_down(offset, a), end = align_up(offset + t.matrix_bytes(), a);
     reqs.push_back({start, end - start, base + cursor});
-    refs[i] = {base + cursor + (e.offset - start), v.type, v.rows, v.cols, v.row_bytes};
+    refs[i] = t.shape;
+    refs[i].data = base + cursor + (offset - start);
     cursor += end - start;
     bytes += end - start;
   }

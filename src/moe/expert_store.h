@@ -4,12 +4,14 @@
 #pragma once
 #include <condition_variable>
 #include <cstdint>
+#include <array>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "base/direct_io.h"
@@ -18,10 +20,25 @@
 
 namespace moe {
 
-class Model;
-
 struct ExpertWeights {
   kernels::MatrixRef gate, up, down;
+};
+
+// Where every routed expert's matrices are, so stores need not know about models or files' formats.
+// Each layer's gate/up/down are stacked tensors: expert e's matrix starts e * matrix_bytes in.
+struct ExpertTensorLayout {
+  const uint8_t* data = nullptr;  // in memory (resident), or null when only on disk
+  uint64_t file_offset = 0;       // absolute offset of expert 0 in the file
+  kernels::MatrixRef shape;       // type, rows, cols, row_bytes (data unused)
+  uint64_t matrix_bytes() const { return shape.row_bytes * static_cast<uint64_t>(shape.rows); }
+};
+
+struct ExpertLayout {
+  std::string path;
+  int n_expert = 0;                                      // max over layers
+  std::vector<int> n_expert_used;                        // per layer, 0 for dense layers
+  std::vector<std::array<ExpertTensorLayout, 3>> layers; // gate, up, down; empty shapes for dense layers
+  int n_layer() const { return static_cast<int>(layers.size()); }
 };
 
 class ExpertStore {
@@ -36,15 +53,18 @@ class ExpertStore {
   virtual void prefetch(int layer, const int32_t* experts, int n, bool speculative) {}
 };
 
-// Serves the experts straight from the model's (mapped or owned) tensor data.
+// Serves the experts straight from in-memory (mapped or owned) tensor data.
 class ResidentExpertStore final : public ExpertStore {
  public:
-  explicit ResidentExpertStore(const Model& model) : model_(model) {}
+  explicit ResidentExpertStore(ExpertLayout layout) : layout_(std::move(layout)) {}
+  // From anything that describes its experts (a Model), without this layer depending on it.
+  template <typename M, typename = decltype(std::declval<const M&>().expert_layout())>
+  explicit ResidentExpertStore(const M& model) : layout_(model.expert_layout()) {}
   ExpertWeights acquire(int layer, int expert) override;
   void release(int, int) override {}
 
  private:
-  const Model& model_;
+  ExpertLayout layout_;
 };
 
 struct ExpertStoreStats {
@@ -71,7 +91,7 @@ class BudgetedExpertStore final : public ExpertStore {
     std::string policy = "lru";
     DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
   };
-  BudgetedExpertStore(const Model& model, Options opts);
+  BudgetedExpertStore(ExpertLayout layout, Options opts);
   ~BudgetedExpertStore() override;
 
   ExpertWeights acquire(int layer, int expert) override;
@@ -84,8 +104,8 @@ class BudgetedExpertStore final : public ExpertStore {
   const char* policy_name() const { return policy_->name(); }
   ExpertStoreStats stats() const;
 
-  // Bytes one slot needs for this model (largest expert, with direct-I/O alignment slack).
-  static uint64_t slot_bytes_for(const Model& model, uint64_t io_alignment = 4096);
+  // Bytes one slot needs (largest expert, with direct-I/O alignment slack).
+  static uint64_t slot_bytes_for(const ExpertLayout& layout, uint64_t io_alignment = 4096);
 
  private:
   enum class SlotState { Empty, Loading, Ready, Failed };
@@ -110,7 +130,7 @@ class BudgetedExpertStore final : public ExpertStore {
   void io_loop();
   void load_into(const Job& job);
 
-  const Model& model_;
+  ExpertLayout layout_;
   int n_expert_ = 0, n_layer_ = 0;
   uint64_t slot_bytes_ = 0;
   std::unique_ptr<DirectReader> reader_;

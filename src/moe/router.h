@@ -2,10 +2,11 @@
 // score (softmax | sigmoid) -> + selection bias -> group mask -> top-k -> gather unbiased scores ->
 // optional renormalization -> route_scale. Run-time strategies will compose around this step.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
-#include "model/spec.h"
+#include "moe/moe_spec.h"
 
 namespace moe {
 

@@ -82,7 +82,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
   }
   if (!e->plan_.offload) {
     e->model_ = Model::load(path, o.no_mmap ? gguf::DataAccess::Pread : gguf::DataAccess::Mmap);
-    e->store_ = std::make_unique<ResidentExpertStore>(*e->model_);
+    e->store_ = std::make_unique<ResidentExpertStore>(e->model_->expert_layout());
     return e;
   }
   // Resident part read into owned memory, so the experts' file pages are never mapped or cached.
@@ -91,7 +91,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
   so.pool_bytes = e->plan_.expert_pool_bytes;
   so.policy = o.cache_policy;
   so.io_mode = o.io_mode;
-  auto store = std::make_unique<BudgetedExpertStore>(*e->model_, so);
+  auto store = std::make_unique<BudgetedExpertStore>(e->model_->expert_layout(), so);
   e->budgeted_ = store.get();
   e->store_ = std::move(store);
   return e;
