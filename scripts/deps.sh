@@ -8,11 +8,14 @@ packages=(
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev liburing-dev
   libgtest-dev libbenchmark-dev
 )
-# Optional groups, asked for by name: "fuzz" (clang + libFuzzer runtime).
+# Optional groups, asked for by name: "fuzz" (clang + libFuzzer runtime), "corpus" (the Debian packages
+# scripts/build_corpus.sh reads: the King James Bible, fortunes, Python's standard library).
 for group in "$@"; do
   case "$group" in
     fuzz) packages+=(clang libclang-rt-14-dev) ;;
-    *) echo "deps.sh: unknown group '$group' (known: fuzz)" >&2; exit 2 ;;
+    corpus) packages+=(bible-kjv bible-kjv-text fortunes-min fortunes python3 libpython3-stdlib) ;;
+    interactive) packages+=(tmux) ;;
+    *) echo "deps.sh: unknown group '$group' (known: fuzz, interactive, corpus)" >&2; exit 2 ;;
   esac
 done
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 
 #include "base/error.h"
 #include "kernels/ops.h"
@@ -162,6 +163,16 @@ void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) 
   const float* bias = lw[Role::RouterBias] ? f32(lw[Role::RouterBias]) : nullptr;
   route_tokens(ms, router_logits_.data(), bias, n_tokens, routing_);
   if (observer_) observer_->on_routing(il, pos0, routing_);
+  if (predicted_layer_ == il && static_cast<int64_t>(predicted_.size()) == n_tokens) {
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const auto& pred = predicted_[t];
+      pred_stats_.predicted += pred.size();
+      pred_stats_.actual += routing_.k;
+      for (int j = 0; j < routing_.k; ++j)
+        pred_stats_.correct += std::find(pred.begin(), pred.end(), routing_.id(t, j)) != pred.end();
+    }
+  }
+  if (options_.lookahead_margin >= 0) predict_next_layer(il, n_tokens, pool);
   executor_.run(il, ms, xn_.data(), n_tokens, d, routing_, store_, pool, tmp_.data());
 
   if (ms.n_shared > 0) {
@@ -179,6 +190,36 @@ void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) 
     }
     kernels::add(tmp_.data(), shexp_out_.data(), n_tokens * d);
   }
+}
+
+void ForwardPass::predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  int next = il + 1;
+  while (next < s.n_layer && !s.layers[next].is_moe) ++next;
+  predicted_layer_ = -1;
+  if (next >= s.n_layer) return;
+  const MoeSpec& nm = s.layers[next].moe;
+  const WeightView& router = model_.layer(next)[Role::Router];
+  lookahead_logits_.resize(static_cast<size_t>(n_tokens * nm.n_expert));
+  project(router, xn_.data(), n_tokens, lookahead_logits_.data(), pool);
+  const float* bias = model_.layer(next)[Role::RouterBias] ? f32(model_.layer(next)[Role::RouterBias]) : nullptr;
+  const int want = std::min(nm.n_expert, nm.n_expert_used + options_.lookahead_margin);
+  predicted_.assign(static_cast<size_t>(n_tokens), {});
+  hint_.clear();
+  std::vector<int32_t> order(nm.n_expert);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    // Softmax and sigmoid are monotonic, so ranking the (biased) logits ranks the scores.
+    const float* z = lookahead_logits_.data() + t * nm.n_expert;
+    std::iota(order.begin(), order.end(), 0);
+    auto key = [&](int32_t e) { return z[e] + (bias ? bias[e] : 0.0f); };
+    std::partial_sort(order.begin(), order.begin() + want, order.end(),
+                      [&](int32_t a, int32_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); });
+    predicted_[t].assign(order.begin(), order.begin() + want);
+    for (int j = 0; j < want; ++j)
+      if (std::find(hint_.begin(), hint_.end(), order[j]) == hint_.end()) hint_.push_back(order[j]);
+  }
+  predicted_layer_ = next;
+  store_.prefetch(next, hint_.data(), static_cast<int>(hint_.size()), /*speculative=*/true);
 }
 
 void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool,

@@ -42,6 +42,18 @@ struct ForwardOptions {
   // Q to fp16 and accumulates V in fp16. Off by default: our fp32 attention is more accurate and gives
   // the same logits whether a prompt is evaluated in one batch or token by token.
   bool llama_compat_attention = false;
+  // Cross-layer gate prediction (Fate): apply the next MoE layer's router to this layer's MoE input
+  // and hint its top-(k + margin) experts to the store. -1 = off.
+  int lookahead_margin = -1;
+};
+
+// How well cross-layer prediction guessed the next layer's experts (per token and layer).
+struct PredictionStats {
+  uint64_t predicted = 0;  // experts hinted
+  uint64_t actual = 0;     // experts then routed to
+  uint64_t correct = 0;    // in both
+  double precision() const { return predicted ? double(correct) / double(predicted) : 0.0; }
+  double recall() const { return actual ? double(correct) / double(actual) : 0.0; }
 };
 
 class ForwardPass {
@@ -54,11 +66,13 @@ class ForwardPass {
            bool all_logits);
 
   void set_observer(RoutingObserver* obs) { observer_ = obs; }
+  const PredictionStats& prediction_stats() const { return pred_stats_; }
 
  private:
   void attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);
   void ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
   void project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
+  void predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool);
 
   const Model& model_;
   ExpertStore& store_;
@@ -70,6 +84,12 @@ class ForwardPass {
   // Activations, [n_tokens][width].
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, router_logits_, shexp_out_, moe_out_;
   kernels::ActBuffer act_;
+  // Lookahead: per token, the experts predicted for layer predicted_layer_.
+  int predicted_layer_ = -1;
+  std::vector<std::vector<int32_t>> predicted_;
+  std::vector<float> lookahead_logits_;
+  std::vector<int32_t> hint_;
+  PredictionStats pred_stats_;
   std::vector<float> rope_cs_;
 };
 

@@ -1,5 +1,6 @@
 #include "model/synth.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include "base/error.h"
 #include "format/gguf.h"
 #include "model/arch.h"
+#include "base/thread_pool.h"
 
 namespace moe {
 
@@ -36,7 +38,18 @@ uint64_t hash_name(const std::string& s, uint64_t seed) {
   return h;
 }
 
-DType type_for(const SynthConfig& c, Placement p, size_t n_dims, int64_t cols) {
+// llama.cpp's fallback when a row length is not a multiple of the target's block (llama-quant.cpp).
+DType llama_fallback_type(DType t) {
+  switch (t) {
+    case DType::Q2_K: case DType::Q3_K: return DType::Q4_0;
+    case DType::Q4_K: return DType::Q5_0;
+    case DType::Q5_K: return DType::Q5_1;
+    case DType::Q6_K: return DType::Q8_0;
+    default: return DType::F16;
+  }
+}
+
+DType type_for(const SynthConfig& c, Placement p, Role role, int layer, size_t n_dims, int64_t cols) {
   DType t;
   switch (p) {
     case Placement::Embedding: t = c.embd_type; break;
@@ -48,8 +61,22 @@ DType type_for(const SynthConfig& c, Placement p, size_t n_dims, int64_t cols) {
     default: t = DType::F32;
   }
   if (n_dims < 2) return DType::F32;  // norms, biases and gate vectors stay fp32, as llama.cpp keeps them
-  if (cols % dtype_traits(t).block_elems != 0) return DType::F16;
+  if (c.type_override) t = c.type_override(role, layer, t);
+  if (cols % dtype_traits(t).block_elems != 0) {
+    if (!c.llama_fallback) return DType::F16;
+    t = llama_fallback_type(t);
+    if (cols % dtype_traits(t).block_elems != 0) return DType::F16;
+  }
   return t;
+}
+
+// Row-stream mode: a cheap near-normal draw (Irwin-Hall sum of four 16-bit uniforms, unit variance)
+// from one splitmix64 output, seeded per row so rows can be produced in any order on any thread.
+inline float fast_normal(Rng& rng) {
+  const uint64_t z = rng.next();
+  const float s = static_cast<float>((z & 0xFFFF) + ((z >> 16) & 0xFFFF) + ((z >> 32) & 0xFFFF) + (z >> 48));
+  // Sum of four U(0, 65535): mean 131070, variance 4 * (65536^2 - 1) / 12.
+  return (s - 131070.0f) * (1.0f / 37837.23f);
 }
 
 }  // namespace
@@ -126,7 +153,8 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
     w.set("tokenizer.ggml.eos_token_id", gguf::Value::make_u32(static_cast<uint32_t>(s.n_vocab - 1)));
     w.set("tokenizer.ggml.add_bos_token", gguf::Value::make_bool(false));
   }
-  w.set("general.file_type", gguf::Value::make_u32(cfg.expert_type == DType::F16 ? 1 : 0));
+  w.set("general.file_type", gguf::Value::make_u32(cfg.file_type >= 0 ? static_cast<uint32_t>(cfg.file_type)
+                                                                      : (cfg.expert_type == DType::F16 ? 1 : 0)));
 
   // The spec the loader will see (arch hooks decide e.g. qk-norm shape) comes from the descriptor.
   ModelSpec shaped = s;
@@ -153,7 +181,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
       if (d.role == Role::Output && s.tied_output) continue;
       char name[256];
       std::snprintf(name, sizeof name, d.gguf_name, il);
-      const DType t = type_for(cfg, d.placement, dims.size(), dims[0]);
+      const DType t = type_for(cfg, d.placement, d.role, d.per_layer ? il : -1, dims.size(), dims[0]);
       int64_t rows = 1;
       for (size_t i = 1; i < dims.size(); ++i) rows *= dims[i];
       total += row_bytes(t, dims[0]) * static_cast<uint64_t>(rows);
@@ -161,7 +189,49 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
     }
   }
   auto done = std::make_shared<uint64_t>(0);
+  std::shared_ptr<ThreadPool> pool;
+  if (cfg.row_streams && cfg.threads > 1) pool = std::make_shared<ThreadPool>(cfg.threads);
   for (const Planned& p : plan) {
+    if (cfg.row_streams) {
+      const uint64_t seed = hash_name(p.name, cfg.seed);
+      const Planned pc = p;
+      const int64_t unique_rows = cfg.unique_rows;
+      w.add_tensor_stream(p.name, p.type, p.dims,
+                          [pc, seed, done, total, progress, pool, unique_rows](uint8_t* dst, uint64_t nbytes) {
+        const int64_t cols = pc.dims[0];
+        int64_t rows = 1;
+        for (size_t i = 1; i < pc.dims.size(); ++i) rows *= pc.dims[i];
+        const bool is_norm = pc.placement == Placement::Norm;
+        const bool is_vector = pc.dims.size() == 1;
+        const float sd = pc.placement == Placement::Embedding ? 1.0f : 1.0f / std::sqrt(static_cast<float>(cols));
+        const QuantizeFn quantize = storage_quantizer(pc.type);
+        const size_t rb = row_bytes(pc.type, cols);
+        auto produce = [&](int64_t r0, int64_t r1, int) {
+          std::vector<float> row(static_cast<size_t>(cols));
+          for (int64_t r = r0; r < r1; ++r) {
+            Rng rng{seed ^ (static_cast<uint64_t>(r) * 0xD1B54A32D192ED03ull)};
+            for (int64_t c = 0; c < cols; ++c) {
+              const float z = fast_normal(rng);
+              row[c] = is_norm ? 1.0f + 0.1f * z : (is_vector ? 0.1f * z : sd * z);
+            }
+            uint8_t* out = dst + static_cast<size_t>(r) * rb;
+            if (pc.type == DType::F32) std::memcpy(out, row.data(), rb);
+            else quantize(row.data(), out, cols);
+          }
+        };
+        const int64_t n_unique = unique_rows > 0 ? std::min(rows, unique_rows) : rows;
+        if (pool) pool->parallel_for(n_unique, 16, produce);
+        else produce(0, n_unique, 0);
+        for (int64_t r = n_unique; r < rows; ++r) {
+          uint64_t h = (seed + static_cast<uint64_t>(r)) * 0x9E3779B97F4A7C15ull;
+          h ^= h >> 29;
+          std::memcpy(dst + static_cast<size_t>(r) * rb, dst + static_cast<size_t>(h % n_unique) * rb, rb);
+        }
+        *done += nbytes;
+        if (progress) progress(*done, total);
+      });
+      continue;
+    }
     const uint64_t seed = hash_name(p.name, cfg.seed);
     const Planned pc = p;
     w.add_tensor_stream(p.name, p.type, p.dims, [pc, seed, done, total, progress](uint8_t* dst, uint64_t nbytes) {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 
+#include "model/arch.h"
 #include "model/spec.h"
 #include "tensor/dtype.h"
 
@@ -22,6 +23,24 @@ struct SynthConfig {
   DType router_type = DType::F32;
   uint64_t seed = 1;
   bool with_vocab = true;  // write a byte-level placeholder vocabulary so text tools work
+
+  // Additions for `moe synth` (additive: the defaults keep the old behaviour and the old bytes).
+  // Finer per-role type choice (e.g. llama.cpp's Q4_K_M mix: Q6_K for some attn_v / ffn_down).
+  // Called for every matrix (n_dims >= 2) with the placement type as `def`; layer is -1 for globals.
+  std::function<DType(Role, int layer, DType def)> type_override;
+  // When a row length is not a multiple of the chosen type's block: use llama.cpp's fallback
+  // (Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0, Q2_K/Q3_K->Q4_0, then F16) instead of going straight to F16.
+  bool llama_fallback = false;
+  int file_type = -1;        // general.file_type (llama_ftype) to write; -1 = derived as before
+  // One RNG stream per row (a cheap near-normal draw) instead of one stream per tensor: rows are then
+  // generated and quantized in parallel on `threads` threads, and the bytes do not depend on `threads`.
+  bool row_streams = false;
+  int threads = 1;
+  // With row_streams: generate and quantize only this many distinct rows per tensor and fill the
+  // others with copies picked by a hash of (seed, row). 0 = every row distinct. For bandwidth
+  // benchmarks the bytes only need to be valid and not all equal; the reference K-quant
+  // quantizers run at a few MB/s, so this is what makes a 17 GB model take minutes instead of hours.
+  int64_t unique_rows = 0;
 };
 
 // Fills a ModelSpec with a uniform MoE shape (every layer MoE unless n_dense_lead > 0).

@@ -1,25 +1,37 @@
-// `moe run`: generate a continuation. The prompt is token ids (--tokens FILE) or text (-p TEXT), the
-// output streams as it is generated, and timing statistics go to stderr at the end.
+// `moe run`: generate a continuation. The prompt is token ids (--tokens FILE) or text (-p TEXT or
+// -f FILE). Text prompts stream their continuation as text (the prompt itself is not echoed); token
+// prompts print one generated id per line. Generation stops at an end-of-generation token (unless
+// --ignore-eos), after -n tokens, at a --stop string (which is not printed) or when the context is
+// full. Timing statistics go to stderr at the end.
+//
+// Input rules: an empty prompt is an error; a prompt that does not fit the context is an error that
+// names both sizes; a prompt that is not valid UTF-8 is accepted with a warning and tokenized the
+// way the tokenizer defines (byte-level BPE: each malformed byte becomes U+FFFD; SentencePiece: each
+// malformed byte becomes its <0xNN> byte token).
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "generation.h"
 #include "model/weights.h"
 #include "moe/expert_store.h"
 #include "runtime/sampler.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace moe::cli {
 
 namespace {
 
 struct RunArgs {
-  std::string model, tokens, prompt, ids_out;
+  std::string model, tokens, prompt, prompt_file, ids_out;
+  bool have_prompt = false;  // -p given (possibly empty)
   std::vector<std::string> stops;
   int n_predict = 64;
   int threads = 0;
@@ -34,32 +46,51 @@ struct RunArgs {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 int run_run(const RunArgs& a) {
-  if (a.tokens.empty() == a.prompt.empty()) fail("run: give exactly one of --tokens FILE or -p TEXT");
-  auto model = Model::load(a.model);
+  const int n_sources = int(!a.tokens.empty()) + int(a.have_prompt) + int(!a.prompt_file.empty());
+  if (n_sources != 1) fail("run: give exactly one of -p TEXT, -f FILE or --tokens FILE");
+
+  // Text prompts are checked before the (possibly slow) model load.
+  std::string text;
+  if (a.have_prompt) text = a.prompt;
+  if (!a.prompt_file.empty()) text = read_text_file(a.prompt_file);
+  const bool text_prompt = a.tokens.empty();
+  if (text_prompt && text.empty())
+    fail("run: the prompt is empty{}", a.prompt_file.empty() ? "" : fmt::format(" ({} has no bytes)", a.prompt_file));
+  std::vector<int32_t> prompt;
+  if (!text_prompt) prompt = read_token_file(a.tokens);
+
+  auto model = load_model_for_generation(a.model);
   const ModelSpec& s = model->spec();
   std::unique_ptr<Tokenizer> tok;
   if (model->file().has("tokenizer.ggml.model")) tok = Tokenizer::from_gguf(model->file());
 
-  std::vector<int32_t> prompt;
-  if (!a.tokens.empty()) {
-    prompt = read_token_file(a.tokens);
-  } else {
-    if (!tok) fail("{}: -p needs a tokenizer, and this model has no tokenizer.ggml.model", a.model);
-    prompt = tok->encode(a.prompt, /*add_bos=*/true, /*parse_special=*/true);
+  if (text_prompt) {
+    if (!tok) fail("{}: a text prompt needs a tokenizer, and this model has no tokenizer.ggml.model", a.model);
+    if (!tok::utf8_is_valid(text))
+      std::fprintf(stderr,
+                   "moe run: warning: the prompt is not valid UTF-8; malformed bytes are tokenized as %s\n",
+                   tok->model_type() == "llama" ? "byte tokens" : "U+FFFD");
+    prompt = tok->encode(text, /*add_bos=*/true, /*parse_special=*/true);
     if (prompt.empty()) fail("run: the prompt is empty after tokenization");
   }
   for (int32_t id : prompt)
     if (id < 0 || id >= s.n_vocab) fail("run: prompt token id {} is outside the vocabulary [0, {})", id, s.n_vocab);
 
-  int64_t n_ctx = a.n_ctx > 0 ? a.n_ctx : std::min<int64_t>(std::max<int64_t>(s.n_ctx_train, 512), 4096);
-  n_ctx = std::max<int64_t>(n_ctx, static_cast<int64_t>(prompt.size()) + a.n_predict);
-  if (static_cast<int64_t>(prompt.size()) >= n_ctx)
-    fail("run: the prompt has {} tokens, more than the context size {}", prompt.size(), n_ctx);
+  // -c is taken as given. Without it the context is sized for the prompt plus -n (at least 512,
+  // by default no more than 4096 beyond that need), but never beyond the model's training context.
+  const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+  int64_t n_ctx = a.n_ctx;
+  if (n_ctx <= 0) {
+    n_ctx = std::max<int64_t>({512, std::min<int64_t>(s.n_ctx_train > 0 ? s.n_ctx_train : 4096, 4096),
+                               n_prompt + a.n_predict});
+    if (s.n_ctx_train > 0) n_ctx = std::min(n_ctx, std::max<int64_t>(s.n_ctx_train, 512));
+  }
+  if (n_prompt >= n_ctx)
+    fail("run: the prompt has {} tokens but the context size is {} ({}); it must be smaller (pass a larger -c{})",
+         n_prompt, n_ctx, a.n_ctx > 0 ? "-c" : "default", a.n_ctx > 0 ? "" : " or shorten the prompt");
 
   ThreadPool pool(resolve_threads(a.threads));
   ResidentExpertStore store(*model);
@@ -67,55 +98,50 @@ int run_run(const RunArgs& a) {
   fopts.llama_compat_attention = a.llama_compat;
   Session session(*model, store, n_ctx, fopts);
   Sampler sampler({a.temp, a.top_k, a.top_p, a.seed});
-  std::unique_ptr<StreamDecoder> stream;
-  const bool text_out = tok && a.tokens.empty();
-  if (text_out) stream = std::make_unique<StreamDecoder>(*tok);
 
   const auto t0 = Clock::now();
-  const std::vector<float>* logits = &session.eval(prompt, pool);
+  const std::vector<float>& logits = session.eval(prompt, pool);
   const double t_prompt = seconds_since(t0);
-  std::vector<int32_t> generated;
-  std::string text;
-  const auto t1 = Clock::now();
-  double ttft = 0.0;
-  for (int i = 0; i < a.n_predict; ++i) {
-    const int32_t next = sampler.sample(logits->data(), s.n_vocab);
-    if (i == 0) ttft = seconds_since(t0);
-    if (tok && !a.ignore_eos && tok->is_eog(next)) break;
-    generated.push_back(next);
-    if (text_out) {
-      std::string piece = stream->push(next);
-      text += piece;
-      std::fputs(piece.c_str(), stdout);
+
+  GenerateParams gp;
+  gp.n_predict = a.n_predict;
+  gp.stops = a.stops;
+  gp.ignore_eos = a.ignore_eos;
+  // Text prompts print text; token prompts print one id per line.
+  std::function<void(std::string_view)> emit;
+  if (text_prompt) {
+    emit = [](std::string_view piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
-      bool stop = false;
-      for (const auto& st : a.stops)
-        if (!st.empty() && text.find(st) != std::string::npos) stop = true;
-      if (stop) break;
-    } else {
-      std::printf("%d\n", next);
+    };
+  }
+  if (!text_prompt) {
+    gp.stops.clear();  // stop strings apply to text output only
+    gp.on_token = [](int32_t id) {
+      std::printf("%d\n", id);
       std::fflush(stdout);
-    }
-    if (i + 1 == a.n_predict) break;
-    if (session.n_past() >= session.n_ctx()) break;
-    logits = &session.eval({next}, pool);
+    };
   }
-  const double t_gen = seconds_since(t1);
-  if (text_out) {
-    std::fputs(stream->flush().c_str(), stdout);
-    std::fputs("\n", stdout);
-  }
+  const GenerateResult r = generate(session, pool, sampler, tok.get(), logits, gp, emit, nullptr);
+  if (text_prompt && isatty(STDOUT_FILENO)) std::fputs("\n", stdout);
+  std::fflush(stdout);
+  if (r.reason == StopReason::ContextFull)
+    std::fprintf(stderr, "moe run: the context is full (%lld tokens); generation stopped\n",
+                 static_cast<long long>(session.n_ctx()));
   if (!a.ids_out.empty()) {
     std::string body;
-    for (int32_t id : generated) body += std::to_string(id) + "\n";
+    for (int32_t id : r.ids) body += std::to_string(id) + "\n";
     write_file_atomic(a.ids_out, body.data(), body.size());
   }
-  const double n_gen_steps = generated.size() > 1 ? static_cast<double>(generated.size() - 1) : 0.0;
+  // Generation speed counts the steps after the first token (the first comes from the prompt pass).
+  const double t_gen = std::max(r.seconds - r.first_token_seconds, 1e-9);
+  const double n_gen_steps = r.ids.size() > 1 ? static_cast<double>(r.ids.size() - 1) : 0.0;
   std::fprintf(stderr,
-               "\nmoe run: prompt %zu tokens (%.1f tok/s), generated %zu tokens (%.2f tok/s), time to first token "
-               "%.1f ms, %d threads\n",
-               prompt.size(), prompt.size() / std::max(t_prompt, 1e-9), generated.size(),
-               n_gen_steps / std::max(t_gen, 1e-9), ttft * 1000.0, pool.size());
+               "moe run: prompt %lld tokens (%.1f tok/s), generated %zu tokens (%.2f tok/s), time to first token "
+               "%.1f ms, stopped by %s, %d threads\n",
+               static_cast<long long>(n_prompt), n_prompt / std::max(t_prompt, 1e-9), r.ids.size(),
+               n_gen_steps / t_gen, (t_prompt + r.first_token_seconds) * 1000.0, stop_reason_name(r.reason),
+               pool.size());
   return 0;
 }
 
@@ -127,18 +153,23 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-m,--model", args->model, "GGUF model file")->required();
   sub->add_option("--tokens", args->tokens, "Prompt as a file of token ids");
   sub->add_option("-p,--prompt", args->prompt, "Prompt text");
+  sub->add_option("-f,--file", args->prompt_file, "Read the prompt text from this file");
   sub->add_option("-n,--n-predict", args->n_predict, "Tokens to generate")->check(CLI::Range(0, 1 << 20));
   sub->add_option("--ids-out", args->ids_out, "Write generated ids here, one per line");
   sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
-  sub->add_option("-c,--ctx-size", args->n_ctx, "Context size (default: min(train ctx, 4096))")->check(CLI::Range(0, 1 << 24));
+  sub->add_option("-c,--ctx-size", args->n_ctx, "Context size (default: prompt + n, at least min(train ctx, 4096), at most train ctx)")
+      ->check(CLI::Range(0, 1 << 24));
   sub->add_option("--temp", args->temp, "Temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
   sub->add_option("--top-k", args->top_k, "Top-k (0 = off)")->check(CLI::Range(0, 1 << 24));
   sub->add_option("--top-p", args->top_p, "Top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
   sub->add_option("--seed", args->seed, "Sampling seed");
-  sub->add_option("--stop", args->stops, "Stop when this string is generated (repeatable)");
+  sub->add_option("--stop", args->stops, "Stop before this string would be printed (repeatable)");
   sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
-  cmds.add(sub, [args] { return run_run(*args); });
+  cmds.add(sub, [args, sub] {
+    args->have_prompt = sub->count("--prompt") > 0;  // -p "" is an (empty) prompt, not a missing one
+    return run_run(*args);
+  });
 }
 
 }  // namespace moe::cli

@@ -23,6 +23,9 @@ struct CommandSet {
 void register_info(CLI::App& app, CommandSet& cmds);
 void register_logits(CLI::App& app, CommandSet& cmds);
 void register_run(CLI::App& app, CommandSet& cmds);
+void register_chat(CLI::App& app, CommandSet& cmds);
 void register_tokenize(CLI::App& app, CommandSet& cmds);
+void register_synth(CLI::App& app, CommandSet& cmds);
+void register_bench(CLI::App& app, CommandSet& cmds);
 
 }  // namespace moe::cli

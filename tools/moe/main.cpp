@@ -12,7 +12,10 @@ int main(int argc, char** argv) {
   moe::cli::register_info(app, cmds);
   moe::cli::register_logits(app, cmds);
   moe::cli::register_run(app, cmds);
+  moe::cli::register_chat(app, cmds);
   moe::cli::register_tokenize(app, cmds);
+  moe::cli::register_synth(app, cmds);
+  moe::cli::register_bench(app, cmds);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,285 @@
+// `moe bench -m MODEL [-t N] [-p 512] [-n 64] [-r REPS] [--json]`: prefill and decode throughput, in
+// the way llama-bench measures them, plus what performance.md asks to report next to them:
+//   pp     p random tokens evaluated as one batch into an empty context (tok/s)
+//   tg     n single-token steps from an empty context, each sampled greedily from the last logits (tok/s)
+//   ttft   prompt eval of p tokens + the first (greedy) sample, in ms
+//   decode_gbps   active bytes per token (Model::byte_report) * tg tok/s
+//   mem_bw_gbps   a streaming-read probe run here, with the same thread count (best of several passes)
+//   roofline_frac decode_gbps / mem_bw_gbps
+//   peak_rss      VmHWM (the mapped model pages we touched count, as they do for llama.cpp)
+// Every rate is the median of REPS repetitions, with min and max, after one untimed warm-up of each.
+#include <emmintrin.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "base/thread_pool.h"
+#include "cli_util.h"
+#include "commands.h"
+#include "model/weights.h"
+#include "moe/expert_store.h"
+#include "runtime/sampler.h"
+#include "runtime/session.h"
+
+namespace moe::cli {
+
+namespace {
+
+struct BenchArgs {
+  std::string model;
+  int threads = 0;
+  int64_t n_prompt = 512;
+  int64_t n_gen = 64;
+  int reps = 5;
+  bool json = false;
+  double bw_gib = 1.0;  // probe buffer size; 0 = skip the probe
+  uint64_t seed = 42;
+};
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+struct Stat {
+  double median = 0, min = 0, max = 0;
+};
+
+Stat stat_of(std::vector<double> v) {
+  Stat s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  s.min = v.front();
+  s.max = v.back();
+  return s;
+}
+
+// Peak resident set: VmHWM from /proc (bytes), falling back to getrusage.
+uint64_t peak_rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10) * 1024;
+  }
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<uint64_t>(ru.ru_maxrss) * 1024;
+}
+
+// Streaming read bandwidth: each thread sums its slice of a buffer far larger than the L3 with
+// independent SSE2 accumulators (enough loads in flight to saturate DRAM). Best of `passes`.
+double probe_read_bandwidth(ThreadPool& pool, size_t bytes, int passes) {
+  bytes = bytes / (64 * 1024) * (64 * 1024);
+  auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));
+  if (!buf) fail("bench: cannot allocate {} bytes for the bandwidth probe", bytes);
+  std::unique_ptr<uint8_t, decltype(&std::free)> guard(buf, &std::free);
+  // Touch every page from the threads that will read it (first-touch placement), with non-zero data.
+  pool.run([&](int ti, int nt) {
+    const size_t b = bytes / nt * ti, e = ti == nt - 1 ? bytes : bytes / nt * (ti + 1);
+    std::memset(buf + b, ti + 1, e - b);
+  });
+  std::vector<uint64_t> sink(static_cast<size_t>(pool.size()) * 8);
+  double best = 0;
+  for (int p = 0; p < passes; ++p) {
+    const auto t0 = Clock::now();
+    pool.run([&](int ti, int nt) {
+      const size_t chunk = bytes / nt / 64 * 64;
+      const auto* s = reinterpret_cast<const __m128i*>(buf + chunk * ti);
+      const size_t n = chunk / 16;
+      __m128i a0 = _mm_setzero_si128(), a1 = a0, a2 = a0, a3 = a0;
+      for (size_t i = 0; i + 4 <= n; i += 4) {
+        a0 = _mm_add_epi64(a0, _mm_load_si128(s + i));
+        a1 = _mm_add_epi64(a1, _mm_load_si128(s + i + 1));
+        a2 = _mm_add_epi64(a2, _mm_load_si128(s + i + 2));
+        a3 = _mm_add_epi64(a3, _mm_load_si128(s + i + 3));
+      }
+      const __m128i t = _mm_add_epi64(_mm_add_epi64(a0, a1), _mm_add_epi64(a2, a3));
+      sink[static_cast<size_t>(ti) * 8] = static_cast<uint64_t>(_mm_cvtsi128_si64(t));
+    });
+    const double s = seconds_since(t0);
+    const double read = static_cast<double>(bytes / pool.size() / 64 * 64) * pool.size();
+    best = std::max(best, read / s / 1e9);
+  }
+  volatile uint64_t keep = sink[0];
+  (void)keep;
+  return best;
+}
+
+// Matmul FLOPs per token (2 per weight element of every matrix a token passes through; the k routed
+// experts of each MoE layer; no embedding lookup; attention score FLOPs excluded).
+double matmul_flops_per_token(const Model& m) {
+  double flops = 0;
+  const ModelSpec& s = m.spec();
+  auto elems = [](const WeightView& v) { return static_cast<double>(v.cols) * v.rows; };
+  for (const TensorRoleDesc& d : m.arch().roles) {
+    if (d.placement == Placement::Norm || d.placement == Placement::Embedding) continue;
+    if (!d.per_layer) {
+      if (const WeightView& v = m.global(d.role); v && v.rows > 1) flops += 2 * elems(v);
+      continue;
+    }
+    for (int il = 0; il < s.n_layer; ++il) {
+      const WeightView& v = m.layer(il)[d.role];
+      if (!v || v.rows <= 1) continue;
+      const double per_mat = 2 * elems(v);
+      if (d.placement == Placement::Expert) flops += per_mat * s.layers[il].moe.n_expert_used;
+      else flops += per_mat * static_cast<double>(v.n_mat);
+    }
+  }
+  return flops;
+}
+
+std::string type_summary(const Model& m) {
+  if (m.file().has("general.file_type")) {
+    static const char* names[] = {"F32",    "F16",    "Q4_0",   "Q4_1",   "Q4_1_F16", "?5",     "?6",
+                                  "Q8_0",   "Q5_0",   "Q5_1",   "Q2_K",   "Q3_K_S",   "Q3_K_M", "Q3_K_L",
+                                  "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"};
+    const uint64_t ft = m.file().get_uint("general.file_type");
+    if (ft < sizeof(names) / sizeof(names[0])) return names[ft];
+    if (ft == 32) return "BF16";
+    return "ftype " + std::to_string(ft);
+  }
+  return "?";
+}
+
+int run_bench(const BenchArgs& a) {
+  const int n_threads = resolve_threads(a.threads);
+  if (a.reps < 1) fail("bench: -r must be >= 1");
+  const auto t_load = Clock::now();
+  auto model = Model::load(a.model);
+  const double load_s = seconds_since(t_load);
+  const ModelSpec& spec = model->spec();
+  const Model::ByteReport br = model->byte_report();
+  ThreadPool pool(n_threads);
+  ResidentExpertStore store(*model);
+  Session session(*model, store, std::max<int64_t>(a.n_prompt, a.n_gen) + 1);
+
+  std::mt19937_64 rng(a.seed);
+  std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(spec.n_vocab - 1));
+  std::vector<int32_t> prompt(static_cast<size_t>(a.n_prompt));
+  for (auto& t : prompt) t = tok(rng);
+
+  std::vector<double> pp_rate, ttft_ms, tg_rate;
+  auto run_pp = [&](bool timed) {
+    session.reset();
+    const auto t0 = Clock::now();
+    const std::vector<float>& logits = session.eval(prompt, pool, false, a.n_prompt);
+    const double eval_s = seconds_since(t0);
+    volatile int32_t first = argmax(logits.data(), spec.n_vocab);
+    (void)first;
+    const double total_s = seconds_since(t0);
+    if (timed) {
+      pp_rate.push_back(a.n_prompt / eval_s);
+      ttft_ms.push_back(total_s * 1e3);
+    }
+  };
+  auto run_tg = [&](bool timed, int64_t n) {
+    session.reset();
+    int32_t next = prompt.empty() ? 0 : prompt[0];
+    std::vector<int32_t> one(1);
+    const auto t0 = Clock::now();
+    for (int64_t i = 0; i < n; ++i) {
+      one[0] = next;
+      const std::vector<float>& logits = session.eval(one, pool, false);
+      next = argmax(logits.data(), spec.n_vocab);
+    }
+    if (timed) tg_rate.push_back(n / seconds_since(t0));
+  };
+
+  if (!a.json) {
+    std::fprintf(stderr, "moe bench: %s (%s, %s), %d threads, pp%lld tg%lld x %d reps\n", a.model.c_str(),
+                 spec.arch.c_str(), type_summary(*model).c_str(), n_threads, (long long)a.n_prompt,
+                 (long long)a.n_gen, a.reps);
+  }
+  // Warm-up (untimed): pages the mapped weights in, sizes the scratch buffers.
+  if (a.n_prompt > 0) run_pp(false);
+  if (a.n_gen > 0) run_tg(false, std::min<int64_t>(a.n_gen, 4));
+  for (int r = 0; r < a.reps; ++r) {
+    if (a.n_prompt > 0) run_pp(true);
+    if (a.n_gen > 0) run_tg(true, a.n_gen);
+    if (!a.json) std::fprintf(stderr, "  rep %d/%d: pp %.2f tok/s, tg %.2f tok/s\n", r + 1, a.reps,
+                              pp_rate.empty() ? 0.0 : pp_rate.back(), tg_rate.empty() ? 0.0 : tg_rate.back());
+  }
+  const uint64_t rss = peak_rss_bytes();  // before the probe buffer exists
+  const double bw = a.bw_gib > 0 ? probe_read_bandwidth(pool, static_cast<size_t>(a.bw_gib * (1 << 30)), 5) : 0;
+
+  const Stat pp = stat_of(pp_rate), tg = stat_of(tg_rate), ttft = stat_of(ttft_ms);
+  const double active = static_cast<double>(br.active_bytes_per_token);
+  const double decode_gbps = active * tg.median / 1e9;
+  const double flops_tok = matmul_flops_per_token(*model);
+
+  nlohmann::ordered_json j;
+  j["model"] = a.model;
+  j["arch"] = spec.arch;
+  j["type"] = type_summary(*model);
+  j["threads"] = n_threads;
+  j["n_prompt"] = a.n_prompt;
+  j["n_gen"] = a.n_gen;
+  j["reps"] = a.reps;
+  j["pp_tok_s"] = pp.median;
+  j["pp_tok_s_min"] = pp.min;
+  j["pp_tok_s_max"] = pp.max;
+  j["pp_gflops"] = pp.median * flops_tok / 1e9;
+  j["tg_tok_s"] = tg.median;
+  j["tg_tok_s_min"] = tg.min;
+  j["tg_tok_s_max"] = tg.max;
+  j["ttft_ms"] = ttft.median;
+  j["ttft_ms_min"] = ttft.min;
+  j["ttft_ms_max"] = ttft.max;
+  j["active_bytes_per_token"] = br.active_bytes_per_token;
+  j["model_bytes"] = br.total;
+  j["decode_gbps"] = decode_gbps;
+  j["decode_gbps_min"] = active * tg.min / 1e9;
+  j["decode_gbps_max"] = active * tg.max / 1e9;
+  j["mem_bw_gbps"] = bw;
+  j["roofline_tok_s"] = bw > 0 ? bw * 1e9 / active : 0.0;
+  j["roofline_frac"] = bw > 0 ? decode_gbps / bw : 0.0;
+  j["peak_rss_bytes"] = rss;
+  j["load_s"] = load_s;
+  if (a.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  std::printf("model            %s (%s, %s, %s)\n", a.model.c_str(), spec.arch.c_str(), type_summary(*model).c_str(),
+              human_bytes(br.total).c_str());
+  std::printf("threads          %d\n", n_threads);
+  std::printf("pp%-5lld tok/s    %.2f  [min %.2f, max %.2f]  (%.1f GFLOP/s matmul)\n", (long long)a.n_prompt,
+              pp.median, pp.min, pp.max, pp.median * flops_tok / 1e9);
+  std::printf("tg%-5lld tok/s    %.2f  [min %.2f, max %.2f]\n", (long long)a.n_gen, tg.median, tg.min, tg.max);
+  std::printf("ttft ms          %.1f  [min %.1f, max %.1f]\n", ttft.median, ttft.min, ttft.max);
+  std::printf("active bytes/tok %s\n", human_bytes(br.active_bytes_per_token).c_str());
+  std::printf("decode GB/s      %.2f\n", decode_gbps);
+  std::printf("memory bw GB/s   %.2f (read probe, %d threads, %.2f GiB)\n", bw, n_threads, a.bw_gib);
+  std::printf("roofline         %.1f%% (bound %.2f tok/s)\n", 100.0 * (bw > 0 ? decode_gbps / bw : 0.0),
+              bw > 0 ? bw * 1e9 / active : 0.0);
+  std::printf("peak RSS         %s\n", human_bytes(rss).c_str());
+  return 0;
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app, CommandSet& cmds) {
+  auto a = std::make_shared<BenchArgs>();
+  CLI::App* sub = app.add_subcommand("bench", "Measure prefill/decode throughput against the memory roofline");
+  sub->add_option("-m,--model", a->model, "GGUF model file")->required();
+  sub->add_option("-t,--threads", a->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
+  sub->add_option("-p,--n-prompt", a->n_prompt, "Prompt tokens for pp (0 = skip)")->check(CLI::Range(0, 1 << 16));
+  sub->add_option("-n,--n-gen", a->n_gen, "Decode steps for tg (0 = skip)")->check(CLI::Range(0, 1 << 16));
+  sub->add_option("-r,--reps", a->reps, "Repetitions (median, min, max)")->check(CLI::Range(1, 1000));
+  sub->add_option("--bw-gib", a->bw_gib, "Bandwidth probe buffer in GiB (0 = skip the probe)")->check(CLI::Range(0.0, 64.0));
+  sub->add_option("--seed", a->seed, "Seed for the random prompt");
+  sub->add_flag("--json", a->json, "Print one JSON object");
+  cmds.add(sub, [a] { return run_bench(*a); });
+}
+
+}  // namespace moe::cli

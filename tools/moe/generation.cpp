@@ -1,0 +1,155 @@
+#include "generation.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "base/error.h"
+#include "format/gguf.h"
+#include "model/weights.h"
+
+namespace moe::cli {
+
+StopMatcher::StopMatcher(std::vector<std::string> stops) {
+  for (auto& s : stops)
+    if (!s.empty()) stops_.push_back(std::move(s));
+}
+
+std::string StopMatcher::push(std::string_view text) {
+  if (stopped_) return {};
+  pending_.append(text);
+  // Earliest complete occurrence of any stop string.
+  size_t hit = std::string::npos;
+  for (const auto& s : stops_) hit = std::min(hit, pending_.find(s));
+  if (hit != std::string::npos) {
+    stopped_ = true;
+    std::string out = pending_.substr(0, hit);
+    pending_.clear();
+    return out;
+  }
+  // Hold back the longest suffix that is a proper prefix of some stop string.
+  size_t hold = 0;
+  for (const auto& s : stops_) {
+    const size_t max_k = std::min(s.size() - 1, pending_.size());
+    for (size_t k = max_k; k > hold; --k) {
+      if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  std::string out = pending_.substr(0, pending_.size() - hold);
+  pending_.erase(0, pending_.size() - hold);
+  return out;
+}
+
+std::string StopMatcher::flush() {
+  std::string out;
+  if (!stopped_) out.swap(pending_);
+  pending_.clear();
+  return out;
+}
+
+const char* stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::Eog: return "end of generation";
+    case StopReason::Length: return "token limit";
+    case StopReason::StopString: return "stop string";
+    case StopReason::ContextFull: return "context full";
+    case StopReason::Interrupted: return "interrupted";
+  }
+  return "?";
+}
+
+GenerateResult generate(Session& session, ThreadPool& pool, Sampler& sampler, const Tokenizer* tok,
+                        const std::vector<float>& first_logits, const GenerateParams& params,
+                        const std::function<void(std::string_view)>& emit, const std::atomic<bool>* interrupt) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  auto since = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  const int64_t n_vocab = session.model().spec().n_vocab;
+
+  GenerateResult r;
+  std::unique_ptr<StreamDecoder> decoder;
+  if (tok) decoder = std::make_unique<StreamDecoder>(*tok);
+  StopMatcher matcher(params.stops);
+  auto out = [&](const std::string& s) {
+    if (s.empty()) return;
+    r.text += s;
+    if (emit) emit(s);
+  };
+
+  const std::vector<float>* logits = &first_logits;
+  r.reason = StopReason::Length;
+  for (int64_t i = 0; params.n_predict < 0 || i < params.n_predict; ++i) {
+    if (interrupt && interrupt->load(std::memory_order_relaxed)) {
+      r.reason = StopReason::Interrupted;
+      break;
+    }
+    const int32_t next = sampler.sample(logits->data(), n_vocab);
+    if (i == 0) r.first_token_seconds = since();
+    if (tok && !params.ignore_eos && tok->is_eog(next)) {
+      r.reason = StopReason::Eog;
+      break;
+    }
+    r.ids.push_back(next);
+    if (params.on_token) params.on_token(next);
+    if (decoder) {
+      out(matcher.push(decoder->push(next)));
+      if (matcher.stopped()) {
+        r.reason = StopReason::StopString;
+        break;
+      }
+    }
+    if (params.n_predict >= 0 && i + 1 >= params.n_predict) break;  // the last token needs no eval
+    if (session.n_past() >= session.n_ctx()) {
+      r.reason = StopReason::ContextFull;
+      break;
+    }
+    logits = &session.eval({next}, pool);
+  }
+  if (decoder && !matcher.stopped()) {
+    out(matcher.push(decoder->flush()));
+    if (matcher.stopped()) r.reason = StopReason::StopString;
+    out(matcher.flush());
+  }
+  r.seconds = since();
+  return r;
+}
+
+}  // namespace moe::cli
+
+namespace moe::cli {
+
+std::unique_ptr<Model> load_model_for_generation(const std::string& path) {
+  try {
+    return Model::load(path);
+  } catch (const Error&) {
+    std::unique_ptr<gguf::File> f;
+    try {
+      f = gguf::File::open(path);
+    } catch (const Error&) {
+      throw;  // not even a readable GGUF: the loader's own message is the useful one
+    }
+    if (f && !f->find_tensor("token_embd.weight")) {
+      fail("{}: has no weights (no token_embd.weight, {} tensors): it is a vocabulary-only file; "
+           "it can be used with `moe tokenize`, not to generate text",
+           path, f->tensors().size());
+    }
+    throw;
+  }
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open: {}", path, std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) fail("{}: read failed", path);
+  return ss.str();
+}
+
+}  // namespace moe::cli
