@@ -1,8 +1,17 @@
 #include "base/thread_pool.h"
 
-#include <algorithm>
-
 namespace moe {
+namespace {
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#endif
+}
+// How long an idle worker spins before sleeping: about half a millisecond on current x86 cores
+// (pause is ~40-140 cycles), longer than the gap between the parallel regions of one token and short
+// enough not to burn a core between requests.
+constexpr int kSpinIterations = 20000;
+}  // namespace
 
 int default_thread_count() {
   unsigned n = std::thread::hardware_concurrency();
@@ -23,68 +32,46 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run(const std::function<void(int, int)>& fn) {
+void ThreadPool::run_raw(RawFn fn, void* ctx) {
   if (n_threads_ == 1) {
-    fn(0, 1);
+    fn(ctx, 0, 1);
     return;
   }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    job_ = &fn;
-    pending_.store(n_threads_ - 1);
-    generation_.fetch_add(1, std::memory_order_release);
+  job_fn_ = fn;
+  job_ctx_ = ctx;
+  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+  // seq_cst bump, then seq_cst read of sleepers_: pairs with the worker's increment of sleepers_ and
+  // its re-check of generation_ under the mutex, so a worker is either seen asleep here or sees the job.
+  generation_.fetch_add(1, std::memory_order_seq_cst);
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+    { std::lock_guard<std::mutex> lock(mutex_); }
+    cv_.notify_all();
   }
-  cv_.notify_all();
-  fn(0, n_threads_);
+  fn(ctx, 0, n_threads_);
   // The caller's share is usually as long as the workers'; spin rather than sleep for the rest.
-  while (pending_.load(std::memory_order_acquire) != 0) {
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
-  }
-  job_ = nullptr;
+  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
 }
 
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    // Spin a little first: jobs of one decoded token arrive microseconds apart.
     uint64_t gen = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; gen == seen && spin < 20000; ++spin) {
-#if defined(__x86_64__)
-      __builtin_ia32_pause();
-#endif
+    for (int spin = 0; gen == seen && spin < kSpinIterations; ++spin) {
+      cpu_relax();
       gen = generation_.load(std::memory_order_acquire);
     }
     if (gen == seen) {
       std::unique_lock<std::mutex> lock(mutex_);
-      cv_.wait(lock, [&] { return generation_.load() != seen; });
-      gen = generation_.load();
+      sleepers_.fetch_add(1, std::memory_order_seq_cst);
+      cv_.wait(lock, [&] { return generation_.load(std::memory_order_seq_cst) != seen; });
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
+      gen = generation_.load(std::memory_order_acquire);
     }
     seen = gen;
     if (stop_.load()) return;
-    const auto* job = job_;
-    (*job)(index, n_threads_);
+    job_fn_(job_ctx_, index, n_threads_);
     pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
-}
-
-void ThreadPool::parallel_for(int64_t n, int64_t grain,
-                              const std::function<void(int64_t, int64_t, int)>& fn) {
-  if (n <= 0) return;
-  grain = std::max<int64_t>(1, grain);
-  if (n_threads_ == 1 || n <= grain) {
-    fn(0, n, 0);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  run([&](int ti, int) {
-    for (;;) {
-      int64_t begin = next.fetch_add(grain, std::memory_order_relaxed);
-      if (begin >= n) break;
-      fn(begin, std::min(n, begin + grain), ti);
-    }
-  });
 }
 
 }  // namespace moe

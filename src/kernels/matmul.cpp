@@ -12,7 +12,7 @@ void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n,
   type_ = type;
   n_tokens_ = n_tokens;
   n_ = n;
-  row_bytes_ = row_bytes(type, n);
+  row_bytes_ = moe::row_bytes(type, n);
   const size_t need = row_bytes_ * static_cast<size_t>(n_tokens);
   if (data_.size() < need) data_.resize(need);
   for (int64_t t = 0; t < n_tokens; ++t) {
@@ -27,6 +27,22 @@ void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n,
 
 void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, int64_t r0, int64_t r1) {
   const DTypeTraits& tr = dtype_traits(w.type);
+  // One token (decode) streams weights from DRAM: one row at a time keeps the hardware prefetcher on a
+  // single stream, which measured faster than the 4-row tile (bit-identical either way).
+  if (tr.vec_dot_tile && act.n_tokens() > 1) {
+    // Token blocks of 64 keep the activations of one block in L2 while the chunk's rows sweep them.
+    constexpr int64_t kTokenBlock = 64, kRowGroup = 4;
+    const int64_t nt = act.n_tokens();
+    for (int64_t t0 = 0; t0 < nt; t0 += kTokenBlock) {
+      const int mt = static_cast<int>(std::min(kTokenBlock, nt - t0));
+      for (int64_t r = r0; r < r1; r += kRowGroup) {
+        const int mr = static_cast<int>(std::min(kRowGroup, r1 - r));
+        tr.vec_dot_tile(w.cols, w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, mr, act.row(t0),
+                        act.row_bytes(), mt, y + t0 * y_stride + r, y_stride);
+      }
+    }
+    return;
+  }
   const VecDotFn dot = tr.vec_dot;
   // Token-inner loop: a weight row stays in cache while it meets every token.
   for (int64_t r = r0; r < r1; ++r) {
@@ -41,7 +57,8 @@ void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride
     fail("matmul: activations are {} but {} weights need {}", dtype_traits(act.type()).name,
          dtype_traits(w.type).name, dtype_traits(dtype_traits(w.type).vec_dot_type).name);
   // Chunks of rows sized so each chunk is a few tens of KB of weights.
-  const int64_t grain = std::max<int64_t>(4, static_cast<int64_t>(32768 / std::max<size_t>(1, w.row_bytes)));
+  // A multiple of 4 so chunks do not split the tile kernels' row groups.
+  const int64_t grain = std::max<int64_t>(4, static_cast<int64_t>(32768 / std::max<size_t>(1, w.row_bytes))) & ~int64_t{3};
   pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) { matmul_rows(w, act, y, y_stride, r0, r1); });
 }
 

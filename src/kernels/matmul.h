@@ -1,7 +1,10 @@
 // Matrix-times-activations driver over the dtype trait table. Activations are converted once per
 // call into the weight type's vec_dot format (as llama.cpp does: F16 for F16 weights, Q8_0 / Q8_1 /
-// Q8_K for quantized ones), then each output row is one vec_dot per token. Rows are split across the
-// pool in dynamic chunks.
+// Q8_K for quantized ones). Where the type has a tile kernel (DTypeTraits::vec_dot_tile), rows are taken
+// four at a time against all tokens (decode: the activation block is shared by four rows; prefill: each
+// weight block is decoded once per pair of tokens); otherwise each output is one vec_dot. Either way
+// every output equals vec_dot(row, token) bit for bit, whatever the thread count or chunking. Rows are
+// split across the pool in dynamic chunks.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -29,6 +32,7 @@ class ActBuffer {
   int64_t n_tokens() const { return n_tokens_; }
   int64_t n() const { return n_; }
   const uint8_t* row(int64_t t) const { return data_.data() + static_cast<size_t>(t) * row_bytes_; }
+  size_t row_bytes() const { return row_bytes_; }
 
  private:
   std::vector<uint8_t> data_;

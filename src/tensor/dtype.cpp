@@ -9,6 +9,7 @@
 #include "kernels/cpu_features.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/quant_dispatch.h"
+#include "kernels/quant_tile.h"
 
 namespace moe {
 namespace {
@@ -47,6 +48,16 @@ constexpr Row kRows[] = {
     {DType::Q8_K, "q8_K", 256, sizeof(BlockQ8_K), true, DType::Q8_K, dequantize_q8_K, quantize_q8_K, nullptr},
 };
 
+// The activation quantizers have bit-exact AVX-512 versions; everything else keeps the scalar one.
+QuantizeFn activation_quantizer(const Row& r, Isa isa) {
+  if (isa == Isa::Avx512) {
+    if (r.type == DType::Q8_0) return quantize_q8_0_avx512;
+    if (r.type == DType::Q8_1) return quantize_q8_1_avx512;
+    if (r.type == DType::Q8_K) return quantize_q8_K_avx512;
+  }
+  return r.quantize;
+}
+
 constexpr uint32_t kMaxRaw = 31;  // type numbers are small; BF16 = 30 is the largest we know
 
 struct Table {
@@ -57,8 +68,9 @@ struct Table {
     for (const Row& r : kRows) {
       const auto i = static_cast<uint32_t>(r.type);
       VecDotFn fast = r.vec_dot_ref ? vec_dot_for_isa(r.type, isa) : nullptr;
+      VecDotTileFn tile = isa == Isa::Avx512 && r.vec_dot_ref ? tile_kernels_avx512(r.type).tile : nullptr;
       traits[i] = DTypeTraits{r.type, r.name, r.block_elems, r.block_bytes, r.is_quantized, r.vec_dot_type,
-                              r.dequantize, r.quantize, fast, r.vec_dot_ref};
+                              r.dequantize, activation_quantizer(r, isa), fast, r.vec_dot_ref, tile};
       present[i] = true;
     }
   }

@@ -33,6 +33,11 @@ using DequantizeFn = void (*)(const void* src, float* dst, int64_t n);
 using QuantizeFn = void (*)(const float* src, void* dst, int64_t n);
 // Dot product of one weight row (this dtype) with one activation row already converted to vec_dot_type.
 using VecDotFn = float (*)(int64_t n, const void* weight_row, const void* act_row);
+// Dot products of nr weight rows (w_stride bytes apart) with nt activation rows (act_stride bytes apart,
+// already in vec_dot_type): out[t * out_stride + r] = dot(row r, token t). Each result is bit-identical
+// to the same type's vec_dot on that pair; the kernel only shares work between rows and tokens.
+using VecDotTileFn = void (*)(int64_t n, const void* w, size_t w_stride, int nr, const void* act, size_t act_stride,
+                              int nt, float* out, int64_t out_stride);
 
 struct DTypeTraits {
   DType type;
@@ -45,6 +50,7 @@ struct DTypeTraits {
   QuantizeFn quantize;     // nullptr only where no quantizer exists
   VecDotFn vec_dot;        // fastest kernel for this CPU (chosen once at startup); nullptr for activation-only types
   VecDotFn vec_dot_ref;    // plain scalar reference
+  VecDotTileFn vec_dot_tile = nullptr;  // multi-row / multi-token kernel matching vec_dot; nullptr: none
 };
 
 // Returns nullptr for unknown / unsupported type numbers.

@@ -1,5 +1,6 @@
 // `moe info -m MODEL [--json]`: architecture, hyperparameters, and where the bytes are.
 #include <cstdio>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -64,9 +65,9 @@ int run_info(const InfoArgs& a) {
   j["bytes_total"] = r.total;
   j["bytes_per_expert"] = r.bytes_per_expert_max;
   j["active_bytes_per_token"] = r.active_bytes_per_token;
-  nlohmann::ordered_json types;
-  for (const auto& t : model->file().tensors()) types[std::string(dtype_traits(t.type).name)] = types.value(std::string(dtype_traits(t.type).name), 0) + 1;
-  j["tensor_types"] = types;
+  std::map<std::string, int> type_counts;
+  for (const auto& t : model->file().tensors()) ++type_counts[std::string(dtype_traits(t.type).name)];
+  j["tensor_types"] = type_counts;
 
   if (a.json) {
     std::printf("%s\n", j.dump(2).c_str());

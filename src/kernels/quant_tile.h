@@ -1,0 +1,30 @@
+// Multi-row x multi-token dot-product kernels ("tiles") for the dtype trait table. A tile kernel
+// computes out[t * out_stride + r] = dot(weight row r, activation row t) for nr rows and nt tokens,
+// decoding each weight block once for all tokens and preparing each activation block once for all rows.
+// Types without a SIMD tile kernel have vec_dot_tile == nullptr; matmul then calls vec_dot per pair.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "tensor/dtype.h"
+
+namespace moe::quant {
+
+// Register-tile shape the SIMD kernels are instantiated for; larger nr / nt are looped over inside.
+inline constexpr int kTileRows = 4;
+inline constexpr int kTileTokens = 2;
+
+struct TileKernels {
+  VecDotTileFn tile = nullptr;  // nullptr: the ISA has no tile kernel for the type
+  VecDotFn dot = nullptr;       // the same arithmetic for one (row, token): bit-identical to tile
+};
+
+// AVX-512 VNNI tile kernels (vec_dot_tile_avx512.cpp); only call when has_avx512_kernels().
+TileKernels tile_kernels_avx512(DType t);
+
+// AVX-512 activation quantizers (quant_act_avx512.cpp), bit-exact with quantize_q8_0 / q8_1 / q8_K.
+void quantize_q8_0_avx512(const float* src, void* dst, int64_t n);
+void quantize_q8_1_avx512(const float* src, void* dst, int64_t n);
+void quantize_q8_K_avx512(const float* src, void* dst, int64_t n);
+
+}  // namespace moe::quant

@@ -1,0 +1,238 @@
+// Tests for the multi-row / multi-token tile kernels, the SIMD activation quantizers, the matmul
+// driver and the thread pool.
+//
+//  * Tile kernels: every output must equal the type's vec_dot on the same (row, token) pair BIT FOR BIT
+//    (the kernels are written so that each pair sees the same float operations whatever the tile shape),
+//    for all tile shapes, odd block counts and row / token counts that are not multiples of the tile.
+//    Against the scalar reference the tolerance is the one of QuantVecDot.SimdMatchesReference: 2e-6 of
+//    sum |w_i * a_i| (exact integer block sums; only the float summation order across blocks differs).
+//  * matmul: identical bits for 1 and 2 threads, for one token (decode) and many (prefill), and equal
+//    to vec_dot per pair.
+//  * Activation quantizers: byte-identical to the scalar ones on Gaussian data, on data built to hit
+//    rounding ties exactly (x * id = k + 0.5), on blocks whose largest |x| occurs with both signs (Q8_K
+//    keeps the first), on zero blocks, and with NaN / inf present.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "base/thread_pool.h"
+#include "kernels/cpu_features.h"
+#include "kernels/matmul.h"
+#include "kernels/quant_blocks.h"
+#include "kernels/quant_tile.h"
+#include "tensor/dtype.h"
+
+using namespace moe;
+
+namespace {
+
+std::vector<float> gaussian(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+uint32_t bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+const DType kTileTypes[] = {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+
+struct Problem {
+  int64_t n, rows, tokens;
+  size_t wrb, arb;
+  std::vector<uint8_t> w, a;
+  std::vector<float> wf, af;
+};
+
+Problem make_problem(DType t, int64_t n, int64_t rows, int64_t tokens, uint32_t seed) {
+  const DTypeTraits& tr = dtype_traits(t);
+  Problem p{n, rows, tokens, row_bytes(t, n), row_bytes(tr.vec_dot_type, n), {}, {}, {}, {}};
+  p.w.resize(p.wrb * rows);
+  p.a.resize(p.arb * tokens);
+  p.wf = gaussian(n * rows, seed);
+  p.af = gaussian(n * tokens, seed + 1);
+  for (int64_t r = 0; r < rows; ++r) tr.quantize(p.wf.data() + r * n, p.w.data() + r * p.wrb, n);
+  const DTypeTraits& at = dtype_traits(tr.vec_dot_type);
+  for (int64_t i = 0; i < tokens; ++i) at.quantize(p.af.data() + i * n, p.a.data() + i * p.arb, n);
+  return p;
+}
+
+}  // namespace
+
+TEST(QuantTile, MatchesVecDotBitwiseAndReference) {
+  if (!cpu_features().has_avx512_kernels()) GTEST_SKIP() << "no AVX-512 tile kernels on this CPU";
+  for (DType t : kTileTypes) {
+    const DTypeTraits& tr = dtype_traits(t);
+    ASSERT_NE(tr.vec_dot_tile, nullptr) << tr.name;
+    const int64_t bs = tr.block_elems;
+    for (int64_t n : {bs, 2 * bs, 3 * bs, 8 * bs, bs == 32 ? int64_t{4096 + 32} : int64_t{4096}}) {
+      const int64_t rows = 7, tokens = 5;
+      Problem p = make_problem(t, n, rows, tokens, static_cast<uint32_t>(n) * 31 + static_cast<uint32_t>(t));
+      for (int nr = 1; nr <= rows; ++nr) {
+        for (int nt = 1; nt <= tokens; ++nt) {
+          std::vector<float> out(static_cast<size_t>(tokens * rows), -1.0f);
+          tr.vec_dot_tile(n, p.w.data(), p.wrb, nr, p.a.data(), p.arb, nt, out.data(), rows);
+          for (int r = 0; r < nr; ++r) {
+            for (int i = 0; i < nt; ++i) {
+              const float one = tr.vec_dot(n, p.w.data() + r * p.wrb, p.a.data() + i * p.arb);
+              ASSERT_EQ(bits(out[i * rows + r]), bits(one)) << tr.name << " n=" << n << " nr=" << nr << " nt=" << nt;
+            }
+          }
+          for (int r = nr; r < rows; ++r) ASSERT_EQ(out[r], -1.0f) << "wrote past nr";
+        }
+      }
+      // Against the scalar reference, with the magnitude of what the kernel sees.
+      std::vector<float> wd(n), ad(n);
+      for (int r = 0; r < rows; ++r) {
+        for (int i = 0; i < tokens; ++i) {
+          const uint8_t* wr = p.w.data() + r * p.wrb;
+          const uint8_t* ar = p.a.data() + i * p.arb;
+          tr.dequantize(wr, wd.data(), n);
+          dtype_traits(tr.vec_dot_type).dequantize(ar, ad.data(), n);
+          double mag = 0;
+          for (int64_t k = 0; k < n; ++k) mag += std::fabs(static_cast<double>(wd[k]) * ad[k]);
+          EXPECT_NEAR(tr.vec_dot(n, wr, ar), tr.vec_dot_ref(n, wr, ar), 2e-6 * mag + 1e-6) << tr.name << " n=" << n;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantTile, MatmulIsIdenticalForAnyThreadCountAndTokenCount) {
+  for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q3_K, DType::F16}) {
+    const DTypeTraits& tr = dtype_traits(t);
+    const int64_t n = 512, rows = 70;
+    for (int64_t tokens : {1, 3, 67}) {
+      Problem p = make_problem(t, n, rows, 1, 7);
+      const std::vector<float> x = gaussian(n * tokens, 99);
+      kernels::ActBuffer act;
+      act.convert(tr.vec_dot_type, x.data(), tokens, n, n);
+      kernels::MatrixRef m{p.w.data(), t, rows, n, p.wrb};
+      std::vector<float> y1(rows * tokens), y2(rows * tokens);
+      ThreadPool one(1), two(2);
+      kernels::matmul(m, act, y1.data(), rows, one);
+      kernels::matmul(m, act, y2.data(), rows, two);
+      for (int64_t i = 0; i < tokens; ++i) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const float want = tr.vec_dot(n, p.w.data() + r * p.wrb, act.row(i));
+          ASSERT_EQ(bits(y1[i * rows + r]), bits(want)) << tr.name << " tokens=" << tokens;
+          ASSERT_EQ(bits(y2[i * rows + r]), bits(want)) << tr.name << " tokens=" << tokens;
+        }
+      }
+    }
+  }
+}
+
+// ---- activation quantizers ---------------------------------------------------------------------
+
+namespace {
+
+// Blocks designed to stress the bit-exactness of the SIMD activation quantizers.
+std::vector<float> tricky_activations(int64_t n, int block, uint32_t seed) {
+  std::vector<float> x = gaussian(n, seed);
+  std::mt19937 rng(seed + 5);
+  const int64_t nb = n / block;
+  for (int64_t b = 0; b < nb; ++b) {
+    float* v = x.data() + b * block;
+    switch (b % 8) {
+      case 0: break;  // plain Gaussian
+      case 1:         // amax 127 -> multiplier exactly 1 (Q8_0) and many exact .5 ties
+        for (int j = 0; j < block; ++j) v[j] = static_cast<float>(static_cast<int>(rng() % 254) - 127) + 0.5f;
+        v[block / 2] = 127.0f;
+        for (int j = 0; j < block; ++j) v[j] = std::fmin(v[j], 127.0f);
+        break;
+      case 2:  // largest |x| with both signs, negative first
+        v[3] = -4.0f;
+        v[block - 2] = 4.0f;
+        break;
+      case 3:  // largest |x| with both signs, positive first
+        v[1] = 5.0f;
+        v[2] = -5.0f;
+        break;
+      case 4:
+        for (int j = 0; j < block; ++j) v[j] = 0.0f;
+        break;
+      case 5:  // ties for the Q8_K multiplier -127/vmax with vmax = -127
+        for (int j = 0; j < block; ++j) v[j] = static_cast<float>(static_cast<int>(rng() % 200) - 100) + 0.5f;
+        v[0] = -127.0f;
+        break;
+      case 6:
+        v[block / 3] = std::numeric_limits<float>::quiet_NaN();
+        break;
+      case 7:
+        v[block / 4] = std::numeric_limits<float>::infinity();
+        v[block / 4 + 1] = -0.0f;
+        break;
+    }
+  }
+  return x;
+}
+
+}  // namespace
+
+TEST(QuantActSimd, BitExactWithScalarQuantizers) {
+  if (!cpu_features().has_avx512_kernels()) GTEST_SKIP() << "no AVX-512 on this CPU";
+  struct Case {
+    DType t;
+    QuantizeFn scalar, simd;
+  } cases[] = {{DType::Q8_0, quant::quantize_q8_0, quant::quantize_q8_0_avx512},
+               {DType::Q8_1, quant::quantize_q8_1, quant::quantize_q8_1_avx512},
+               {DType::Q8_K, quant::quantize_q8_K, quant::quantize_q8_K_avx512}};
+  for (const Case& c : cases) {
+    EXPECT_EQ(dtype_traits(c.t).quantize, c.simd) << "trait table should use the SIMD quantizer";
+    const int block = static_cast<int>(dtype_traits(c.t).block_elems);
+    for (uint32_t seed = 0; seed < 20; ++seed) {
+      const int64_t n = 16 * 256;
+      const std::vector<float> x = seed < 10 ? gaussian(n, seed) : tricky_activations(n, block, seed);
+      std::vector<uint8_t> a(row_bytes(c.t, n), 0xAB), b(row_bytes(c.t, n), 0xCD);
+      c.scalar(x.data(), a.data(), n);
+      c.simd(x.data(), b.data(), n);
+      ASSERT_EQ(std::memcmp(a.data(), b.data(), a.size()), 0) << dtype_traits(c.t).name << " seed " << seed;
+    }
+  }
+}
+
+// ---- thread pool --------------------------------------------------------------------------------
+
+TEST(ThreadPoolTest, ParallelForCoversEveryIndexOnce) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int rep = 0; rep < 2000; ++rep) {
+      const int64_t n = 1 + rep % 97, grain = 1 + rep % 7;
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      for (auto& h : hits) h.store(0);
+      pool.parallel_for(n, grain, [&](int64_t b, int64_t e, int ti) {
+        ASSERT_GE(ti, 0);
+        ASSERT_LT(ti, threads);
+        for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+      });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "threads=" << threads << " rep=" << rep;
+    }
+    // std::function callers still work, and run() reaches every thread.
+    std::atomic<int> mask{0};
+    const std::function<void(int, int)> fn = [&](int ti, int nt) { mask.fetch_or(1 << ti); EXPECT_EQ(nt, threads); };
+    pool.run(fn);
+    EXPECT_EQ(mask.load(), (1 << threads) - 1);
+  }
+}
+
+TEST(ThreadPoolTest, WakesWorkersThatWentToSleep) {
+  ThreadPool pool(2);
+  for (int rep = 0; rep < 3; ++rep) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // long enough for the worker to sleep
+    std::atomic<int> count{0};
+    pool.run([&](int, int) { count.fetch_add(1); });
+    EXPECT_EQ(count.load(), 2);
+  }
+}
