@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "fixture_util.h"
@@ -88,6 +89,38 @@ TEST(CliCore, ErrorsAreOneLineAndNameTheProblem) {
   }
   std::filesystem::remove(bad_tokens);
   std::filesystem::remove(big_tokens);
+}
+
+
+TEST(CliCore, MemBudgetStreamsExpertsWithIdenticalResults) {
+  const std::string name = "tiny-qwen3moe", model = test::model_path(name);
+  const std::string resident = tmp("res.f32"), streamed = tmp("str.f32"), stats = tmp("stats.json"), ids = tmp("ids.txt");
+  const std::string toks = " --tokens " + test::ref_path(name, "seq.tok");
+  ASSERT_EQ(run_cli("logits -m " + model + toks + " -o " + resident).status, 0);
+  auto r = run_cli("logits -m " + model + toks + " -o " + streamed + " --offload-all --cache-policy arc --stats-json " + stats);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_EQ(test::read_f32(resident), test::read_f32(streamed));  // bit-identical
+  std::ifstream in(stats);
+  auto j = nlohmann::json::parse(in);
+  EXPECT_EQ(j["mode"], "offload");
+  EXPECT_EQ(j["policy"], "arc");
+  for (const char* key : {"hit_rate", "bytes_read_per_token", "stall_frac", "read_gbps", "prediction_recall"})
+    EXPECT_TRUE(j.contains(key)) << key;
+
+  // A budget that forces streaming with the minimum pool still decodes llama.cpp's greedy tokens.
+  r = run_cli("run -m " + model + " --tokens " + test::ref_path(name, "t1.tok") +
+              " -n 24 --temp 0 --mem 51M --stats --ids-out " + ids);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("hit rate"), std::string::npos) << r.out;
+  EXPECT_EQ(test::read_ids(ids), test::read_ids(test::ref_path(name, "t1.greedy24.tok")));
+
+  r = run_cli("run -m " + model + " --tokens " + test::ref_path(name, "t1.tok") + " -n 4 --mem 20M");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("--mem"), std::string::npos) << r.out;
+  r = run_cli("run -m " + model + " --tokens " + test::ref_path(name, "t1.tok") + " -n 4 --mem 12Q");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("12Q"), std::string::npos) << r.out;
+  for (const auto& f : {resident, streamed, stats, ids}) std::filesystem::remove(f);
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include "base/error.h"
 #include "base/thread_pool.h"
 #include "cli_util.h"
+#include "engine_flags.h"
 #include "commands.h"
 #include "model/weights.h"
 #include "moe/expert_store.h"
@@ -44,6 +45,7 @@ struct BenchArgs {
   bool json = false;
   double bw_gib = 1.0;  // probe buffer size; 0 = skip the probe
   uint64_t seed = 42;
+  EngineFlags engine;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -63,18 +65,6 @@ Stat stat_of(std::vector<double> v) {
   s.min = v.front();
   s.max = v.back();
   return s;
-}
-
-// Peak resident set: VmHWM from /proc (bytes), falling back to getrusage.
-uint64_t peak_rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10) * 1024;
-  }
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<uint64_t>(ru.ru_maxrss) * 1024;
 }
 
 // Streaming read bandwidth: each thread sums its slice of a buffer far larger than the L3 with
@@ -156,13 +146,25 @@ int run_bench(const BenchArgs& a) {
   const int n_threads = resolve_threads(a.threads);
   if (a.reps < 1) fail("bench: -r must be >= 1");
   const auto t_load = Clock::now();
-  auto model = Model::load(a.model);
+  const int64_t n_ctx = std::max<int64_t>(a.n_prompt, a.n_gen) + 1;
+  auto engine = open_engine(a.model, a.engine, n_ctx, std::max<int64_t>(1, a.n_prompt));
+  const Model* model = &engine->model();
   const double load_s = seconds_since(t_load);
   const ModelSpec& spec = model->spec();
   const Model::ByteReport br = model->byte_report();
   ThreadPool pool(n_threads);
-  ResidentExpertStore store(*model);
-  Session session(*model, store, std::max<int64_t>(a.n_prompt, a.n_gen) + 1);
+  Session session(*model, engine->store(), n_ctx, forward_options(a.engine, *engine, false));
+  // Expert-store counters accumulated over the timed decode runs only.
+  BudgetedExpertStore* offload = engine->offload_store();
+  uint64_t tg_hits = 0, tg_misses = 0, tg_bytes = 0, tg_tokens = 0;
+  double tg_stall = 0, tg_seconds = 0;
+  auto totals = [&](uint64_t& hits, uint64_t& misses, uint64_t& bytes, double& stall) {
+    const ExpertStoreStats st = offload->stats();
+    hits = misses = 0;
+    for (size_t l = 0; l < st.hits.size(); ++l) hits += st.hits[l], misses += st.misses[l];
+    bytes = st.bytes_read;
+    stall = st.stall_seconds;
+  };
 
   std::mt19937_64 rng(a.seed);
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(spec.n_vocab - 1));
@@ -195,6 +197,18 @@ int run_bench(const BenchArgs& a) {
     }
     if (timed) tg_rate.push_back(n / seconds_since(t0));
   };
+  auto run_tg_measured = [&](int64_t n) {
+    uint64_t h0 = 0, m0 = 0, b0 = 0, h1 = 0, m1 = 0, b1 = 0;
+    double s0 = 0, s1 = 0;
+    if (offload) totals(h0, m0, b0, s0);
+    const auto t0 = Clock::now();
+    run_tg(true, n);
+    tg_seconds += seconds_since(t0);
+    if (!offload) return;
+    totals(h1, m1, b1, s1);
+    tg_hits += h1 - h0, tg_misses += m1 - m0, tg_bytes += b1 - b0, tg_stall += s1 - s0;
+    tg_tokens += static_cast<uint64_t>(n);
+  };
 
   if (!a.json) {
     std::fprintf(stderr, "moe bench: %s (%s, %s), %d threads, pp%lld tg%lld x %d reps\n", a.model.c_str(),
@@ -206,7 +220,7 @@ int run_bench(const BenchArgs& a) {
   if (a.n_gen > 0) run_tg(false, std::min<int64_t>(a.n_gen, 4));
   for (int r = 0; r < a.reps; ++r) {
     if (a.n_prompt > 0) run_pp(true);
-    if (a.n_gen > 0) run_tg(true, a.n_gen);
+    if (a.n_gen > 0) run_tg_measured(a.n_gen);
     if (!a.json) std::fprintf(stderr, "  rep %d/%d: pp %.2f tok/s, tg %.2f tok/s\n", r + 1, a.reps,
                               pp_rate.empty() ? 0.0 : pp_rate.back(), tg_rate.empty() ? 0.0 : tg_rate.back());
   }
@@ -246,6 +260,17 @@ int run_bench(const BenchArgs& a) {
   j["roofline_frac"] = bw > 0 ? decode_gbps / bw : 0.0;
   j["peak_rss_bytes"] = rss;
   j["load_s"] = load_s;
+  j["mode"] = offload ? "offload" : "resident";
+  if (offload) {
+    j["mem_budget"] = a.engine.mem;
+    j["cache_policy"] = offload->policy_name();
+    j["hit_rate"] = tg_hits + tg_misses ? static_cast<double>(tg_hits) / static_cast<double>(tg_hits + tg_misses) : 0.0;
+    j["bytes_read_per_token"] = tg_tokens ? static_cast<double>(tg_bytes) / static_cast<double>(tg_tokens) : 0.0;
+    j["stall_frac"] = tg_seconds > 0 ? tg_stall / tg_seconds : 0.0;
+    const PredictionStats& ps = session.forward().prediction_stats();
+    j["prediction_precision"] = ps.precision();
+    j["prediction_recall"] = ps.recall();
+  }
   if (a.json) {
     std::printf("%s\n", j.dump().c_str());
     return 0;
@@ -263,6 +288,13 @@ int run_bench(const BenchArgs& a) {
   std::printf("roofline         %.1f%% (bound %.2f tok/s)\n", 100.0 * (bw > 0 ? decode_gbps / bw : 0.0),
               bw > 0 ? bw * 1e9 / active : 0.0);
   std::printf("peak RSS         %s\n", human_bytes(rss).c_str());
+  if (offload)
+    std::printf("expert cache     %s, hit rate %.1f%%, %s read per token, stalled %.1f%% of decode, prediction "
+                "precision %.1f%% recall %.1f%%\n",
+                offload->policy_name(), 100 * j["hit_rate"].get<double>(),
+                human_bytes(static_cast<uint64_t>(j["bytes_read_per_token"].get<double>())).c_str(),
+                100 * j["stall_frac"].get<double>(), 100 * j["prediction_precision"].get<double>(),
+                100 * j["prediction_recall"].get<double>());
   return 0;
 }
 
@@ -278,6 +310,7 @@ void register_bench(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-r,--reps", a->reps, "Repetitions (median, min, max)")->check(CLI::Range(1, 1000));
   sub->add_option("--bw-gib", a->bw_gib, "Bandwidth probe buffer in GiB (0 = skip the probe)")->check(CLI::Range(0.0, 64.0));
   sub->add_option("--seed", a->seed, "Seed for the random prompt");
+  add_engine_flags(sub, a->engine);
   sub->add_flag("--json", a->json, "Print one JSON object");
   cmds.add(sub, [a] { return run_bench(*a); });
 }

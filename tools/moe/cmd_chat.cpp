@@ -25,6 +25,7 @@
 #include "base/thread_pool.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "engine_flags.h"
 #include "generation.h"
 #include "model/weights.h"
 #include "moe/expert_store.h"
@@ -49,6 +50,7 @@ struct ChatArgs {
   uint64_t seed = 0;
   bool ignore_eos = false;
   bool verbose = false;
+  EngineFlags engine;
 };
 
 // The only mutable global: what the SIGINT handler may touch. Everything else receives the flag
@@ -300,8 +302,8 @@ class ChatLoop {
 };
 
 int run_chat(const ChatArgs& a) {
-  auto model = load_model_for_generation(a.model);
-  const ModelSpec& s = model->spec();
+  auto model = load_model_for_generation(a.model);  // a header view: maps the file, reads nothing
+  const ModelSpec s = model->spec();
   if (!model->file().has("tokenizer.ggml.model"))
     fail("{}: chat needs a tokenizer, and this model has no tokenizer.ggml.model", a.model);
   auto tok = Tokenizer::from_gguf(model->file());
@@ -326,9 +328,10 @@ int run_chat(const ChatArgs& a) {
   int64_t n_ctx = a.n_ctx;
   if (n_ctx <= 0) n_ctx = std::min<int64_t>(s.n_ctx_train > 0 ? s.n_ctx_train : 4096, 4096);
   const bool interactive = isatty(STDIN_FILENO);
+  model.reset();
   ThreadPool pool(resolve_threads(a.threads));
-  ResidentExpertStore store(*model);
-  Session session(*model, store, n_ctx);
+  auto engine = open_engine(a.model, a.engine, n_ctx, 512);
+  Session session(engine->model(), engine->store(), n_ctx, forward_options(a.engine, *engine, false));
   if (a.verbose || interactive)
     std::fprintf(stderr, "moe chat: %s, template %s, context %lld tokens, %d threads%s\n", a.model.c_str(),
                  chat_template_name(tmpl), static_cast<long long>(n_ctx), pool.size(),
@@ -362,6 +365,7 @@ void register_chat(CLI::App& app, CommandSet& cmds) {
                   "Template family name (chatml, llama3, ...) or template text, instead of the model's");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
   sub->add_flag("-v,--verbose", args->verbose, "Per-turn statistics on stderr (tokens evaluated, reused, generated)");
+  add_engine_flags(sub, args->engine);
   cmds.add(sub, [args] { return run_chat(*args); });
 }
 

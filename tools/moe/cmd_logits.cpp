@@ -1,9 +1,11 @@
 // `moe logits -m MODEL --tokens FILE -o OUT.f32 [-t N]`: one batched forward pass from position 0;
 // float32 logits for every position, row-major [n_tokens][n_vocab].
+#include <chrono>
 #include <cstdio>
 
 #include "base/thread_pool.h"
 #include "cli_util.h"
+#include "engine_flags.h"
 #include "commands.h"
 #include "model/weights.h"
 #include "moe/expert_store.h"
@@ -18,20 +20,21 @@ struct LogitsArgs {
   int threads = 0;
   int64_t batch = 512;
   bool llama_compat = false;
-  bool no_mmap = false;
+  EngineFlags engine;
 };
 
 int run_logits(const LogitsArgs& a) {
-  auto model = Model::load(a.model, a.no_mmap ? gguf::DataAccess::Pread : gguf::DataAccess::Mmap);
   std::vector<int32_t> ids = read_token_file(a.tokens);
   ThreadPool pool(resolve_threads(a.threads));
-  ResidentExpertStore store(*model);
-  ForwardOptions fopts;
-  fopts.llama_compat_attention = a.llama_compat;
-  Session session(*model, store, static_cast<int64_t>(ids.size()), fopts);
+  const int64_t n = static_cast<int64_t>(ids.size());
+  auto engine = open_engine(a.model, a.engine, n, std::min(n, a.batch));
+  Session session(engine->model(), engine->store(), n, forward_options(a.engine, *engine, a.llama_compat));
+  const auto t0 = std::chrono::steady_clock::now();
   const std::vector<float>& logits = session.eval(ids, pool, /*all_logits=*/true, a.batch);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  report_engine_stats(a.engine, *engine, &session.forward().prediction_stats(), ids.size(), secs);
   write_file_atomic(a.out, logits.data(), logits.size() * sizeof(float));
-  std::fprintf(stderr, "moe logits: %zu tokens x %lld vocab -> %s\n", ids.size(), (long long)model->spec().n_vocab,
+  std::fprintf(stderr, "moe logits: %zu tokens x %lld vocab -> %s\n", ids.size(), (long long)engine->model().spec().n_vocab,
                a.out.c_str());
   return 0;
 }
@@ -46,8 +49,8 @@ void register_logits(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-o,--output", args->out, "Output file (float32, [n_tokens][n_vocab])")->required();
   sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("-b,--batch", args->batch, "Tokens per forward batch")->check(CLI::Range(1, 1 << 20));
-  sub->add_flag("--no-mmap", args->no_mmap, "Read weights with pread into memory instead of mapping the file");
   sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
+  add_engine_flags(sub, args->engine);
   cmds.add(sub, [args] { return run_logits(*args); });
 }
 

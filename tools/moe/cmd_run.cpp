@@ -17,6 +17,7 @@
 #include "base/thread_pool.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "engine_flags.h"
 #include "generation.h"
 #include "model/weights.h"
 #include "moe/expert_store.h"
@@ -42,6 +43,7 @@ struct RunArgs {
   uint64_t seed = 0;
   bool ignore_eos = false;
   bool llama_compat = false;
+  EngineFlags engine;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -63,7 +65,7 @@ int run_run(const RunArgs& a) {
   if (!text_prompt) prompt = read_token_file(a.tokens);
 
   auto model = load_model_for_generation(a.model);
-  const ModelSpec& s = model->spec();
+  const ModelSpec s = model->spec();  // a copy: `model` is only a header view, released below
   std::unique_ptr<Tokenizer> tok;
   if (model->file().has("tokenizer.ggml.model")) tok = Tokenizer::from_gguf(model->file());
 
@@ -92,11 +94,11 @@ int run_run(const RunArgs& a) {
     fail("run: the prompt has {} tokens but the context size is {} ({}); it must be smaller (pass a larger -c{})",
          n_prompt, n_ctx, a.n_ctx > 0 ? "-c" : "default", a.n_ctx > 0 ? "" : " or shorten the prompt");
 
+  // The header model above only mapped the file; the engine now loads it under the memory budget.
+  model.reset();
   ThreadPool pool(resolve_threads(a.threads));
-  ResidentExpertStore store(*model);
-  ForwardOptions fopts;
-  fopts.llama_compat_attention = a.llama_compat;
-  Session session(*model, store, n_ctx, fopts);
+  auto engine = open_engine(a.model, a.engine, n_ctx, std::min<int64_t>(512, std::max<int64_t>(n_prompt, 1)));
+  Session session(engine->model(), engine->store(), n_ctx, forward_options(a.engine, *engine, a.llama_compat));
   Sampler sampler({a.temp, a.top_k, a.top_p, a.seed});
 
   const auto t0 = Clock::now();
@@ -142,6 +144,7 @@ int run_run(const RunArgs& a) {
                static_cast<long long>(n_prompt), n_prompt / std::max(t_prompt, 1e-9), r.ids.size(),
                n_gen_steps / t_gen, (t_prompt + r.first_token_seconds) * 1000.0, stop_reason_name(r.reason),
                pool.size());
+  report_engine_stats(a.engine, *engine, &session.forward().prediction_stats(), r.ids.size(), r.seconds);
   return 0;
 }
 
@@ -166,6 +169,7 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_option("--stop", args->stops, "Stop before this string would be printed (repeatable)");
   sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
+  add_engine_flags(sub, args->engine);
   cmds.add(sub, [args, sub] {
     args->have_prompt = sub->count("--prompt") > 0;  // -p "" is an (empty) prompt, not a missing one
     return run_run(*args);

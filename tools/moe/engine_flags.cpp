@@ -1,0 +1,140 @@
+#include "engine_flags.h"
+
+#include <cstdio>
+#include <fstream>
+
+#include "base/error.h"
+#include "cli_util.h"
+#include "generation.h"
+
+namespace moe::cli {
+
+void add_engine_flags(CLI::App* sub, EngineFlags& f) {
+  sub->add_option("--mem", f.mem,
+                  "Memory budget for weights + KV cache + buffers (e.g. 8G). Experts stream from disk when the "
+                  "model does not fit");
+  sub->add_option("--cache-policy", f.cache_policy, "Expert cache policy when streaming: lru, lfu, arc, layer")
+      ->check(CLI::IsMember(cache_policy_names()));
+  sub->add_option("--prefetch-margin", f.prefetch_margin,
+                  "Cross-layer prefetch of the next layer's top-(k + margin) experts when streaming (-1 = off)")
+      ->check(CLI::Range(-1, 1024));
+  sub->add_flag("--no-mmap", f.no_mmap, "Read resident weights into memory with pread instead of mapping the file");
+  sub->add_flag("--offload-all", f.offload_all, "Stream experts from disk even if the model fits in --mem");
+  sub->add_flag("--stats", f.stats, "Print expert-store statistics to stderr at the end");
+  sub->add_option("--stats-json", f.stats_json, "Write the statistics as JSON to this file");
+}
+
+std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch) {
+  EngineOptions o;
+  if (!f.mem.empty()) o.mem_bytes = parse_size(f.mem, "--mem");
+  o.n_ctx = n_ctx;
+  o.n_batch = n_batch;
+  o.cache_policy = f.cache_policy;
+  o.no_mmap = f.no_mmap;
+  o.force_offload = f.offload_all;
+  try {
+    return Engine::open(path, o);
+  } catch (const Error&) {
+    load_model_for_generation(path);  // rethrows with the vocabulary-only explanation when that is why
+    throw;
+  }
+}
+
+ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_compat) {
+  ForwardOptions fo;
+  fo.llama_compat_attention = llama_compat;
+  fo.lookahead_margin = engine.offload_store() ? f.prefetch_margin : -1;
+  return fo;
+}
+
+uint64_t peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+  return 0;
+}
+
+nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* pred, uint64_t tokens,
+                                         double seconds) {
+  nlohmann::ordered_json j;
+  const MemoryPlan& plan = engine.plan();
+  j["mode"] = plan.offload ? "offload" : "resident";
+  j["plan"] = plan.describe();
+  j["tokens"] = tokens;
+  j["seconds"] = seconds;
+  j["tok_s"] = seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
+  j["peak_rss_bytes"] = peak_rss_bytes();
+  BudgetedExpertStore* st = engine.offload_store();
+  if (!st) return j;
+  const ExpertStoreStats s = st->stats();
+  uint64_t hits = 0, misses = 0;
+  nlohmann::ordered_json per_layer = nlohmann::ordered_json::array();
+  for (size_t l = 0; l < s.hits.size(); ++l) {
+    hits += s.hits[l];
+    misses += s.misses[l];
+    const uint64_t n = s.hits[l] + s.misses[l];
+    per_layer.push_back(n ? static_cast<double>(s.hits[l]) / static_cast<double>(n) : 0.0);
+  }
+  j["policy"] = st->policy_name();
+  j["io"] = st->io_mode_name();
+  j["pool_slots"] = st->n_slots();
+  j["slot_bytes"] = st->slot_bytes();
+  j["hit_rate"] = hits + misses ? static_cast<double>(hits) / static_cast<double>(hits + misses) : 0.0;
+  j["hit_rate_per_layer"] = per_layer;
+  j["loads"] = s.loads;
+  j["bytes_read"] = s.bytes_read;
+  j["bytes_read_per_token"] = tokens ? static_cast<double>(s.bytes_read) / static_cast<double>(tokens) : 0.0;
+  j["read_seconds"] = s.read_seconds;
+  j["read_gbps"] = s.read_seconds > 0 ? static_cast<double>(s.bytes_read) / s.read_seconds / 1e9 : 0.0;
+  j["stall_seconds"] = s.stall_seconds;
+  j["stall_frac"] = seconds > 0 ? s.stall_seconds / seconds : 0.0;
+  j["io_hidden_frac"] = s.read_seconds > 0 ? std::max(0.0, 1.0 - s.stall_seconds / s.read_seconds) : 0.0;
+  j["prefetch_issued"] = s.prefetch_issued;
+  j["prefetch_used"] = s.prefetch_used;
+  j["prefetch_wasted"] = s.prefetch_wasted;
+  if (pred) {
+    j["prediction_precision"] = pred->precision();
+    j["prediction_recall"] = pred->recall();
+  }
+  return j;
+}
+
+void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionStats* pred, uint64_t tokens,
+                         double seconds) {
+  if (!f.stats && f.stats_json.empty()) return;
+  const nlohmann::ordered_json j = engine_stats_json(engine, pred, tokens, seconds);
+  if (f.stats) {
+    std::fprintf(stderr, "moe stats: %s\n", j["plan"].get<std::string>().c_str());
+    std::fprintf(stderr, "moe stats: %.2f tok/s over %llu tokens, peak RSS %s\n", j["tok_s"].get<double>(),
+                 static_cast<unsigned long long>(tokens), human_bytes(j["peak_rss_bytes"].get<uint64_t>()).c_str());
+    if (j["mode"] == "offload") {
+      std::fprintf(stderr, "moe stats: %s cache, %s, %zu slots of %s\n", j["policy"].get<std::string>().c_str(),
+                   j["io"].get<std::string>().c_str(), j["pool_slots"].get<size_t>(),
+                   human_bytes(j["slot_bytes"].get<uint64_t>()).c_str());
+      std::string layers;
+      for (const auto& v : j["hit_rate_per_layer"]) layers += fmt::format(" {:.0f}%", 100 * v.get<double>());
+      std::fprintf(stderr, "moe stats: hit rate %.1f%% (per layer:%s)\n", 100 * j["hit_rate"].get<double>(),
+                   layers.c_str());
+      std::fprintf(stderr, "moe stats: read %s in %llu loads (%.2f GB/s, %s per token), stalled %.2f s (%.1f%% of "
+                           "the time), %.0f%% of I/O hidden\n",
+                   human_bytes(j["bytes_read"].get<uint64_t>()).c_str(),
+                   static_cast<unsigned long long>(j["loads"].get<uint64_t>()), j["read_gbps"].get<double>(),
+                   human_bytes(static_cast<uint64_t>(j["bytes_read_per_token"].get<double>())).c_str(),
+                   j["stall_seconds"].get<double>(), 100 * j["stall_frac"].get<double>(),
+                   100 * j["io_hidden_frac"].get<double>());
+      if (pred)
+        std::fprintf(stderr, "moe stats: prefetch precision %.1f%%, recall %.1f%% (issued %llu, used %llu, wasted %llu)\n",
+                     100 * pred->precision(), 100 * pred->recall(),
+                     static_cast<unsigned long long>(j["prefetch_issued"].get<uint64_t>()),
+                     static_cast<unsigned long long>(j["prefetch_used"].get<uint64_t>()),
+                     static_cast<unsigned long long>(j["prefetch_wasted"].get<uint64_t>()));
+    }
+  }
+  if (!f.stats_json.empty()) {
+    const std::string body = j.dump(2) + "\n";
+    write_file_atomic(f.stats_json, body.data(), body.size());
+  }
+}
+
+}  // namespace moe::cli

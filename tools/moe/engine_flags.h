@@ -1,0 +1,43 @@
+// The flags every model-running command shares: the memory budget and expert-store settings, and the
+// statistics report (--stats text on stderr, --stats-json FILE).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "model/forward.h"
+#include "runtime/engine.h"
+
+namespace moe::cli {
+
+struct EngineFlags {
+  std::string mem;              // --mem SIZE ("" = unlimited)
+  std::string cache_policy = "lru";
+  int prefetch_margin = 2;      // cross-layer prediction: next layer's top-(k + margin); -1 = off
+  bool no_mmap = false;
+  bool offload_all = false;     // stream experts even when everything fits (testing/benchmarks)
+  bool stats = false;
+  std::string stats_json;
+};
+
+void add_engine_flags(CLI::App* sub, EngineFlags& f);
+
+// Opens the model under the budget. Vocabulary-only files get an error saying so.
+std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch);
+
+// Forward options implied by the flags (lookahead only when experts stream).
+ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_compat);
+
+// Expert-store and prediction statistics; `tokens`/`seconds` describe the measured generation.
+nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* pred, uint64_t tokens, double seconds);
+
+// Prints (--stats) and/or writes (--stats-json) the statistics.
+void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionStats* pred, uint64_t tokens,
+                         double seconds);
+
+uint64_t peak_rss_bytes();
+
+}  // namespace moe::cli
