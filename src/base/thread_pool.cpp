@@ -32,14 +32,10 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_raw(RawFn fn, void* ctx) {
-  if (n_threads_ == 1) {
-    fn(ctx, 0, 1);
-    return;
-  }
+void ThreadPool::run_shared(JobFn fn, void* ctx, ProgressFn progress, void* pctx, int64_t total) {
   job_fn_ = fn;
   job_ctx_ = ctx;
-  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+  closed_.store(false, std::memory_order_seq_cst);
   // seq_cst bump, then seq_cst read of sleepers_: pairs with the worker's increment of sleepers_ and
   // its re-check of generation_ under the mutex, so a worker is either seen asleep here or sees the job.
   generation_.fetch_add(1, std::memory_order_seq_cst);
@@ -47,9 +43,14 @@ void ThreadPool::run_raw(RawFn fn, void* ctx) {
     { std::lock_guard<std::mutex> lock(mutex_); }
     cv_.notify_all();
   }
-  fn(ctx, 0, n_threads_);
-  // The caller's share is usually as long as the workers'; spin rather than sleep for the rest.
-  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+  fn(ctx, 0);
+  // Every chunk is claimed; wait for the ones still running on other threads.
+  while (progress(pctx) < total) cpu_relax();
+  // Close the job, then wait only for workers inside it. seq_cst pairs with the worker's increment of
+  // active_ followed by its read of closed_: a worker is either counted here or sees the job closed
+  // and never touches fn/ctx, which die when we return.
+  closed_.store(true, std::memory_order_seq_cst);
+  while (active_.load(std::memory_order_seq_cst) != 0) cpu_relax();
 }
 
 void ThreadPool::worker_loop(int index) {
@@ -69,8 +70,10 @@ void ThreadPool::worker_loop(int index) {
     }
     seen = gen;
     if (stop_.load()) return;
-    job_fn_(job_ctx_, index, n_threads_);
-    pending_.fetch_sub(1, std::memory_order_acq_rel);
+    active_.fetch_add(1, std::memory_order_seq_cst);
+    // Whatever job is open now (the one that woke us, or a newer one) is stable until we leave.
+    if (!closed_.load(std::memory_order_seq_cst)) job_fn_(job_ctx_, index);
+    active_.fetch_sub(1, std::memory_order_seq_cst);
   }
 }
 

@@ -1,9 +1,11 @@
 // A fixed-size thread pool passed explicitly to whoever computes (no globals). Built for the many small
 // parallel regions of one decoded token (hundreds per token, tens of microseconds each):
 //  * workers spin on a generation counter before sleeping, so back-to-back regions pay no wake-up;
+//  * work is claimed in chunks, and a region completes when its chunks are done, not when every
+//    worker has checked in: a worker that another process keeps off its core is simply not waited for
+//    (on a loaded 2-core machine that is the difference between 2x and 1/10x speed);
 //  * the caller only touches the mutex / condition variable when a worker actually went to sleep;
-//  * run() and parallel_for() are templates over the callable, so no std::function is built per call;
-//  * the shared counters live on separate cache lines.
+//  * run() and parallel_for() are templates over the callable, so no std::function is built per call.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -26,14 +28,8 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
-  // Runs fn(thread_index, n_threads) on every thread (the caller is thread 0) and waits for all.
-  template <class F>
-  void run(F&& fn) {
-    using Fn = std::remove_reference_t<F>;
-    run_raw([](void* ctx, int ti, int nt) { (*static_cast<Fn*>(ctx))(ti, nt); }, const_cast<void*>(static_cast<const void*>(&fn)));
-  }
-
   // Splits [0, n) into chunks of `grain` handed out dynamically; fn(begin, end, thread_index).
+  // thread_index identifies the executing thread (0 = the caller), for per-thread scratch.
   template <class F>
   void parallel_for(int64_t n, int64_t grain, F&& fn) {
     if (n <= 0) return;
@@ -42,32 +38,50 @@ class ThreadPool {
       fn(int64_t{0}, n, 0);
       return;
     }
-    struct alignas(64) Counter {
-      std::atomic<int64_t> next{0};
-    } counter;
-    run([&](int ti, int) {
+    struct Shared {
+      alignas(64) std::atomic<int64_t> next{0};
+      alignas(64) std::atomic<int64_t> done{0};
+    } sh;
+    auto body = [&](int ti) {
       for (;;) {
-        const int64_t begin = counter.next.fetch_add(grain, std::memory_order_relaxed);
+        const int64_t begin = sh.next.fetch_add(grain, std::memory_order_relaxed);
         if (begin >= n) break;
-        fn(begin, std::min(n, begin + grain), ti);
+        const int64_t end = std::min(n, begin + grain);
+        fn(begin, end, ti);
+        sh.done.fetch_add(end - begin, std::memory_order_release);
       }
+    };
+    using Body = decltype(body);
+    run_shared([](void* ctx, int ti) { (*static_cast<Body*>(ctx))(ti); }, &body,
+               [](void* ctx) { return static_cast<Shared*>(ctx)->done.load(std::memory_order_acquire); }, &sh, n);
+  }
+
+  // Calls fn(slot, n_threads) once for every slot in [0, n_threads): the classic "each thread takes
+  // its share" form. Slots are claimed dynamically, so one thread may run several.
+  template <class F>
+  void run(F&& fn) {
+    const int nt = n_threads_;
+    parallel_for(nt, 1, [&](int64_t b, int64_t e, int) {
+      for (int64_t slot = b; slot < e; ++slot) fn(static_cast<int>(slot), nt);
     });
   }
 
-  // Type-erased core of run(): fn(ctx, thread_index, n_threads) on every thread.
-  using RawFn = void (*)(void* ctx, int ti, int nt);
-  void run_raw(RawFn fn, void* ctx);
-
  private:
+  using JobFn = void (*)(void* ctx, int ti);
+  using ProgressFn = int64_t (*)(void* ctx);
+  // Publishes fn to the workers, runs it on the caller, and returns when progress(pctx) == total and
+  // every worker that entered fn has left it.
+  void run_shared(JobFn fn, void* ctx, ProgressFn progress, void* pctx, int64_t total);
   void worker_loop(int index);
 
   int n_threads_;
   std::vector<std::thread> workers_;
-  // Job description: written by the caller before the generation bump (release), read after (acquire).
-  RawFn job_fn_ = nullptr;
+  // The open job. Written before closed_ is cleared; stable while any worker is counted in active_.
+  JobFn job_fn_ = nullptr;
   void* job_ctx_ = nullptr;
   alignas(64) std::atomic<uint64_t> generation_{0};
-  alignas(64) std::atomic<int> pending_{0};
+  alignas(64) std::atomic<bool> closed_{true};
+  alignas(64) std::atomic<int> active_{0};
   alignas(64) std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
   std::mutex mutex_;

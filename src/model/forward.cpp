@@ -86,10 +86,20 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
   // exact tokens: batches of fewer than 64 queries round Q to fp16 and accumulate V in fp16 with an
   // online softmax; larger batches work in fp32 throughout (our default everywhere).
   const bool fp16_path = options_.llama_compat_attention && n_tokens < kAttnTileQ;
-  pool.run([&](int ti, int nt) {
-    std::vector<float> scores(static_cast<size_t>(n_ctx_used));
-    std::vector<float> kf(static_cast<size_t>(hd)), acc(static_cast<size_t>(hd)), qr(static_cast<size_t>(hd));
-    for (int64_t item = ti; item < n_items; item += nt) {
+  if (attn_scratch_.size() < static_cast<size_t>(pool.size())) attn_scratch_.resize(static_cast<size_t>(pool.size()));
+  for (auto& sc : attn_scratch_) {
+    if (sc.scores.size() < static_cast<size_t>(n_ctx_used)) sc.scores.resize(static_cast<size_t>(n_ctx_used));
+    sc.kf.resize(static_cast<size_t>(hd));
+    sc.acc.resize(static_cast<size_t>(hd));
+    sc.qr.resize(static_cast<size_t>(hd));
+  }
+  pool.parallel_for(n_items, 1, [&](int64_t item0, int64_t item1, int ti) {
+    AttnScratch& sc = attn_scratch_[static_cast<size_t>(ti)];
+    std::vector<float>& scores = sc.scores;
+    std::vector<float>& kf = sc.kf;
+    std::vector<float>& acc = sc.acc;
+    std::vector<float>& qr = sc.qr;
+    for (int64_t item = item0; item < item1; ++item) {
       const int64_t t = item / s.n_head;
       const int h = static_cast<int>(item % s.n_head);
       const int hk = h / group;

@@ -91,6 +91,10 @@ class ForwardPass {
   std::vector<int32_t> hint_;
   PredictionStats pred_stats_;
   std::vector<float> rope_cs_;
+  struct AttnScratch {
+    std::vector<float> scores, kf, acc, qr;
+  };
+  std::vector<AttnScratch> attn_scratch_;  // one per pool thread
 };
 
 }  // namespace moe

@@ -25,6 +25,8 @@ void register_logits(CLI::App& app, CommandSet& cmds);
 void register_run(CLI::App& app, CommandSet& cmds);
 void register_chat(CLI::App& app, CommandSet& cmds);
 void register_tokenize(CLI::App& app, CommandSet& cmds);
+void register_train(CLI::App& app, CommandSet& cmds);
+void register_train_tokenizer(CLI::App& app, CommandSet& cmds);
 void register_synth(CLI::App& app, CommandSet& cmds);
 void register_bench(CLI::App& app, CommandSet& cmds);
 

@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   moe::cli::register_run(app, cmds);
   moe::cli::register_chat(app, cmds);
   moe::cli::register_tokenize(app, cmds);
+  moe::cli::register_train(app, cmds);
+  moe::cli::register_train_tokenizer(app, cmds);
   moe::cli::register_synth(app, cmds);
   moe::cli::register_bench(app, cmds);
   try {
