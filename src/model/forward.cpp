@@ -93,6 +93,20 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
     sc.acc.resize(static_cast<size_t>(hd));
     sc.qr.resize(static_cast<size_t>(hd));
   }
+  // A batch reads every cached key and value once per (token, head): widen the layer's fp16 cache to
+  // fp32 once instead (exact, so results are unchanged). A single decoded token reads each key once
+  // per head of its group, so it converts on the fly and saves the extra pass over the cache.
+  const bool widen = n_tokens > 1 && !fp16_path;
+  if (widen) {
+    k32_.resize(static_cast<size_t>(n_ctx_used * kvd));
+    v32_.resize(static_cast<size_t>(n_ctx_used * kvd));
+    pool.parallel_for(n_ctx_used, 64, [&](int64_t j0, int64_t j1, int) {
+      for (int64_t j = j0; j < j1; ++j) {
+        fp16_to_fp32_row(kv.k(il, j), k32_.data() + j * kvd, kvd);
+        fp16_to_fp32_row(kv.v(il, j), v32_.data() + j * kvd, kvd);
+      }
+    });
+  }
   pool.parallel_for(n_items, 1, [&](int64_t item0, int64_t item1, int ti) {
     AttnScratch& sc = attn_scratch_[static_cast<size_t>(ti)];
     std::vector<float>& scores = sc.scores;
@@ -130,10 +144,19 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
         for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] * inv;
         continue;
       }
+      auto key = [&](int64_t j) -> const float* {
+        if (widen) return k32_.data() + j * kvd + hk * hd;
+        fp16_to_fp32_row(kv.k(il, j) + hk * hd, kf.data(), hd);
+        return kf.data();
+      };
+      auto value = [&](int64_t j) -> const float* {
+        if (widen) return v32_.data() + j * kvd + hk * hd;
+        fp16_to_fp32_row(kv.v(il, j) + hk * hd, kf.data(), hd);
+        return kf.data();
+      };
       float mx = -INFINITY;
       for (int64_t j = 0; j < n_keys; ++j) {
-        fp16_to_fp32_row(kv.k(il, j) + hk * hd, kf.data(), hd);
-        const float sc = kernels::dot_f32(q, kf.data(), hd) * scale;
+        const float sc = kernels::dot_f32(q, key(j), hd) * scale;
         scores[j] = sc;
         mx = std::max(mx, sc);
       }
@@ -143,10 +166,7 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
         sum += scores[j];
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t j = 0; j < n_keys; ++j) {
-        fp16_to_fp32_row(kv.v(il, j) + hk * hd, kf.data(), hd);
-        kernels::axpy(acc.data(), scores[j], kf.data(), hd);
-      }
+      for (int64_t j = 0; j < n_keys; ++j) kernels::axpy(acc.data(), scores[j], value(j), hd);
       const float inv = static_cast<float>(1.0 / sum);
       for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] * inv;
     }

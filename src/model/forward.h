@@ -95,6 +95,7 @@ class ForwardPass {
     std::vector<float> scores, kf, acc, qr;
   };
   std::vector<AttnScratch> attn_scratch_;  // one per pool thread
+  std::vector<float> k32_, v32_;           // the layer's cache widened to fp32 for a batch
 };
 
 }  // namespace moe
