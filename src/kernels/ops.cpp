@@ -1,5 +1,8 @@
 #include "kernels/ops.h"
 
+#include "kernels/cpu_features.h"
+#include "tensor/dtype.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -72,14 +75,26 @@ void scale(float* y, float s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] *= s;
 }
 
-void axpy(float* y, float a, const float* x, int64_t n) {
+void axpy_ref(float* y, float a, const float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-float dot_f32(const float* a, const float* b, int64_t n) {
+float dot_f32_ref(const float* a, const float* b, int64_t n) {
   float s = 0.0f;
   for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
   return s;
+}
+
+void axpy(float* y, float a, const float* x, int64_t n) {
+  // Chosen once: the AVX-512 body when the CPU has it (each element is one FMA either way).
+  static const auto impl = best_isa() == Isa::Avx512 ? axpy_avx512 : axpy_ref;
+  impl(y, a, x, n);
+}
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  // The F32 entry of the dtype table already dispatches to the best ISA.
+  static const VecDotFn impl = dtype_traits(DType::F32).vec_dot;
+  return impl(n, a, b);
 }
 
 }  // namespace moe::kernels

@@ -25,8 +25,12 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n);
 
 void add(float* y, const float* x, int64_t n);            // y += x
 void scale(float* y, float s, int64_t n);                 // y *= s
-void axpy(float* y, float a, const float* x, int64_t n);  // y += a*x
-float dot_f32(const float* a, const float* b, int64_t n);
+void axpy(float* y, float a, const float* x, int64_t n);  // y += a*x (best ISA)
+float dot_f32(const float* a, const float* b, int64_t n);  // best ISA
+// Plain scalar references, and the AVX-512 body (only call it where the CPU has AVX-512F).
+void axpy_ref(float* y, float a, const float* x, int64_t n);
+float dot_f32_ref(const float* a, const float* b, int64_t n);
+void axpy_avx512(float* y, float a, const float* x, int64_t n);
 
 }  // namespace moe::kernels
 

@@ -1,0 +1,69 @@
+// Row ops against plain references: the dispatched dot/axpy against their scalar versions, and norm,
+// rope and softmax against double-precision formulas.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "kernels/ops.h"
+
+namespace moe::kernels {
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+TEST(KernelOps, DotAndAxpyMatchScalarReference) {
+  for (int64_t n : {1, 7, 16, 31, 64, 100, 128, 1000}) {
+    auto a = randn(n, 1), b = randn(n, 2);
+    double mag = 0;
+    for (int64_t i = 0; i < n; ++i) mag += std::fabs(a[i] * b[i]);
+    // Only the summation order (and FMA contraction) differs.
+    EXPECT_NEAR(dot_f32(a.data(), b.data(), n), dot_f32_ref(a.data(), b.data(), n), 1e-5 * mag + 1e-7) << n;
+    auto y1 = randn(n + 3, 3), y2 = y1;
+    axpy(y1.data(), 0.37f, a.data(), n);
+    axpy_ref(y2.data(), 0.37f, a.data(), n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y1[i], y2[i], 1e-6 * (1 + std::fabs(y2[i]))) << n;
+    for (int64_t i = n; i < n + 3; ++i) EXPECT_EQ(y1[i], y2[i]) << "wrote past the end, n=" << n;
+  }
+}
+
+TEST(KernelOps, RmsNormMatchesFormula) {
+  const int64_t n = 300;
+  auto x = randn(n, 4), w = randn(n, 5), y(x);
+  rms_norm(x.data(), w.data(), y.data(), n, 1e-6f);
+  double ss = 0;
+  for (float v : x) ss += double(v) * v;
+  const double inv = 1.0 / std::sqrt(ss / n + 1e-6);
+  for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y[i], x[i] * inv * w[i], 1e-5 * (1 + std::fabs(y[i])));
+}
+
+TEST(KernelOps, RopeMatchesFormulaForBothPairings) {
+  const int64_t hd = 64, pos = 37;
+  for (bool neox : {false, true}) {
+    auto x = randn(hd, 6), y = x;
+    rope(y.data(), hd, pos, 10000.0f, 1.0f, neox);
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      const double ang = pos * std::pow(10000.0, -2.0 * i / hd);
+      const int64_t a = neox ? i : 2 * i, b = neox ? i + hd / 2 : 2 * i + 1;
+      EXPECT_NEAR(y[a], x[a] * std::cos(ang) - x[b] * std::sin(ang), 2e-4);
+      EXPECT_NEAR(y[b], x[a] * std::sin(ang) + x[b] * std::cos(ang), 2e-4);
+    }
+  }
+}
+
+TEST(KernelOps, SoftmaxIsNormalizedAndStable) {
+  std::vector<float> z = {1000.0f, 999.0f, -1000.0f, 0.0f};
+  softmax(z.data(), 4);
+  EXPECT_NEAR(z[0] + z[1] + z[2] + z[3], 1.0f, 1e-6);
+  EXPECT_NEAR(z[0] / z[1], std::exp(1.0f), 1e-4);
+  EXPECT_EQ(z[2], 0.0f);
+}
+
+}  // namespace
+}  // namespace moe::kernels
