@@ -4,7 +4,7 @@
 #   bench/compare_llamacpp.sh MODEL [THREADS=2]
 #   env: ROUNDS=4 (A/B rounds; odd rounds run moe first, even rounds llama.cpp first)
 #        REPS=3 (repetitions inside each run)  P=512  N=64
-#        MOE_BIN=path/to/moe (default: build-bench/bin/moe, then build/bin/moe)
+#        MOE_BIN=path/to/moe (default: build/bin/moe, as `make build` leaves it)
 #        NLC_DIR=dir whose node_modules already holds node-llama-cpp (default: npm-install into a temp dir)
 #        OUT=dir to keep the raw JSON lines (default: a temp dir)
 #
@@ -23,7 +23,7 @@ ROOT=$(dirname "$HERE")
 NLC_VERSION=3.22.1
 
 if [[ -z "${MOE_BIN:-}" ]]; then
-  for c in "$ROOT/build-bench/bin/moe" "$ROOT/build/bin/moe"; do
+  for c in "$ROOT/build/bin/moe"; do
     [[ -x "$c" ]] && MOE_BIN=$c && break
   done
 fi
