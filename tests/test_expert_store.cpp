@@ -181,6 +181,17 @@ TEST(CachePolicies, EvictionOrder) {
     ASSERT_TRUE(p->choose_victim(all, v));
     EXPECT_EQ(v, 3u * 8 + 1);
   }
+  {
+    // Distance to the executing layer: while layer 2 runs, layer 1 (just executed) is needed last.
+    auto p = make_cache_policy("distance", 3, 8, 4);
+    p->on_insert(1 * 8 + 0);
+    p->on_insert(3 * 8 + 0);
+    p->on_insert(2 * 8 + 5);  // the current layer is now 2
+    ASSERT_TRUE(p->choose_victim(all, v));
+    EXPECT_EQ(v, 1u * 8 + 0);
+    ASSERT_TRUE(p->choose_victim([](ExpertKey k) { return k != 8; }, v));
+    EXPECT_EQ(v, 3u * 8 + 0);
+  }
   EXPECT_THROW(make_cache_policy("fifo", 1, 1, 1), Error);
 }
 

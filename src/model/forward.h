@@ -67,6 +67,7 @@ class ForwardPass {
 
   void set_observer(RoutingObserver* obs) { observer_ = obs; }
   const PredictionStats& prediction_stats() const { return pred_stats_; }
+  void reset_prediction_stats() { pred_stats_ = {}; }
 
  private:
   void attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);

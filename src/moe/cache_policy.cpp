@@ -170,16 +170,68 @@ class LayerAwarePolicy final : public CachePolicy {
   std::unordered_map<ExpertKey, uint64_t> last_;
 };
 
+// Distance to the executing layer (HOBBIT-style): decoding sweeps the layers in order, so an expert of
+// the layer that just ran is not needed again for a whole token, while one of the next layers is
+// needed within microseconds. The victim is the expert whose layer comes up last, counting cyclically
+// from the layer of the latest access; ties go to the less frequently, then less recently used.
+// Unlike LRU, this does not degrade into a cyclic scan when one token's experts exceed the pool.
+class LayerDistancePolicy final : public CachePolicy {
+ public:
+  LayerDistancePolicy(int n_expert, int n_layer) : n_expert_(n_expert), n_layer_(n_layer) {}
+  const char* name() const override { return "distance"; }
+  void on_access(ExpertKey k) override { touch(k); }
+  void on_insert(ExpertKey k) override { touch(k); }
+  void on_evict(ExpertKey k) override { last_.erase(k); }
+  bool choose_victim(const std::function<bool(ExpertKey)>& ok, ExpertKey& v) override {
+    bool found = false;
+    int best_dist = -1;
+    uint64_t best_count = 0, best_tick = 0;
+    for (const auto& [k, st] : last_) {
+      if (!ok(k)) continue;
+      const int layer = static_cast<int>(k / static_cast<ExpertKey>(n_expert_));
+      const int dist = ((layer - current_layer_) % n_layer_ + n_layer_) % n_layer_;
+      const bool better = !found || dist > best_dist ||
+                          (dist == best_dist && (st.count < best_count ||
+                                                 (st.count == best_count && (st.tick < best_tick ||
+                                                                             (st.tick == best_tick && k < v)))));
+      if (better) {
+        found = true;
+        best_dist = dist;
+        best_count = st.count;
+        best_tick = st.tick;
+        v = k;
+      }
+    }
+    return found;
+  }
+
+ private:
+  struct State {
+    uint64_t tick = 0, count = 0;
+  };
+  void touch(ExpertKey k) {
+    State& st = last_[k];
+    st.tick = ++tick_;
+    ++st.count;
+    current_layer_ = static_cast<int>(k / static_cast<ExpertKey>(n_expert_));
+  }
+  int n_expert_, n_layer_;
+  int current_layer_ = 0;
+  uint64_t tick_ = 0;
+  std::unordered_map<ExpertKey, State> last_;
+};
+
 }  // namespace
 
-std::vector<std::string> cache_policy_names() { return {"lru", "lfu", "arc", "layer"}; }
+std::vector<std::string> cache_policy_names() { return {"distance", "lru", "lfu", "arc", "layer"}; }
 
 std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, size_t capacity, int n_expert, int n_layer) {
   if (name == "lru") return std::make_unique<LruPolicy>();
   if (name == "lfu") return std::make_unique<LfuPolicy>();
   if (name == "arc") return std::make_unique<ArcPolicy>(capacity);
   if (name == "layer") return std::make_unique<LayerAwarePolicy>(n_expert, n_layer);
-  fail("--cache-policy: unknown policy '{}' (known: lru, lfu, arc, layer)", name);
+  if (name == "distance") return std::make_unique<LayerDistancePolicy>(n_expert, n_layer);
+  fail("--cache-policy: unknown policy '{}' (known: distance, lru, lfu, arc, layer)", name);
 }
 
 }  // namespace moe

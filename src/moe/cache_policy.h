@@ -1,6 +1,7 @@
 // Which cached expert to evict. Policies see only keys (layer * n_expert + expert) and events; the
-// store owns the slots. Implementations: LRU, LFU (LRU tie-break), ARC, and layer-aware LRU (deeper
-// layers are evicted first, since cross-layer prediction is weakest for the shallow ones: Fate).
+// store owns the slots. Implementations: distance to the executing layer (HOBBIT-style; the default),
+// LRU, LFU (LRU tie-break), ARC, and layer-aware LRU (deeper layers are evicted first, since
+// cross-layer prediction is weakest for the shallow ones: Fate).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -24,7 +25,7 @@ class CachePolicy {
   virtual bool choose_victim(const std::function<bool(ExpertKey)>& evictable, ExpertKey& victim) = 0;
 };
 
-// name: "lru" | "lfu" | "arc" | "layer" ; capacity in slots; n_expert to decode keys into layers.
+// name: "distance" | "lru" | "lfu" | "arc" | "layer" ; capacity in slots; n_expert to decode keys into layers.
 std::unique_ptr<CachePolicy> make_cache_policy(const std::string& name, size_t capacity, int n_expert, int n_layer);
 std::vector<std::string> cache_policy_names();
 

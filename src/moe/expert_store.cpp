@@ -246,3 +246,15 @@ ExpertStoreStats BudgetedExpertStore::stats() const {
 }
 
 }  // namespace moe
+
+namespace moe {
+
+void BudgetedExpertStore::reset_stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t n = stats_.hits.size();
+  stats_ = ExpertStoreStats{};
+  stats_.hits.assign(n, 0);
+  stats_.misses.assign(n, 0);
+}
+
+}  // namespace moe

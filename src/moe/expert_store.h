@@ -88,7 +88,7 @@ class BudgetedExpertStore final : public ExpertStore {
  public:
   struct Options {
     uint64_t pool_bytes = 0;
-    std::string policy = "lru";
+    std::string policy = "distance";
     DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
   };
   BudgetedExpertStore(ExpertLayout layout, Options opts);
@@ -103,6 +103,7 @@ class BudgetedExpertStore final : public ExpertStore {
   const char* io_mode_name() const { return reader_->mode_name(); }
   const char* policy_name() const { return policy_->name(); }
   ExpertStoreStats stats() const;
+  void reset_stats();  // e.g. after the prompt, so the numbers describe generation only
 
   // Bytes one slot needs (largest expert, with direct-I/O alignment slack).
   static uint64_t slot_bytes_for(const ExpertLayout& layout, uint64_t io_alignment = 4096);

@@ -16,7 +16,7 @@ struct EngineOptions {
   uint64_t mem_bytes = 0;     // total budget for weights + KV cache + buffers; 0 = unlimited
   int64_t n_ctx = 4096;       // context the KV cache is sized for
   int64_t n_batch = 512;      // largest prompt batch (sizes the activation buffers)
-  std::string cache_policy = "lru";
+  std::string cache_policy = "distance";
   bool no_mmap = false;       // read resident weights with pread instead of mapping
   bool force_offload = false; // stream experts even if everything would fit (testing, benchmarks)
   DirectReader::Mode io_mode = DirectReader::Mode::IoUring;

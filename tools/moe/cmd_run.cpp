@@ -104,6 +104,9 @@ int run_run(const RunArgs& a) {
   const auto t0 = Clock::now();
   const std::vector<float>& logits = session.eval(prompt, pool);
   const double t_prompt = seconds_since(t0);
+  // Statistics describe generation: drop what the prompt pass counted.
+  if (auto* st = engine->offload_store()) st->reset_stats();
+  session.forward().reset_prediction_stats();
 
   GenerateParams gp;
   gp.n_predict = a.n_predict;

@@ -13,7 +13,7 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
   sub->add_option("--mem", f.mem,
                   "Memory budget for weights + KV cache + buffers (e.g. 8G). Experts stream from disk when the "
                   "model does not fit");
-  sub->add_option("--cache-policy", f.cache_policy, "Expert cache policy when streaming: lru, lfu, arc, layer")
+  sub->add_option("--cache-policy", f.cache_policy, "Expert cache policy when streaming: distance (to the executing layer; default), lru, lfu, arc, layer")
       ->check(CLI::IsMember(cache_policy_names()));
   sub->add_option("--prefetch-margin", f.prefetch_margin,
                   "Cross-layer prefetch of the next layer's top-(k + margin) experts when streaming (-1 = off)")

@@ -15,7 +15,7 @@ namespace moe::cli {
 
 struct EngineFlags {
   std::string mem;              // --mem SIZE ("" = unlimited)
-  std::string cache_policy = "lru";
+  std::string cache_policy = "distance";
   int prefetch_margin = 2;      // cross-layer prediction: next layer's top-(k + margin); -1 = off
   bool no_mmap = false;
   bool offload_all = false;     // stream experts even when everything fits (testing/benchmarks)
