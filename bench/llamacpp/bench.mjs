@@ -22,7 +22,8 @@ const {getLlama, LlamaLogLevel} = await import(require.resolve("node-llama-cpp")
 const llama = await getLlama({gpu: false, build: "never", skipDownload: true, maxThreads: threads,
                               logLevel: process.env.NLC_LOG ? LlamaLogLevel.debug : LlamaLogLevel.error, progressLogs: false});
 const t0 = performance.now();
-const model = await llama.loadModel({modelPath, gpuLayers: 0, useMmap: true});
+// NLC_MMAP=0 loads without mmap (for runs under a memory limit, as the offload benchmarks need).
+const model = await llama.loadModel({modelPath, gpuLayers: 0, useMmap: process.env.NLC_MMAP !== "0"});
 const loadS = (performance.now() - t0) / 1e3;
 const context = await model.createContext({contextSize: Math.max(nPrompt, nGen) + 64, batchSize: Math.max(nPrompt, 1),
                                            threads, sequences: 1});
