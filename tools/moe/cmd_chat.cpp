@@ -44,10 +44,7 @@ struct ChatArgs {
   int n_predict = -1;
   int threads = 0;
   int64_t n_ctx = 0;
-  float temp = 0.8f;
-  int top_k = 40;
-  float top_p = 0.95f;
-  uint64_t seed = 0;
+  SamplerParams sampling;
   bool ignore_eos = false;
   bool verbose = false;
   EngineFlags engine;
@@ -147,7 +144,7 @@ class ChatLoop {
   ChatLoop(const ChatArgs& a, const Tokenizer& tok, ChatTemplate tmpl, Session& session,
            ThreadPool& pool, std::atomic<bool>& interrupt, bool interactive)
       : a_(a), tok_(tok), tmpl_(tmpl), session_(session), pool_(pool), interrupt_(interrupt),
-        interactive_(interactive), sampler_({a.temp, a.top_k, a.top_p, a.seed}) {
+        interactive_(interactive), sampler_(a.sampling) {
     if (!a.system.empty()) msgs_.push_back({"system", a.system});
   }
 
@@ -355,10 +352,7 @@ void register_chat(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("-c,--ctx-size", args->n_ctx, "Context size (default: min(train ctx, 4096))")
       ->check(CLI::Range(0, 1 << 24));
-  sub->add_option("--temp", args->temp, "Temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
-  sub->add_option("--top-k", args->top_k, "Top-k (0 = off)")->check(CLI::Range(0, 1 << 24));
-  sub->add_option("--top-p", args->top_p, "Top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
-  sub->add_option("--seed", args->seed, "Sampling seed");
+  add_sampling_flags(sub, args->sampling);
   sub->add_option("--system", args->system, "System message");
   sub->add_option("--stop", args->stops, "End an answer before this string (repeatable)");
   sub->add_option("--chat-template", args->chat_template,

@@ -37,10 +37,7 @@ struct RunArgs {
   int n_predict = 64;
   int threads = 0;
   int64_t n_ctx = 0;
-  float temp = 0.8f;
-  int top_k = 40;
-  float top_p = 0.95f;
-  uint64_t seed = 0;
+  SamplerParams sampling;
   bool ignore_eos = false;
   bool llama_compat = false;
   EngineFlags engine;
@@ -99,7 +96,7 @@ int run_run(const RunArgs& a) {
   ThreadPool pool(resolve_threads(a.threads));
   auto engine = open_engine(a.model, a.engine, n_ctx, std::min<int64_t>(512, std::max<int64_t>(n_prompt, 1)));
   Session session(engine->model(), engine->store(), n_ctx, forward_options(a.engine, *engine, a.llama_compat));
-  Sampler sampler({a.temp, a.top_k, a.top_p, a.seed});
+  Sampler sampler(a.sampling);
 
   const auto t0 = Clock::now();
   const std::vector<float>& logits = session.eval(prompt, pool);
@@ -165,10 +162,7 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("-c,--ctx-size", args->n_ctx, "Context size (default: prompt + n, at least min(train ctx, 4096), at most train ctx)")
       ->check(CLI::Range(0, 1 << 24));
-  sub->add_option("--temp", args->temp, "Temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
-  sub->add_option("--top-k", args->top_k, "Top-k (0 = off)")->check(CLI::Range(0, 1 << 24));
-  sub->add_option("--top-p", args->top_p, "Top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
-  sub->add_option("--seed", args->seed, "Sampling seed");
+  add_sampling_flags(sub, args->sampling);
   sub->add_option("--stop", args->stops, "Stop before this string would be printed (repeatable)");
   sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");

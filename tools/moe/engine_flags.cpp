@@ -24,6 +24,13 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
   sub->add_option("--stats-json", f.stats_json, "Write the statistics as JSON to this file");
 }
 
+void add_sampling_flags(CLI::App* sub, SamplerParams& p) {
+  sub->add_option("--temp", p.temperature, "Temperature (0 = greedy)")->check(CLI::Range(0.0, 100.0));
+  sub->add_option("--top-k", p.top_k, "Top-k (0 = off)")->check(CLI::Range(0, 1 << 24));
+  sub->add_option("--top-p", p.top_p, "Top-p (1 = off)")->check(CLI::Range(0.0, 1.0));
+  sub->add_option("--seed", p.seed, "Sampling seed");
+}
+
 std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch) {
   EngineOptions o;
   if (!f.mem.empty()) o.mem_bytes = parse_size(f.mem, "--mem");

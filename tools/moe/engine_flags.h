@@ -10,6 +10,7 @@
 
 #include "model/forward.h"
 #include "runtime/engine.h"
+#include "runtime/sampler.h"
 
 namespace moe::cli {
 
@@ -24,6 +25,8 @@ struct EngineFlags {
 };
 
 void add_engine_flags(CLI::App* sub, EngineFlags& f);
+// --temp, --top-k, --top-p, --seed (shared by run and chat).
+void add_sampling_flags(CLI::App* sub, SamplerParams& p);
 
 // Opens the model under the budget. Vocabulary-only files get an error saying so.
 std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch);
