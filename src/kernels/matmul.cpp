@@ -58,7 +58,11 @@ void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride
          dtype_traits(w.type).name, dtype_traits(dtype_traits(w.type).vec_dot_type).name);
   // Chunks of rows sized so each chunk is a few tens of KB of weights.
   // A multiple of 4 so chunks do not split the tile kernels' row groups.
-  const int64_t grain = std::max<int64_t>(4, static_cast<int64_t>(32768 / std::max<size_t>(1, w.row_bytes))) & ~int64_t{3};
+  int64_t grain = std::max<int64_t>(4, static_cast<int64_t>(32768 / std::max<size_t>(1, w.row_bytes))) & ~int64_t{3};
+  // Decoding one token streams the matrix once: larger contiguous chunks (two per thread) keep
+  // each thread on one long stream for the hardware prefetcher, while leaving slack for imbalance.
+  if (act.n_tokens() == 1)
+    grain = std::max<int64_t>(grain, (w.rows / (2 * static_cast<int64_t>(pool.size()))) & ~int64_t{3});
   pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) { matmul_rows(w, act, y, y_stride, r0, r1); });
 }
 
