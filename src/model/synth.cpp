@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "base/rng.h"
 #include "format/gguf.h"
 #include "model/arch.h"
 #include "base/thread_pool.h"
@@ -16,20 +17,9 @@ namespace moe {
 
 namespace {
 
-// A small, portable generator (splitmix64 + Box-Muller) so files are identical across platforms.
-struct Rng {
-  uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
-  float normal() {
-    const double u1 = uniform(), u2 = uniform();
-    return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-  }
+// Synthetic weights come from the portable generator so files are identical across platforms.
+struct Rng : SplitMix64 {
+  float normal() { return static_cast<float>(SplitMix64::normal()); }
 };
 
 uint64_t hash_name(const std::string& s, uint64_t seed) {

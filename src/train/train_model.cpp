@@ -1,3 +1,4 @@
+#include "base/rng.h"
 #include "train/train_model.h"
 
 #include <algorithm>
@@ -85,21 +86,8 @@ struct LayerAct {
   std::vector<Real> ex, ea, eu, eh, ey;  // per assignment row: input [d], gate/up/act [ff], output [d]
 };
 
-// A small, portable generator (splitmix64 + Box-Muller) so initial weights are identical everywhere.
-struct InitRng {
-  uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return (static_cast<double>(next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
-  double normal() {
-    const double u1 = uniform(), u2 = uniform();
-    return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-  }
-};
+// Initial weights come from the portable generator so they are identical everywhere.
+using InitRng = SplitMix64;
 
 uint64_t hash_name(const std::string& s, uint64_t seed) {
   uint64_t h = 1469598103934665603ull ^ (seed * 0x9E3779B97F4A7C15ull);
