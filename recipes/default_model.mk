@@ -3,7 +3,7 @@
 BUILD_DIR ?= build
 RECIPE_DIR ?= $(BUILD_DIR)/recipe
 THREADS ?= 2
-STEPS ?= 600
+STEPS ?= 4000
 
 .PHONY: default-model
 default-model:

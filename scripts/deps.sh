@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config
-  nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev liburing-dev
+  nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev liburing-dev libopenblas-dev
   libgtest-dev libbenchmark-dev
 )
 # Optional groups, asked for by name: "fuzz" (clang + libFuzzer runtime), "corpus" (the Debian packages

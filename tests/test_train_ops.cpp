@@ -68,7 +68,7 @@ TEST(TrainOps, LinearGradients) {
 
 TEST(TrainOps, LinearThreadedMatchesSerialBitwise) {
   std::mt19937_64 rng(2);
-  const int64_t N = 37, in = 33, out = 29;
+  const int64_t N = 150, in = 33, out = 70;  // several fixed row blocks, with tails
   std::vector<float> X(N * in), W(out * in), R(N * out);
   for (auto* v : {&X, &W, &R})
     for (float& x : *v) x = static_cast<float>(std::normal_distribution<double>()(rng));
@@ -81,6 +81,35 @@ TEST(TrainOps, LinearThreadedMatchesSerialBitwise) {
   EXPECT_EQ(y1, y2);
   EXPECT_EQ(dx1, dx2);
   EXPECT_EQ(dw1, dw2);
+}
+
+// The float linear layers run on BLAS; the double loops (checked above by finite differences) are
+// their reference. Backward accumulates, so start the gradients from nonzero values.
+TEST(TrainOps, LinearFloatBlasMatchesDoubleReference) {
+  std::mt19937_64 rng(3);
+  const int64_t N = 131, in = 96, out = 75;
+  Vec X = random_vec(N * in, rng), W = random_vec(out * in, rng), R = random_vec(N * out, rng),
+      dX0 = random_vec(N * in, rng), dW0 = random_vec(out * in, rng);
+  auto to_float = [](const Vec& v) { return std::vector<float>(v.begin(), v.end()); };
+  Vec Y(N * out), dX = dX0, dW = dW0;
+  linear_forward<double>(nullptr, X.data(), N, in, W.data(), out, Y.data());
+  linear_backward<double>(nullptr, X.data(), N, in, W.data(), out, R.data(), dX.data(), dW.data());
+  std::vector<float> Xf = to_float(X), Wf = to_float(W), Rf = to_float(R), Yf(N * out), dXf = to_float(dX0),
+                     dWf = to_float(dW0);
+  ThreadPool pool(2);
+  linear_forward<float>(&pool, Xf.data(), N, in, Wf.data(), out, Yf.data());
+  linear_backward<float>(&pool, Xf.data(), N, in, Wf.data(), out, Rf.data(), dXf.data(), dWf.data());
+  auto max_rel = [](const Vec& ref, const std::vector<float>& got) {
+    double err = 0, mag = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      err = std::max(err, std::abs(ref[i] - static_cast<double>(got[i])));
+      mag = std::max(mag, std::abs(ref[i]));
+    }
+    return err / mag;
+  };
+  EXPECT_LT(max_rel(Y, Yf), 1e-5);
+  EXPECT_LT(max_rel(dX, dXf), 1e-5);
+  EXPECT_LT(max_rel(dW, dWf), 1e-5);
 }
 
 TEST(TrainOps, RmsNormGradients) {

@@ -130,6 +130,14 @@ void linear_backward(ThreadPool* pool, const Real* X, int64_t N, int64_t in, con
   }
 }
 
+// float runs on BLAS (linear_blas.cpp); the generic loops above serve double and are its reference.
+template <>
+void linear_forward<float>(ThreadPool* pool, const float* X, int64_t N, int64_t in, const float* W, int64_t out,
+                           float* Y);
+template <>
+void linear_backward<float>(ThreadPool* pool, const float* X, int64_t N, int64_t in, const float* W, int64_t out,
+                            const float* dY, float* dX, float* dW);
+
 // ---- RMSNorm over rows of length n: y = x / sqrt(mean(x^2) + eps) * w ----
 // The sum of squares is taken in double and the scale formed in the row type, as the inference
 // kernel (kernels::rms_norm) does, so the trainer's float forward matches inference closely.
