@@ -70,6 +70,7 @@ std::vector<TensorRoleDesc> concat(std::initializer_list<std::vector<TensorRoleD
 
 // Registration (one line per arch in arch_registry.cpp).
 const ArchDescriptor& arch_qwen3moe();
+const ArchDescriptor& arch_qwen3();
 const ArchDescriptor& arch_qwen2moe();
 const ArchDescriptor& arch_llama();
 const ArchDescriptor& arch_olmoe();

@@ -6,18 +6,27 @@
 
 namespace moe {
 
-const ArchDescriptor* find_arch(const std::string& name) {
-  // The one registry line per architecture.
-  static const ArchDescriptor* const kArchs[] = {
-      &arch_qwen3moe(), &arch_qwen2moe(), &arch_llama(), &arch_olmoe(), &arch_deepseek(), &arch_granitemoe(),
+namespace {
+// The one registry line per architecture.
+const std::vector<const ArchDescriptor*>& all_archs() {
+  static const std::vector<const ArchDescriptor*> kArchs = {
+      &arch_qwen3moe(), &arch_qwen3(),    &arch_qwen2moe(),   &arch_llama(),
+      &arch_olmoe(),    &arch_deepseek(), &arch_granitemoe(),
   };
-  for (const auto* a : kArchs)
+  return kArchs;
+}
+}  // namespace
+
+const ArchDescriptor* find_arch(const std::string& name) {
+  for (const auto* a : all_archs())
     if (a->name == name) return a;
   return nullptr;
 }
 
 std::vector<std::string> supported_archs() {
-  return {"qwen3moe", "qwen2moe", "llama", "olmoe", "deepseek", "granitemoe"};
+  std::vector<std::string> names;
+  for (const auto* a : all_archs()) names.push_back(a->name);
+  return names;
 }
 
 const char* role_name(Role r) {

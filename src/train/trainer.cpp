@@ -24,6 +24,12 @@ ShapeOptions preset_shape(const std::string& preset) {
     s.n_expert = 8;
     s.n_expert_used = 2;
     s.n_ff_exp = 256;
+  } else if (preset == "qwen3") {
+    // The dense baseline: qwen3moe's attention, and one FFN as wide as qwen3moe's k active experts
+    // together (2 x 256), so it has the same active parameters per token.
+    s.n_expert = 0;
+    s.n_expert_used = 0;
+    s.n_ff_dense = 512;
   } else if (preset == "deepseek") {
     // DeepSeekMoE: one dense layer first, then fine-grained experts (16 of width 128, top-4) plus two
     // always-on shared experts; about the same active FFN width per token as the qwen3moe preset.
@@ -36,7 +42,7 @@ ShapeOptions preset_shape(const std::string& preset) {
     s.tied_output = false;  // the deepseek loader requires output.weight
     s.n_head_kv = 4;        // the deepseek preset keeps plain multi-head attention
   } else {
-    fail("train: unknown preset '{}' (known: qwen3moe, deepseek)", preset);
+    fail("train: unknown preset '{}' (known: qwen3moe, qwen3, deepseek)", preset);
   }
   return s;
 }

@@ -167,11 +167,14 @@ int run_train(TrainArgs a) {
 void register_train(CLI::App& app, CommandSet& cmds) {
   auto a = std::make_shared<TrainArgs>();
   CLI::App* sub = app.add_subcommand("train", "Train a small MoE language model on the CPU (writes GGUF)");
-  sub->add_option("--preset", a->preset, "qwen3moe (routed experts) or deepseek (dense lead + shared experts)")
+  sub->add_option("--preset", a->preset, "qwen3moe (routed experts), qwen3 (dense baseline) or deepseek (dense lead + shared experts)")
       ->capture_default_str()
       ->each([a](const std::string& p) {
-        const train::ShapeOptions d = train::preset_shape(p);  // validates the name
-        a->shape = d;
+        try {
+          a->shape = train::preset_shape(p);  // validates the name
+        } catch (const Error& e) {
+          throw CLI::ValidationError("--preset", e.what());  // a usage error, not a crash
+        }
       });
   sub->add_option("--vocab", a->vocab, "vocabulary GGUF (from train-tokenizer)")->required();
   sub->add_option("--train", a->train_files, "training text files")->required();
