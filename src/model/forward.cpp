@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "kernels/ops.h"
+#include "model/transitions.h"
 #include "tensor/fp16.h"
 
 namespace moe {
@@ -20,7 +21,15 @@ KvCache::KvCache(const ModelSpec& spec, int64_t n_ctx)
 }
 
 ForwardPass::ForwardPass(const Model& model, ExpertStore& store, ForwardOptions options)
-    : model_(model), store_(store), options_(options) {}
+    : model_(model), store_(store), options_(std::move(options)) {
+  if (options_.lookahead_margin < 0 || options_.predictor != PrefetchPredictor::Transition) return;
+  if (!options_.transitions) fail("transition prefetch predictor: no transition table was given");
+  // Predictions index the table by layer and expert, so a table for another layout must never be used.
+  const TransitionShape model_shape = transition_shape(model_, /*with_fingerprint=*/false);
+  if (!options_.transitions->shape().same_layout(model_shape))
+    fail("transition prefetch predictor: the table is for {}, but the model is {}",
+         options_.transitions->shape().describe(), model_shape.describe());
+}
 
 void ForwardPass::project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
   act_.convert(dtype_traits(w.type).vec_dot_type, x, n_tokens, w.cols, w.cols);
@@ -202,7 +211,10 @@ void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) 
         pred_stats_.correct += std::find(pred.begin(), pred.end(), routing_.id(t, j)) != pred.end();
     }
   }
-  if (options_.lookahead_margin >= 0) predict_next_layer(il, n_tokens, pool);
+  if (options_.lookahead_margin >= 0) {
+    if (options_.predictor == PrefetchPredictor::Transition) predict_next_layer_transition(il, n_tokens);
+    else predict_next_layer(il, n_tokens, pool);
+  }
   executor_.run(il, ms, xn_.data(), n_tokens, d, routing_, store_, pool, tmp_.data());
 
   if (ms.n_shared > 0) {
@@ -247,6 +259,29 @@ void ForwardPass::predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool)
     predicted_[t].assign(order.begin(), order.begin() + want);
     for (int j = 0; j < want; ++j)
       if (std::find(hint_.begin(), hint_.end(), order[j]) == hint_.end()) hint_.push_back(order[j]);
+  }
+  predicted_layer_ = next;
+  store_.prefetch(next, hint_.data(), static_cast<int>(hint_.size()), /*speculative=*/true);
+}
+
+void ForwardPass::predict_next_layer_transition(int il, int64_t n_tokens) {
+  const TransitionTable& table = *options_.transitions;
+  predicted_layer_ = -1;
+  const int next = table.next_moe_layer(il);
+  if (next < 0) return;
+  const MoeSpec& nm = model_.spec().layers[next].moe;
+  const int want = std::min(nm.n_expert, nm.n_expert_used + options_.lookahead_margin);
+  predicted_.assign(static_cast<size_t>(n_tokens), {});
+  hint_.clear();
+  std::vector<int32_t> top(static_cast<size_t>(want));
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const size_t at = static_cast<size_t>(t * routing_.k);
+    const int n = table.predict(il, routing_.ids.data() + at,
+                                options_.transition_weighted ? routing_.weights.data() + at : nullptr, routing_.k, want,
+                                top.data(), transition_scores_);
+    predicted_[static_cast<size_t>(t)].assign(top.begin(), top.begin() + n);
+    for (int j = 0; j < n; ++j)
+      if (std::find(hint_.begin(), hint_.end(), top[j]) == hint_.end()) hint_.push_back(top[j]);
   }
   predicted_layer_ = next;
   store_.prefetch(next, hint_.data(), static_cast<int>(hint_.size()), /*speculative=*/true);

@@ -12,6 +12,7 @@
 #include "moe/executor.h"
 #include "moe/expert_store.h"
 #include "moe/router.h"
+#include "moe/transition_table.h"
 
 namespace moe {
 
@@ -37,17 +38,29 @@ class RoutingObserver {
   virtual void on_routing(int layer, int64_t pos0, const Routing& routing) = 0;
 };
 
+// What predicts the next MoE layer's experts for prefetching (techniques.md section 5).
+enum class PrefetchPredictor {
+  Gate,        // cross-layer gate (Fate): the next layer's router applied to this layer's MoE input
+  Transition,  // transition table (EdgeMoE): P(next-layer expert | this layer's experts) from traces
+};
+
 struct ForwardOptions {
   // Reproduce llama.cpp's CPU attention numerics exactly, including its small-batch kernel that rounds
   // Q to fp16 and accumulates V in fp16. Off by default: our fp32 attention is more accurate and gives
   // the same logits whether a prompt is evaluated in one batch or token by token.
   bool llama_compat_attention = false;
-  // Cross-layer gate prediction (Fate): apply the next MoE layer's router to this layer's MoE input
-  // and hint its top-(k + margin) experts to the store. -1 = off.
+  // Prefetch prediction: after each MoE layer's routing, hint the next MoE layer's predicted
+  // top-(k + margin) experts to the store (by `predictor`). -1 = off.
   int lookahead_margin = -1;
+  PrefetchPredictor predictor = PrefetchPredictor::Gate;
+  // The table PrefetchPredictor::Transition ranks with (shared: sessions may share one table). It must
+  // match the model's layout (model/transitions.h loads and checks one).
+  std::shared_ptr<const TransitionTable> transitions = nullptr;
+  // Weight each current expert's row of the table by its routing weight (else 1 each).
+  bool transition_weighted = true;
 };
 
-// How well cross-layer prediction guessed the next layer's experts (per token and layer).
+// How well prefetch prediction (either predictor) guessed the next layer's experts (per token and layer).
 struct PredictionStats {
   uint64_t predicted = 0;  // experts hinted
   uint64_t actual = 0;     // experts then routed to
@@ -73,7 +86,9 @@ class ForwardPass {
   void attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);
   void ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
   void project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
-  void predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool);
+  // Both predictors fill predicted_ (per token) and hint_ (their union), then hint the store.
+  void predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool);  // gate
+  void predict_next_layer_transition(int il, int64_t n_tokens);         // table
 
   const Model& model_;
   ExpertStore& store_;
@@ -90,6 +105,7 @@ class ForwardPass {
   std::vector<std::vector<int32_t>> predicted_;
   std::vector<float> lookahead_logits_;
   std::vector<int32_t> hint_;
+  std::vector<double> transition_scores_;
   PredictionStats pred_stats_;
   std::vector<float> rope_cs_;
   struct AttnScratch {

@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "cli_util.h"
 #include "generation.h"
+#include "model/transitions.h"
 
 namespace moe::cli {
 
@@ -16,8 +17,15 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
   sub->add_option("--cache-policy", f.cache_policy, "Expert cache policy when streaming: distance (to the executing layer; default), lru, lfu, arc, layer")
       ->check(CLI::IsMember(cache_policy_names()));
   sub->add_option("--prefetch-margin", f.prefetch_margin,
-                  "Cross-layer prefetch of the next layer's top-(k + margin) experts when streaming (-1 = off)")
+                  "Prefetch the next MoE layer's predicted top-(k + margin) experts when streaming (-1 = off)")
       ->check(CLI::Range(-1, 1024));
+  sub->add_option("--predictor", f.predictor,
+                  "What predicts the next layer's experts when streaming: gate (its router on this layer's input; "
+                  "default), transition (a table from `moe route-stats`), none")
+      ->check(CLI::IsMember({"gate", "transition", "none"}));
+  sub->add_option("--transitions", f.transitions,
+                  "Transition table for --predictor transition (implies it; default: the model's path + "
+                  ".transitions.gguf)");
   sub->add_flag("--no-mmap", f.no_mmap, "Read resident weights into memory with pread instead of mapping the file");
   sub->add_flag("--offload-all", f.offload_all, "Stream experts from disk even if the model fits in --mem");
   sub->add_flag("--stats", f.stats, "Print expert-store statistics to stderr at the end");
@@ -47,10 +55,33 @@ std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& 
   }
 }
 
+std::string resolved_predictor(const EngineFlags& f) {
+  if (!f.predictor.empty()) return f.predictor;
+  return f.transitions.empty() ? "gate" : "transition";
+}
+
 ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_compat) {
   ForwardOptions fo;
   fo.llama_compat_attention = llama_compat;
-  fo.lookahead_margin = engine.offload_store() ? f.prefetch_margin : -1;
+  const std::string predictor = resolved_predictor(f);
+  if (!f.transitions.empty() && predictor != "transition")
+    fail("--transitions {} is only used by --predictor transition, not --predictor {}", f.transitions, predictor);
+  const bool streaming = engine.offload_store() != nullptr;
+  fo.lookahead_margin = streaming && predictor != "none" ? f.prefetch_margin : -1;
+  if (predictor == "transition") {
+    fo.predictor = PrefetchPredictor::Transition;
+    // A resident run never predicts, so it only reads a table the user named (to report a bad one early).
+    if (streaming || !f.transitions.empty()) {
+      const Model& model = engine.model();
+      const std::string path = f.transitions.empty() ? default_transition_path(model.file().path()) : f.transitions;
+      LoadedTransitions t = load_transition_table(path, model);
+      if (!t.same_weights)
+        std::fprintf(stderr, "moe: warning: %s was built from another checkpoint of this model's shape (router "
+                             "weights differ); its predictions will be worse\n",
+                     path.c_str());
+      fo.transitions = std::move(t.table);
+    }
+  }
   return fo;
 }
 
@@ -110,7 +141,11 @@ nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* 
 void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionStats* pred, uint64_t tokens,
                          double seconds) {
   if (!f.stats && f.stats_json.empty()) return;
-  const nlohmann::ordered_json j = engine_stats_json(engine, pred, tokens, seconds);
+  nlohmann::ordered_json j = engine_stats_json(engine, pred, tokens, seconds);
+  if (j["mode"] == "offload") {
+    j["predictor"] = f.prefetch_margin < 0 ? std::string("none") : resolved_predictor(f);
+    j["prefetch_margin"] = f.prefetch_margin;
+  }
   if (f.stats) {
     std::fprintf(stderr, "moe stats: %s\n", j["plan"].get<std::string>().c_str());
     std::fprintf(stderr, "moe stats: %.2f tok/s over %llu tokens, peak RSS %s\n", j["tok_s"].get<double>(),
@@ -130,9 +165,11 @@ void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionS
                    human_bytes(static_cast<uint64_t>(j["bytes_read_per_token"].get<double>())).c_str(),
                    j["stall_seconds"].get<double>(), 100 * j["stall_frac"].get<double>(),
                    100 * j["io_hidden_frac"].get<double>());
-      if (pred)
-        std::fprintf(stderr, "moe stats: prefetch precision %.1f%%, recall %.1f%% (issued %llu, used %llu, wasted %llu)\n",
-                     100 * pred->precision(), 100 * pred->recall(),
+      if (pred && j["predictor"] != "none")
+        std::fprintf(stderr, "moe stats: prefetch (%s, margin %d) precision %.1f%%, recall %.1f%% (issued %llu, used "
+                             "%llu, wasted %llu)\n",
+                     j["predictor"].get<std::string>().c_str(), f.prefetch_margin, 100 * pred->precision(),
+                     100 * pred->recall(),
                      static_cast<unsigned long long>(j["prefetch_issued"].get<uint64_t>()),
                      static_cast<unsigned long long>(j["prefetch_used"].get<uint64_t>()),
                      static_cast<unsigned long long>(j["prefetch_wasted"].get<uint64_t>()));

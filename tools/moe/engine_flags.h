@@ -17,7 +17,9 @@ namespace moe::cli {
 struct EngineFlags {
   std::string mem;              // --mem SIZE ("" = unlimited)
   std::string cache_policy = "distance";
-  int prefetch_margin = 2;      // cross-layer prediction: next layer's top-(k + margin); -1 = off
+  int prefetch_margin = 2;      // prefetch the next MoE layer's predicted top-(k + margin); -1 = off
+  std::string predictor;        // gate | transition | none; "" = transition if --transitions is given, else gate
+  std::string transitions;      // transition table file; "" = MODEL.gguf.transitions.gguf
   bool no_mmap = false;
   bool offload_all = false;     // stream experts even when everything fits (testing/benchmarks)
   bool stats = false;
@@ -31,8 +33,12 @@ void add_sampling_flags(CLI::App* sub, SamplerParams& p);
 // Opens the model under the budget. Vocabulary-only files get an error saying so.
 std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch);
 
-// Forward options implied by the flags (lookahead only when experts stream).
+// Forward options implied by the flags (lookahead only when experts stream). The transition table is
+// loaded (and checked against the model) when experts stream or when --transitions names one.
 ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_compat);
+
+// The predictor the flags choose: "gate", "transition" or "none".
+std::string resolved_predictor(const EngineFlags& f);
 
 // Expert-store and prediction statistics; `tokens`/`seconds` describe the measured generation.
 nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* pred, uint64_t tokens, double seconds);
