@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_runner.h"
 #include "fixture_util.h"
 #include "format/gguf.h"
 #include "tokenizer/tokenizer.h"
@@ -27,54 +28,11 @@ using moe::test::ref_path;
 
 const std::string kModel = "tiny-qwen3moe";
 
-struct CliResult {
-  int status = -1;  // exit code, or -1 when the process did not exit normally (e.g. a crash)
-  std::string out, err;
-};
-
-fs::path temp_dir() {
-  static const fs::path dir = [] {
-    fs::path d = fs::temp_directory_path() / ("moe_test_cli_" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void write(const fs::path& p, const std::string& s) {
-  std::ofstream out(p, std::ios::binary);
-  out << s;
-}
-
-// Single-quotes a word for /bin/sh.
-std::string sh_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-CliResult run_cli(const std::vector<std::string>& args, const std::string& stdin_text = "") {
-  static int counter = 0;
-  const fs::path base = temp_dir() / ("call" + std::to_string(counter++));
-  write(base.string() + ".in", stdin_text);
-  std::string cmd = sh_quote(MOE_CLI_PATH);
-  for (const auto& a : args) cmd += " " + sh_quote(a);
-  cmd += " <" + sh_quote(base.string() + ".in") + " >" + sh_quote(base.string() + ".out") + " 2>" +
-         sh_quote(base.string() + ".err");
-  const int rc = std::system(cmd.c_str());
-  CliResult r;
-  r.status = (rc != -1 && WIFEXITED(rc)) ? WEXITSTATUS(rc) : -1;
-  r.out = slurp(base.string() + ".out");
-  r.err = slurp(base.string() + ".err");
-  return r;
-}
+using moe::test::CliResult;
+using moe::test::run_cli;
+using moe::test::slurp;
+inline fs::path temp_dir() { return moe::test::cli_temp_dir(); }
+inline void write(const fs::path& p, const std::string& s) { moe::test::write_text(p, s); }
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 

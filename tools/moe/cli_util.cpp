@@ -3,9 +3,12 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -75,6 +78,32 @@ std::string human_bytes(uint64_t b) {
 int resolve_threads(int requested) {
   if (requested < 0 || requested > 1024) fail("-t: thread count {} out of range [0, 1024]", requested);
   return requested == 0 ? default_thread_count() : requested;
+}
+
+std::string default_model_path() {
+  namespace fs = std::filesystem;
+  if (const char* env = std::getenv("MOE_MODEL"); env && *env) return env;
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    dirs.push_back(exe.parent_path() / ".." / ".." / "models");  // build/bin/moe in the source tree
+    dirs.push_back(exe.parent_path() / ".." / "share" / "moe" / "models");  // installed
+  }
+#ifdef MOE_SOURCE_DIR
+  dirs.push_back(fs::path(MOE_SOURCE_DIR) / "models");
+#endif
+  std::string looked;
+  std::vector<fs::path> seen;
+  for (const fs::path& d : dirs) {
+    const fs::path p = fs::weakly_canonical(d / kDefaultModelFile, ec);
+    if (ec || std::find(seen.begin(), seen.end(), p) != seen.end()) continue;
+    seen.push_back(p);
+    if (fs::is_regular_file(p, ec)) return p.string();
+    looked += (looked.empty() ? "" : ", ") + p.string();
+  }
+  fail("no -m given, and the default model {} was not found (looked in: {}); pass -m MODEL or set MOE_MODEL",
+       kDefaultModelFile, looked.empty() ? std::string("nowhere") : looked);
 }
 
 }  // namespace moe::cli

@@ -11,6 +11,12 @@ std::vector<int32_t> read_token_file(const std::string& path);
 // Writes bytes to path atomically (temp file + rename).
 void write_file_atomic(const std::string& path, const void* data, size_t size);
 std::string human_bytes(uint64_t b);
+// The bundled default model (models/, trained by recipes/default_model.sh).
+inline constexpr const char* kDefaultModelFile = "tiny-qwen3moe-8x2-kjv-py-fortunes-F16.gguf";
+// The model to use when -m is not given: $MOE_MODEL if set, else the first of <exe>/../../models/,
+// <exe>/../share/moe/models/ and <source tree>/models/ that holds kDefaultModelFile. The error lists
+// where it looked.
+std::string default_model_path();
 // Resolves -t: 0 means "all cores".
 int resolve_threads(int requested);
 

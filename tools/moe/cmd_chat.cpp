@@ -346,7 +346,7 @@ int run_chat(const ChatArgs& a) {
 void register_chat(CLI::App& app, CommandSet& cmds) {
   auto args = std::make_shared<ChatArgs>();
   CLI::App* sub = app.add_subcommand("chat", "Chat with a model (interactive on a terminal, one turn per line otherwise)");
-  sub->add_option("-m,--model", args->model, "GGUF model file")->required();
+  sub->add_option("-m,--model", args->model, "GGUF model file (default: the bundled model, see README)");
   sub->add_option("-n,--n-predict", args->n_predict, "Most tokens per answer (-1 = until end of generation)")
       ->check(CLI::Range(-1, 1 << 24));
   sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
@@ -360,7 +360,10 @@ void register_chat(CLI::App& app, CommandSet& cmds) {
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
   sub->add_flag("-v,--verbose", args->verbose, "Per-turn statistics on stderr (tokens evaluated, reused, generated)");
   add_engine_flags(sub, args->engine);
-  cmds.add(sub, [args] { return run_chat(*args); });
+  cmds.add(sub, [args] {
+    if (args->model.empty()) args->model = default_model_path();
+    return run_chat(*args);
+  });
 }
 
 }  // namespace moe::cli

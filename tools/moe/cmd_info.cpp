@@ -102,9 +102,12 @@ int run_info(const InfoArgs& a) {
 void register_info(CLI::App& app, CommandSet& cmds) {
   auto args = std::make_shared<InfoArgs>();
   CLI::App* sub = app.add_subcommand("info", "Show a model's architecture, hyperparameters and byte budget");
-  sub->add_option("-m,--model", args->model, "GGUF model file")->required();
+  sub->add_option("-m,--model", args->model, "GGUF model file (default: the bundled model, see README)");
   sub->add_flag("--json", args->json, "Print one JSON object");
-  cmds.add(sub, [args] { return run_info(*args); });
+  cmds.add(sub, [args] {
+    if (args->model.empty()) args->model = default_model_path();
+    return run_info(*args);
+  });
 }
 
 }  // namespace moe::cli

@@ -153,7 +153,7 @@ int run_run(const RunArgs& a) {
 void register_run(CLI::App& app, CommandSet& cmds) {
   auto args = std::make_shared<RunArgs>();
   CLI::App* sub = app.add_subcommand("run", "Generate a continuation of a prompt");
-  sub->add_option("-m,--model", args->model, "GGUF model file")->required();
+  sub->add_option("-m,--model", args->model, "GGUF model file (default: the bundled model, see README)");
   sub->add_option("--tokens", args->tokens, "Prompt as a file of token ids");
   sub->add_option("-p,--prompt", args->prompt, "Prompt text");
   sub->add_option("-f,--file", args->prompt_file, "Read the prompt text from this file");
@@ -168,6 +168,7 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
   add_engine_flags(sub, args->engine);
   cmds.add(sub, [args, sub] {
+    if (args->model.empty()) args->model = default_model_path();
     args->have_prompt = sub->count("--prompt") > 0;  // -p "" is an (empty) prompt, not a missing one
     return run_run(*args);
   });

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "cli_util.h"
 #include "commands.h"
 #include "format/gguf.h"
 #include "tokenizer/tokenizer.h"
@@ -91,7 +92,7 @@ int run_tokenize(const TokenizeArgs& a) {
 void register_tokenize(CLI::App& app, CommandSet& cmds) {
   auto args = std::make_shared<TokenizeArgs>();
   CLI::App* sub = app.add_subcommand("tokenize", "Print the token ids of a text (special tokens parsed, no BOS)");
-  sub->add_option("-m,--model", args->model, "GGUF model or vocabulary file")->required();
+  sub->add_option("-m,--model", args->model, "GGUF model or vocabulary file (default: the bundled model)");
   auto* p = sub->add_option("-p,--prompt", args->prompt, "text to tokenize");
   auto* f = sub->add_option("-f,--file", args->file, "file whose bytes are tokenized");
   p->excludes(f);
@@ -102,7 +103,10 @@ void register_tokenize(CLI::App& app, CommandSet& cmds) {
   sub->callback([p, f] {
     if (p->count() == 0 && f->count() == 0) throw CLI::RequiredError("-p or -f");
   });
-  cmds.add(sub, [args] { return run_tokenize(*args); });
+  cmds.add(sub, [args] {
+    if (args->model.empty()) args->model = default_model_path();
+    return run_tokenize(*args);
+  });
 }
 
 }  // namespace moe::cli

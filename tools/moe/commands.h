@@ -29,5 +29,7 @@ void register_train(CLI::App& app, CommandSet& cmds);
 void register_train_tokenizer(CLI::App& app, CommandSet& cmds);
 void register_synth(CLI::App& app, CommandSet& cmds);
 void register_bench(CLI::App& app, CommandSet& cmds);
+void register_perplexity(CLI::App& app, CommandSet& cmds);
+void register_route_stats(CLI::App& app, CommandSet& cmds);
 
 }  // namespace moe::cli

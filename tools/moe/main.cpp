@@ -18,6 +18,8 @@ int main(int argc, char** argv) {
   moe::cli::register_train_tokenizer(app, cmds);
   moe::cli::register_synth(app, cmds);
   moe::cli::register_bench(app, cmds);
+  moe::cli::register_perplexity(app, cmds);
+  moe::cli::register_route_stats(app, cmds);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
