@@ -2,12 +2,18 @@
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
-FIXTURES ?= ../shared/fixtures
-DEFAULT_MODEL ?= $(FIXTURES)/models/tiny-qwen3moe.gguf
-PROMPT ?= The history of the
-N ?= 32
+# `make run` uses the bundled default model (models/, see models/README.md) unless MODEL is given.
+MODEL ?=
+PROMPT ?= And it came to pass, when the king
+N ?= 64
+RUN_FLAGS ?= --seed 7
+# The default-model recipe (recipes/default_model.sh): where it works, and the file name it installs
+# into models/ (must match kDefaultModelFile in tools/moe/cli_util.h; a test checks they agree).
+RECIPE_DIR ?= $(BUILD_DIR)/recipe
+DEFAULT_MODEL_FILE ?= tiny-qwen3moe-8x2-kjv-py-fortunes-F16.gguf
+THREADS ?= 2
 
-.PHONY: deps configure build run test bench fuzz clean
+.PHONY: deps configure build run test bench fuzz clean default-model compare-routing
 
 deps:
 	@bash scripts/deps.sh
@@ -20,7 +26,18 @@ build: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS) --target moe
 
 run: build
-	$(BUILD_DIR)/bin/moe run -m $(DEFAULT_MODEL) -p "$(PROMPT)" -n $(N)
+	$(BUILD_DIR)/bin/moe run $(if $(MODEL),-m $(MODEL)) -p "$(PROMPT)" -n $(N) $(RUN_FLAGS)
+
+# Retrains the bundled default model from Debian packages (about 45 minutes on 2 cores) and installs it.
+default-model: build
+	@bash scripts/deps.sh corpus
+	MOE=$(BUILD_DIR)/bin/moe OUT=$(RECIPE_DIR) THREADS=$(THREADS) bash recipes/default_model.sh
+	cp $(RECIPE_DIR)/model.gguf models/$(DEFAULT_MODEL_FILE).tmp && mv models/$(DEFAULT_MODEL_FILE).tmp models/$(DEFAULT_MODEL_FILE)
+
+# Dense vs MoE vs aux-loss-free MoE on the same tokens (recipes/compare_routing.sh).
+compare-routing: build
+	@bash scripts/deps.sh corpus
+	MOE=$(BUILD_DIR)/bin/moe THREADS=$(THREADS) bash recipes/compare_routing.sh
 
 test: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS) --target moe moe_tests

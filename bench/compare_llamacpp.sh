@@ -20,7 +20,6 @@ P=${P:-512}
 N=${N:-64}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
-NLC_VERSION=3.22.1
 
 if [[ -z "${MOE_BIN:-}" ]]; then
   for c in "$ROOT/build/bin/moe"; do
@@ -30,12 +29,9 @@ fi
 [[ -x "${MOE_BIN:-}" ]] || { echo "compare: no moe binary (set MOE_BIN)" >&2; exit 1; }
 [[ -f "$MODEL" ]] || { echo "compare: no such model: $MODEL" >&2; exit 1; }
 
-if [[ -z "${NLC_DIR:-}" ]]; then
-  NLC_DIR=$(mktemp -d /tmp/nlc.XXXXXX)
-  echo "compare: installing node-llama-cpp $NLC_VERSION into $NLC_DIR" >&2
-  NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --prefix "$NLC_DIR" --no-audit --no-fund --omit=optional \
-    "node-llama-cpp@$NLC_VERSION" "@node-llama-cpp/linux-x64@$NLC_VERSION" >&2
-fi
+# shellcheck source=llamacpp/ensure_nlc.sh
+source "$HERE/llamacpp/ensure_nlc.sh"
+ensure_nlc
 OUT=${OUT:-$(mktemp -d /tmp/moe-compare.XXXXXX)}
 mkdir -p "$OUT"
 : > "$OUT/moe.jsonl"
