@@ -45,7 +45,7 @@ TEST_P(OffloadFixture, StreamingExpertsGivesBitIdenticalLogits) {
 
   const int k = resident->model().spec().layers.back().moe.n_expert_used;
   const uint64_t slot = BudgetedExpertStore::slot_bytes_for(resident->model().expert_layout());
-  for (const std::string policy : cache_policy_names()) {
+  for (const std::string& policy : cache_policy_names()) {
     for (auto io : {DirectReader::Mode::IoUring, DirectReader::Mode::DirectPread, DirectReader::Mode::BufferedPread}) {
       for (int slots : {k, k + 3}) {
         EngineOptions o = offload_opts(policy, io);

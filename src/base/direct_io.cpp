@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -122,21 +123,47 @@ void DirectReader::read(const std::vector<ReadRequest>& reqs) {
   }
 }
 
+namespace {
+
+// Large buffers are mapped directly, so freeing one returns its pages at once: a pool that frees
+// buffers of one size and allocates another (expert slots of two precisions) must not leave freed
+// memory in the allocator's heap, where it would still count in the process's RSS.
+constexpr size_t kMapThreshold = 256u << 10;
+
+size_t page_size() { return static_cast<size_t>(::sysconf(_SC_PAGESIZE)); }
+
+}  // namespace
+
 AlignedBuffer::AlignedBuffer(size_t size, size_t alignment) : size_(size) {
   const size_t rounded = (size + alignment - 1) / alignment * alignment;
+  if (rounded >= kMapThreshold && alignment <= page_size()) {
+    void* m = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) fail("cannot map {} bytes of aligned memory: {}", size, std::strerror(errno));
+    p_ = static_cast<uint8_t*>(m);
+    mapped_bytes_ = rounded;
+    return;
+  }
   p_ = static_cast<uint8_t*>(std::aligned_alloc(alignment, std::max<size_t>(rounded, alignment)));
   if (!p_) fail("cannot allocate {} bytes of aligned memory", size);
 }
 
-AlignedBuffer::~AlignedBuffer() { std::free(p_); }
+void AlignedBuffer::free_memory() {
+  if (mapped_bytes_) ::munmap(p_, mapped_bytes_);
+  else std::free(p_);
+  p_ = nullptr;
+  size_ = mapped_bytes_ = 0;
+}
+
+AlignedBuffer::~AlignedBuffer() { free_memory(); }
 
 AlignedBuffer& AlignedBuffer::operator=(AlignedBuffer&& o) noexcept {
   if (this != &o) {
-    std::free(p_);
+    free_memory();
     p_ = o.p_;
     size_ = o.size_;
+    mapped_bytes_ = o.mapped_bytes_;
     o.p_ = nullptr;
-    o.size_ = 0;
+    o.size_ = o.mapped_bytes_ = 0;
   }
   return *this;
 }

@@ -45,20 +45,26 @@ class DirectReader {
   std::unique_ptr<Ring> ring_;
 };
 
-// Memory aligned for direct I/O, freed on destruction.
+// Memory aligned for direct I/O, freed on destruction (large buffers are anonymous mappings, returned
+// to the system as soon as they are freed).
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
   AlignedBuffer(size_t size, size_t alignment);
   ~AlignedBuffer();
-  AlignedBuffer(AlignedBuffer&& o) noexcept : p_(o.p_), size_(o.size_) { o.p_ = nullptr; o.size_ = 0; }
+  AlignedBuffer(AlignedBuffer&& o) noexcept : p_(o.p_), size_(o.size_), mapped_bytes_(o.mapped_bytes_) {
+    o.p_ = nullptr;
+    o.size_ = o.mapped_bytes_ = 0;
+  }
   AlignedBuffer& operator=(AlignedBuffer&& o) noexcept;
   uint8_t* data() const { return p_; }
   size_t size() const { return size_; }
 
  private:
+  void free_memory();
   uint8_t* p_ = nullptr;
   size_t size_ = 0;
+  size_t mapped_bytes_ = 0;  // non-zero when p_ is an anonymous mapping (large buffers)
 };
 
 }  // namespace moe

@@ -22,6 +22,7 @@ KvCache::KvCache(const ModelSpec& spec, int64_t n_ctx)
 
 ForwardPass::ForwardPass(const Model& model, ExpertStore& store, ForwardOptions options)
     : model_(model), store_(store), options_(std::move(options)) {
+  executor_.configure(options_.precision, options_.expert_use);
   if (options_.lookahead_margin < 0 || options_.predictor != PrefetchPredictor::Transition) return;
   if (!options_.transitions) fail("transition prefetch predictor: no transition table was given");
   // Predictions index the table by layer and expert, so a table for another layout must never be used.
@@ -261,7 +262,35 @@ void ForwardPass::predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool)
       if (std::find(hint_.begin(), hint_.end(), order[j]) == hint_.end()) hint_.push_back(order[j]);
   }
   predicted_layer_ = next;
-  store_.prefetch(next, hint_.data(), static_cast<int>(hint_.size()), /*speculative=*/true);
+  const ExpertPrecision& pr = options_.precision;
+  const bool tiers = pr.low_bit_below > 0.0f && store_.has_low_bit();
+  if (!tiers && pr.skip_below <= 0.0f) {
+    store_.prefetch(next, hint_.data(), static_cast<int>(hint_.size()), /*speculative=*/true);
+    return;
+  }
+  // Predict the weights too (the next layer's gate pipeline on the same logits), and decide as the
+  // executor will once the real routing is known: an expert predicted only below skip_below is not
+  // hinted, and one predicted below low_bit_below for every token is hinted as its low-bit copy.
+  // Margin experts (in no token's predicted top-k) are hinted, low-bit when there are tiers.
+  route_tokens(nm, lookahead_logits_.data(), bias, n_tokens, predicted_routing_);
+  hint_max_weight_.assign(hint_.size(), -1.0f);
+  for (int64_t t = 0; t < n_tokens; ++t)
+    for (int j = 0; j < predicted_routing_.k; ++j) {
+      const auto at = std::find(hint_.begin(), hint_.end(), predicted_routing_.id(t, j));
+      if (at == hint_.end()) continue;
+      float& m = hint_max_weight_[static_cast<size_t>(at - hint_.begin())];
+      m = std::max(m, predicted_routing_.weight(t, j));
+    }
+  size_t kept = 0;
+  hint_low_bit_ok_.clear();
+  for (size_t i = 0; i < hint_.size(); ++i) {
+    const float m = hint_max_weight_[i];
+    if (m >= 0.0f && m < pr.skip_below) continue;
+    hint_[kept++] = hint_[i];
+    hint_low_bit_ok_.push_back(tiers && m < pr.low_bit_below ? 1 : 0);
+  }
+  hint_.resize(kept);
+  store_.prefetch(next, hint_.data(), static_cast<int>(hint_.size()), /*speculative=*/true, hint_low_bit_ok_.data());
 }
 
 void ForwardPass::predict_next_layer_transition(int il, int64_t n_tokens) {

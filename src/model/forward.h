@@ -58,6 +58,13 @@ struct ForwardOptions {
   std::shared_ptr<const TransitionTable> transitions = nullptr;
   // Weight each current expert's row of the table by its routing weight (else 1 each).
   bool transition_weighted = true;
+  // Precision tiers: thresholds for low-bit copies and skipped experts (moe/executor.h). With either,
+  // the gate predictor also predicts each hinted expert's weight: it drops hints predicted below
+  // skip_below and hints the low-bit copy for those predicted below low_bit_below. The transition
+  // predictor (no weights) hints full precision, as without tiers.
+  ExpertPrecision precision{};
+  // Where the executor counts full / low-bit / skipped evaluations (the Engine's); null = not counted.
+  ExpertUseCounters* expert_use = nullptr;
 };
 
 // How well prefetch prediction (either predictor) guessed the next layer's experts (per token and layer).
@@ -105,6 +112,9 @@ class ForwardPass {
   std::vector<std::vector<int32_t>> predicted_;
   std::vector<float> lookahead_logits_;
   std::vector<int32_t> hint_;
+  std::vector<uint8_t> hint_low_bit_ok_;  // per hint_ entry, when the gate predictor predicts tiers
+  std::vector<float> hint_max_weight_;    // per hint_ entry: largest predicted weight (-1: margin)
+  Routing predicted_routing_;             // the next layer's predicted routing (for tiers)
   std::vector<double> transition_scores_;
   PredictionStats pred_stats_;
   std::vector<float> rope_cs_;

@@ -32,29 +32,49 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   const int k = routing.k;
   by_expert_.resize(E);
   for (auto& v : by_expert_) v.clear();
+  uint64_t skipped = 0;
   for (int64_t t = 0; t < n_tokens; ++t)
-    for (int j = 0; j < k; ++j) by_expert_[routing.id(t, j)].push_back({static_cast<int32_t>(t), j});
+    for (int j = 0; j < k; ++j) {
+      // A skipped pair keeps its zero slot below, so the sum over slots is unchanged by it.
+      if (precision_.skip_below > 0.0f && routing.weight(t, j) < precision_.skip_below) {
+        ++skipped;
+        continue;
+      }
+      by_expert_[routing.id(t, j)].push_back({static_cast<int32_t>(t), j});
+    }
 
   // Tell the store everything this layer needs before computing the first expert, so an offloading
-  // store reads the later experts while the earlier ones compute.
+  // store reads the later experts while the earlier ones compute. An expert may come from its low-bit
+  // copy when none of its tokens weighs low_bit_below or more.
   needed_.clear();
-  for (int e = 0; e < E; ++e)
-    if (!by_expert_[e].empty()) needed_.push_back(e);
-  store.prefetch(layer, needed_.data(), static_cast<int>(needed_.size()), /*speculative=*/false);
+  low_bit_ok_.clear();
+  for (int e = 0; e < E; ++e) {
+    if (by_expert_[e].empty()) continue;
+    bool low = precision_.low_bit_below > 0.0f;
+    for (const auto& [t, j] : by_expert_[e])
+      if (!(routing.weight(t, j) < precision_.low_bit_below)) low = false;
+    needed_.push_back(e);
+    low_bit_ok_.push_back(low ? 1 : 0);
+  }
+  store.prefetch(layer, needed_.data(), static_cast<int>(needed_.size()), /*speculative=*/false,
+                 low_bit_ok_.data());
 
   // Per (token, slot) weighted expert outputs, summed in slot order at the end.
   slots_.assign(static_cast<size_t>(n_tokens * k * n_embd), 0.0f);
-  for (int e = 0; e < E; ++e) {
+  uint64_t evals[2] = {0, 0}, acquires[2] = {0, 0};
+  for (size_t i_need = 0; i_need < needed_.size(); ++i_need) {
+    const int e = needed_[i_need];
     const auto& members = by_expert_[e];
-    if (members.empty()) continue;
     const int64_t m = static_cast<int64_t>(members.size());
     xg_.resize(static_cast<size_t>(m * n_embd));
     for (int64_t i = 0; i < m; ++i)
       std::memcpy(xg_.data() + i * n_embd, x + members[i].first * n_embd, static_cast<size_t>(n_embd) * sizeof(float));
-    ExpertWeights w = store.acquire(layer, e);
+    ExpertWeights w = store.acquire(layer, e, low_bit_ok_[i_need] != 0);
     down_.resize(static_cast<size_t>(m * n_embd));
     swiglu_ffn(w.gate, w.up, w.down, xg_.data(), m, down_.data(), pool, ffn_);
-    store.release(layer, e);
+    store.release(layer, e, w.tier);
+    evals[static_cast<int>(w.tier)] += static_cast<uint64_t>(m);
+    ++acquires[static_cast<int>(w.tier)];
     for (int64_t i = 0; i < m; ++i) {
       const auto [t, j] = members[i];
       const float wt = routing.weight(t, j);
@@ -62,6 +82,13 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
       const float* src = down_.data() + i * n_embd;
       for (int64_t c = 0; c < n_embd; ++c) dst[c] = src[c] * wt;
     }
+  }
+  if (counters_) {
+    counters_->full_evals += evals[0];
+    counters_->low_bit_evals += evals[1];
+    counters_->skipped_evals += skipped;
+    counters_->full_acquires += acquires[0];
+    counters_->low_bit_acquires += acquires[1];
   }
   for (int64_t t = 0; t < n_tokens; ++t) {
     float* o = out + t * n_embd;

@@ -2,6 +2,7 @@
 // and computes its SwiGLU FFN on just those tokens (a small GEMM per expert in prefill, a matvec in
 // decode). Results are combined per token in selection order, as llama.cpp sums them.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -23,8 +24,38 @@ void swiglu_ffn(const kernels::MatrixRef& gate, const kernels::MatrixRef& up, co
                 const float* x, int64_t n_tokens, float* out, ThreadPool& pool, FfnScratch& scratch);
 
 
+// Precision tiers at run time (techniques.md section 5, HOBBIT / EdgeMoE). Thresholds compare with the
+// final routing weight of a (token, expert) pair, as it multiplies the expert's output.
+struct ExpertPrecision {
+  // An expert whose tokens in the batch all weigh less than this may be served from its low-bit copy
+  // (the store decides: see ExpertStore::acquire). 0 = never; any token at or above it = full precision.
+  float low_bit_below = 0.0f;
+  // (token, expert) pairs weighing less than this are skipped: not computed, and an expert whose pairs
+  // are all skipped is not loaded. The other experts' weights are not renormalized, so a skipped
+  // pair simply contributes nothing. 0 = never.
+  float skip_below = 0.0f;
+  bool active() const { return low_bit_below > 0.0f || skip_below > 0.0f; }
+};
+
+// How routed (token, expert) pairs were evaluated. Shared by the sessions of one engine (atomics).
+struct ExpertUseCounters {
+  std::atomic<uint64_t> full_evals{0};    // pairs computed with the full-precision copy
+  std::atomic<uint64_t> low_bit_evals{0}; // pairs computed with the low-bit copy
+  std::atomic<uint64_t> skipped_evals{0}; // pairs skipped (below skip_below)
+  std::atomic<uint64_t> full_acquires{0}, low_bit_acquires{0};  // per expert and batch
+  void reset() {
+    for (auto* c : {&full_evals, &low_bit_evals, &skipped_evals, &full_acquires, &low_bit_acquires}) c->store(0);
+  }
+};
+
 class ExpertExecutor {
  public:
+  // Thresholds, and where to count (null = nowhere). Defaults: everything at full precision.
+  void configure(const ExpertPrecision& precision, ExpertUseCounters* counters) {
+    precision_ = precision;
+    counters_ = counters;
+  }
+
   // x: [n_tokens][n_embd] (the normalized MoE input). out: [n_tokens][n_embd], overwritten with
   // sum_j w_j * E_j(x).
   void run(int layer, const MoeSpec& spec, const float* x, int64_t n_tokens, int64_t n_embd, const Routing& routing,
@@ -34,7 +65,10 @@ class ExpertExecutor {
   std::vector<std::vector<std::pair<int32_t, int32_t>>> by_expert_;  // expert -> (token, slot)
   std::vector<float> xg_, down_, slots_;
   std::vector<int32_t> needed_;
+  std::vector<uint8_t> low_bit_ok_;  // per needed_ entry
   FfnScratch ffn_;
+  ExpertPrecision precision_;
+  ExpertUseCounters* counters_ = nullptr;
 };
 
 }  // namespace moe

@@ -7,19 +7,51 @@
 
 namespace moe {
 
-ExpertWeights ResidentExpertStore::acquire(int layer, int expert) {
-  if (layer < 0 || layer >= layout_.n_layer() || expert < 0 || expert >= layout_.n_expert ||
-      layout_.n_expert_used[layer] == 0)
-    fail("expert store: no expert {} in layer {}", expert, layer);
+namespace {
+
+ExpertWeights views_of(const ExpertLayout& layout, int layer, int expert, ExpertTier tier) {
   ExpertWeights w;
+  w.tier = tier;
   kernels::MatrixRef* out[3] = {&w.gate, &w.up, &w.down};
   for (int i = 0; i < 3; ++i) {
-    const ExpertTensorLayout& t = layout_.layers[layer][i];
+    const ExpertTensorLayout& t = layout.layers[layer][i];
     if (!t.data) fail("expert store: the model was loaded with deferred experts; use an offloading store");
     *out[i] = t.shape;
     out[i]->data = t.data + static_cast<uint64_t>(expert) * t.matrix_bytes();
   }
   return w;
+}
+
+}  // namespace
+
+void check_low_bit_layout(const ExpertLayout& full, const ExpertLayout& low) {
+  if (low.n_layer() != full.n_layer() || low.n_expert != full.n_expert || low.n_expert_used != full.n_expert_used)
+    fail("{}: low-bit experts: {} layers of {} experts, but {} has {} layers of {}", low.path, low.n_layer(),
+         low.n_expert, full.path, full.n_layer(), full.n_expert);
+  static const char* kNames[3] = {"gate", "up", "down"};
+  for (int il = 0; il < full.n_layer(); ++il) {
+    if (full.n_expert_used[il] == 0) continue;
+    for (int i = 0; i < 3; ++i) {
+      const kernels::MatrixRef& a = full.layers[il][i].shape;
+      const kernels::MatrixRef& b = low.layers[il][i].shape;
+      if (a.rows != b.rows || a.cols != b.cols)
+        fail("{}: layer {} {} experts are {}x{}, but {} has {}x{}", low.path, il, kNames[i], b.rows, b.cols, full.path,
+             a.rows, a.cols);
+    }
+  }
+}
+
+ResidentExpertStore::ResidentExpertStore(ExpertLayout layout, ExpertLayout low_bit)
+    : layout_(std::move(layout)), low_bit_(std::move(low_bit)) {
+  if (!low_bit_.empty()) check_low_bit_layout(layout_, low_bit_);
+}
+
+ExpertWeights ResidentExpertStore::acquire(int layer, int expert, bool low_bit_ok) {
+  if (layer < 0 || layer >= layout_.n_layer() || expert < 0 || expert >= layout_.n_expert ||
+      layout_.n_expert_used[layer] == 0)
+    fail("expert store: no expert {} in layer {}", expert, layer);
+  if (low_bit_ok && !low_bit_.empty()) return views_of(low_bit_, layer, expert, ExpertTier::LowBit);
+  return views_of(layout_, layer, expert, ExpertTier::Full);
 }
 
 namespace {
@@ -42,21 +74,40 @@ uint64_t BudgetedExpertStore::slot_bytes_for(const ExpertLayout& layout, uint64_
   return best;
 }
 
-BudgetedExpertStore::BudgetedExpertStore(ExpertLayout layout, Options opts) : layout_(std::move(layout)) {
-  n_layer_ = layout_.n_layer();
-  n_expert_ = layout_.n_expert;
+BudgetedExpertStore::BudgetedExpertStore(ExpertLayout layout, Options opts) {
+  layouts_[0] = std::move(layout);
+  layouts_[1] = std::move(opts.low_bit);
+  const ExpertLayout& full = layouts_[0];
+  has_low_ = !layouts_[1].empty();
+  if (has_low_) check_low_bit_layout(full, layouts_[1]);
+  n_layer_ = full.n_layer();
+  n_expert_ = full.n_expert;
+  key_stride_ = has_low_ ? 2 * n_expert_ : n_expert_;
   int max_k = 0;
-  for (int k : layout_.n_expert_used) max_k = std::max(max_k, k);
-  if (n_expert_ == 0 || max_k == 0) fail("{}: the model has no experts to offload", layout_.path);
-  reader_ = std::make_unique<DirectReader>(layout_.path, opts.io_mode);
-  slot_bytes_ = slot_bytes_for(layout_, reader_->alignment());
-  const uint64_t n = opts.pool_bytes / slot_bytes_;
+  for (int k : full.n_expert_used) max_k = std::max(max_k, k);
+  if (n_expert_ == 0 || max_k == 0) fail("{}: the model has no experts to offload", full.path);
+  for (int t = 0; t < (has_low_ ? 2 : 1); ++t) {
+    readers_[t] = std::make_unique<DirectReader>(layouts_[t].path, opts.io_mode);
+    slot_bytes_[t] = slot_bytes_for(layouts_[t], readers_[t]->alignment());
+  }
+  const uint64_t n = opts.pool_bytes / slot_bytes_[0];
   if (n < static_cast<uint64_t>(max_k))
     fail("expert pool of {} bytes holds {} experts of {} bytes, fewer than the {} one layer needs per token; raise --mem",
-         opts.pool_bytes, n, slot_bytes_, max_k);
-  slots_.resize(static_cast<size_t>(n));
-  for (auto& sl : slots_) sl.buf = AlignedBuffer(slot_bytes_, reader_->alignment());
-  policy_ = make_cache_policy(opts.policy, slots_.size(), n_expert_, n_layer_);
+         opts.pool_bytes, n, slot_bytes_[0], max_k);
+  pool_bytes_ = opts.pool_bytes;
+  n_full_slots_ = static_cast<size_t>(n);
+  if (!has_low_) {
+    // One size: every slot's buffer is allocated now, as the pool always was.
+    slots_.resize(n_full_slots_);
+    for (auto& sl : slots_) sl.buf = AlignedBuffer(slot_bytes_[0], readers_[0]->alignment());
+    bytes_held_ = n * slot_bytes_[0];
+  } else {
+    // Two sizes: as many slots as the smaller size allows, buffers allocated on demand.
+    const uint64_t smallest = std::min(slot_bytes_[0], slot_bytes_[1]);
+    slots_.resize(static_cast<size_t>(pool_bytes_ / smallest));
+  }
+  // Capacity in (full-size) slots: only ARC uses it, to bound its target and ghost lists.
+  policy_ = make_cache_policy(opts.policy, n_full_slots_, key_stride_, n_layer_);
   stats_.hits.assign(n_layer_, 0);
   stats_.misses.assign(n_layer_, 0);
   io_thread_ = std::thread([this] { io_loop(); });
@@ -71,8 +122,12 @@ BudgetedExpertStore::~BudgetedExpertStore() {
   io_thread_.join();
 }
 
-long BudgetedExpertStore::claim_slot_locked(ExpertKey key, bool for_prefetch, bool speculative) {
-  long slot = -1;
+void BudgetedExpertStore::drop_buffer_locked(Slot& sl) {
+  bytes_held_ -= sl.buf.size();
+  sl.buf = AlignedBuffer();
+}
+
+long BudgetedExpertStore::free_slot_locked(ExpertTier tier) {
   for (size_t i = 0; i < slots_.size(); ++i) {
     Slot& sl = slots_[i];
     if (sl.state == SlotState::Failed && sl.from_prefetch) {
@@ -80,12 +135,31 @@ long BudgetedExpertStore::claim_slot_locked(ExpertKey key, bool for_prefetch, bo
       where_.erase(sl.key);
       sl.state = SlotState::Empty;
     }
-    if (sl.state == SlotState::Empty) {
-      slot = static_cast<long>(i);
-      break;
-    }
   }
-  if (slot < 0) {
+  for (size_t i = 0; i < slots_.size(); ++i)
+    if (slots_[i].state == SlotState::Empty && slots_[i].buf.data() && slots_[i].tier == tier) return static_cast<long>(i);
+  if (!has_low_) return -1;
+  const uint64_t need = slot_bytes_[static_cast<int>(tier)];
+  if (bytes_held_ + need > pool_bytes_) {
+    // Unused buffers of the other size make room first.
+    for (Slot& sl : slots_)
+      if (sl.state == SlotState::Empty && sl.buf.data() && sl.tier != tier) drop_buffer_locked(sl);
+  }
+  if (bytes_held_ + need > pool_bytes_) return -1;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& sl = slots_[i];
+    if (sl.state != SlotState::Empty || sl.buf.data()) continue;
+    sl.buf = AlignedBuffer(need, readers_[static_cast<int>(tier)]->alignment());
+    sl.tier = tier;
+    bytes_held_ += need;
+    return static_cast<long>(i);
+  }
+  return -1;
+}
+
+long BudgetedExpertStore::claim_slot_locked(ExpertKey key, ExpertTier tier, bool for_prefetch, bool speculative) {
+  long slot = free_slot_locked(tier);
+  while (slot < 0) {
     ExpertKey victim = 0;
     auto evictable = [&](ExpertKey k) {
       const Slot& sl = slots_[where_.at(k)];
@@ -94,11 +168,19 @@ long BudgetedExpertStore::claim_slot_locked(ExpertKey key, bool for_prefetch, bo
              !(for_prefetch && sl.from_prefetch);
     };
     if (!policy_->choose_victim(evictable, victim)) return -1;
-    slot = static_cast<long>(where_.at(victim));
-    Slot& sl = slots_[slot];
+    const size_t at = where_.at(victim);
+    Slot& sl = slots_[at];
     if (sl.from_prefetch && sl.speculative) ++stats_.prefetch_wasted;
     policy_->on_evict(victim);
     where_.erase(victim);
+    sl.state = SlotState::Empty;
+    if (sl.tier == tier) {
+      slot = static_cast<long>(at);
+    } else {
+      // A copy of the other size: its bytes go back to the pool, and more victims may be needed.
+      drop_buffer_locked(sl);
+      slot = free_slot_locked(tier);
+    }
   }
   Slot& sl = slots_[slot];
   sl.key = key;
@@ -110,11 +192,14 @@ long BudgetedExpertStore::claim_slot_locked(ExpertKey key, bool for_prefetch, bo
   return slot;
 }
 
-ExpertWeights BudgetedExpertStore::acquire(int layer, int expert) {
+ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_ok) {
   if (layer < 0 || layer >= n_layer_ || expert < 0 || expert >= n_expert_)
     fail("expert store: no expert {} in layer {}", expert, layer);
-  const ExpertKey key = key_of(layer, expert);
   std::unique_lock<std::mutex> lock(mu_);
+  // The full copy when it is wanted or already in the pool (being read counts: its I/O is spent).
+  ExpertTier tier = ExpertTier::Full;
+  if (low_bit_ok && has_low_ && !where_.count(key_of(layer, expert, ExpertTier::Full))) tier = ExpertTier::LowBit;
+  const ExpertKey key = key_of(layer, expert, tier);
   bool counted = false;
   Clock::time_point wait_start{};
   bool waited = false;
@@ -148,7 +233,7 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert) {
         ++stats_.misses[layer];
         counted = true;
       }
-      const long slot = claim_slot_locked(key, false, false);
+      const long slot = claim_slot_locked(key, tier, false, false);
       if (slot >= 0) {
         queue_.push_front({key, static_cast<size_t>(slot)});
         cv_.notify_all();
@@ -162,23 +247,27 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert) {
   }
 }
 
-void BudgetedExpertStore::release(int layer, int expert) {
+void BudgetedExpertStore::release(int layer, int expert, ExpertTier tier) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = where_.find(key_of(layer, expert));
+  auto it = where_.find(key_of(layer, expert, tier));
   if (it == where_.end() || slots_[it->second].pins == 0)
     fail("expert store: release of layer {} expert {} that is not acquired", layer, expert);
   --slots_[it->second].pins;
   cv_.notify_all();
 }
 
-void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, bool speculative) {
+void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, bool speculative,
+                                   const uint8_t* low_bit_ok) {
   std::lock_guard<std::mutex> lock(mu_);
   bool queued = false;
   for (int i = 0; i < n; ++i) {
     if (experts[i] < 0 || experts[i] >= n_expert_) continue;
-    const ExpertKey key = key_of(layer, experts[i]);
+    const ExpertKey full = key_of(layer, experts[i], ExpertTier::Full);
+    if (where_.count(full)) continue;  // the full copy serves any request
+    const ExpertTier tier = has_low_ && low_bit_ok && low_bit_ok[i] ? ExpertTier::LowBit : ExpertTier::Full;
+    const ExpertKey key = key_of(layer, experts[i], tier);
     if (where_.count(key)) continue;
-    const long slot = claim_slot_locked(key, true, speculative);
+    const long slot = claim_slot_locked(key, tier, true, speculative);
     if (slot < 0) break;  // everything else is pinned or hinted: drop the rest of the hint
     queue_.push_back({key, static_cast<size_t>(slot)});
     if (speculative) ++stats_.prefetch_issued;
@@ -188,15 +277,19 @@ void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, boo
 }
 
 void BudgetedExpertStore::load_into(const Job& job) {
-  const int layer = static_cast<int>(job.key / static_cast<ExpertKey>(n_expert_));
-  const int expert = static_cast<int>(job.key % static_cast<ExpertKey>(n_expert_));
-  const uint64_t a = reader_->alignment();
+  const int layer = static_cast<int>(job.key / static_cast<ExpertKey>(key_stride_));
+  const int rest = static_cast<int>(job.key % static_cast<ExpertKey>(key_stride_));
+  const ExpertTier tier = rest >= n_expert_ ? ExpertTier::LowBit : ExpertTier::Full;
+  const int expert = rest % n_expert_;
+  const ExpertLayout& layout = layouts_[static_cast<int>(tier)];
+  DirectReader& reader = *readers_[static_cast<int>(tier)];
+  const uint64_t a = reader.alignment();
   uint8_t* base = slots_[job.slot].buf.data();  // the slot is Loading: only this thread touches it
   std::vector<ReadRequest> reqs;
   kernels::MatrixRef refs[3];
   uint64_t cursor = 0, bytes = 0;
   for (int i = 0; i < 3; ++i) {
-    const ExpertTensorLayout& t = layout_.layers[layer][i];
+    const ExpertTensorLayout& t = layout.layers[layer][i];
     const uint64_t offset = t.file_offset + static_cast<uint64_t>(expert) * t.matrix_bytes();
     const uint64_t start = align_down(offset, a), end = align_up(offset + t.matrix_bytes(), a);
     reqs.push_back({start, end - start, base + cursor});
@@ -206,16 +299,20 @@ void BudgetedExpertStore::load_into(const Job& job) {
     bytes += end - start;
   }
   const auto t0 = Clock::now();
-  reader_->read(reqs);
+  reader.read(reqs);
   const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
   std::lock_guard<std::mutex> lock(mu_);
   Slot& sl = slots_[job.slot];
-  sl.views = {refs[0], refs[1], refs[2]};
+  sl.views = {refs[0], refs[1], refs[2], tier};
   sl.state = SlotState::Ready;
   policy_->on_insert(job.key);
   stats_.bytes_read += bytes;
   stats_.read_seconds += dt;
   ++stats_.loads;
+  if (tier == ExpertTier::LowBit) {
+    stats_.low_bit_bytes_read += bytes;
+    ++stats_.low_bit_loads;
+  }
 }
 
 void BudgetedExpertStore::io_loop() {
@@ -248,6 +345,11 @@ ExpertStoreStats BudgetedExpertStore::stats() const {
 }  // namespace moe
 
 namespace moe {
+
+uint64_t BudgetedExpertStore::pool_bytes_held() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return bytes_held_;
+}
 
 void BudgetedExpertStore::reset_stats() {
   std::lock_guard<std::mutex> lock(mu_);

@@ -1,6 +1,10 @@
 // ExpertStore: owns where experts live (design.md seam 3). The executor acquires an expert's
 // gate/up/down matrices for a layer, computes, and releases it. Stores must never change the numbers:
-// resident and offloaded runs give bit-identical logits.
+// resident and offloaded runs give bit-identical logits for the same precision.
+//
+// Precision tiers (HOBBIT / EdgeMoE, techniques.md section 5): a store may also hold a low-bit copy of
+// every expert (a side file from `moe quantize-experts`). The caller says when a low-bit copy is
+// acceptable; the store answers with the copy it serves (ExpertWeights::tier).
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -20,8 +24,12 @@
 
 namespace moe {
 
+// Which copy of an expert: the model's own (full precision), or the low-bit side copy.
+enum class ExpertTier : uint8_t { Full = 0, LowBit = 1 };
+
 struct ExpertWeights {
   kernels::MatrixRef gate, up, down;
+  ExpertTier tier = ExpertTier::Full;  // the copy these matrices belong to (pass it to release())
 };
 
 // Where every routed expert's matrices are, so stores need not know about models or files' formats.
@@ -39,41 +47,65 @@ struct ExpertLayout {
   std::vector<int> n_expert_used;                        // per layer, 0 for dense layers
   std::vector<std::array<ExpertTensorLayout, 3>> layers; // gate, up, down; empty shapes for dense layers
   int n_layer() const { return static_cast<int>(layers.size()); }
+  bool empty() const { return layers.empty(); }
 };
 
 class ExpertStore {
  public:
   virtual ~ExpertStore() = default;
-  // Returns the expert's matrices, loading them if needed; they stay valid (pinned) until release().
-  virtual ExpertWeights acquire(int layer, int expert) = 0;
-  virtual void release(int layer, int expert) = 0;
+  // Returns the expert's matrices, loading them if needed; they stay valid (pinned) until
+  // release(layer, expert, returned.tier). With `low_bit_ok` the store may serve the low-bit copy
+  // (each store documents when it does); without a low-bit copy it always serves the full one.
+  virtual ExpertWeights acquire(int layer, int expert, bool low_bit_ok) = 0;
+  virtual void release(int layer, int expert, ExpertTier tier) = 0;
   // Hint: these experts of `layer` will be acquired soon, so a loading store may start reading them.
   // `speculative` marks predictions (e.g. the next layer's likely experts) as opposed to experts the
   // current step has already been routed to; only the former count as prefetches in the statistics.
-  virtual void prefetch(int layer, const int32_t* experts, int n, bool speculative) {}
+  // low_bit_ok (null = none): per expert, whether the acquire will accept the low-bit copy.
+  virtual void prefetch(int layer, const int32_t* experts, int n, bool speculative, const uint8_t* low_bit_ok) {}
+  // Whether this store holds low-bit copies at all.
+  virtual bool has_low_bit() const { return false; }
+
+  // Full precision only (the store's behaviour before precision tiers).
+  ExpertWeights acquire(int layer, int expert) { return acquire(layer, expert, false); }
+  void release(int layer, int expert) { release(layer, expert, ExpertTier::Full); }
+  void prefetch(int layer, const int32_t* experts, int n, bool speculative) {
+    prefetch(layer, experts, n, speculative, nullptr);
+  }
 };
 
-// Serves the experts straight from in-memory (mapped or owned) tensor data.
+// Serves the experts straight from in-memory (mapped or owned) tensor data. With a low-bit layout
+// (in memory too), every acquire that accepts the low-bit copy gets it: nothing is loaded, so this is
+// the deterministic "always low-bit below the threshold" case that quality measurements use.
 class ResidentExpertStore final : public ExpertStore {
  public:
-  explicit ResidentExpertStore(ExpertLayout layout) : layout_(std::move(layout)) {}
+  explicit ResidentExpertStore(ExpertLayout layout, ExpertLayout low_bit = {});
   // From anything that describes its experts (a Model), without this layer depending on it.
   template <typename M, typename = decltype(std::declval<const M&>().expert_layout())>
-  explicit ResidentExpertStore(const M& model) : layout_(model.expert_layout()) {}
-  ExpertWeights acquire(int layer, int expert) override;
-  void release(int, int) override {}
+  explicit ResidentExpertStore(const M& model) : ResidentExpertStore(model.expert_layout()) {}
+  using ExpertStore::acquire;
+  using ExpertStore::prefetch;
+  using ExpertStore::release;
+  ExpertWeights acquire(int layer, int expert, bool low_bit_ok) override;
+  void release(int, int, ExpertTier) override {}
+  bool has_low_bit() const override { return !low_bit_.empty(); }
 
  private:
-  ExpertLayout layout_;
+  ExpertLayout layout_, low_bit_;
 };
+
+// Checks that a low-bit layout has the same layers, experts and matrix shapes as the full one.
+void check_low_bit_layout(const ExpertLayout& full, const ExpertLayout& low);
 
 struct ExpertStoreStats {
   // Per layer. A hit is an acquire whose expert was cached or already being read because of a
   // prediction; a miss had to be read because this step was routed to it (possibly overlapped with
   // compute by the executor's read-ahead).
   std::vector<uint64_t> hits, misses;
-  uint64_t bytes_read = 0;
-  uint64_t loads = 0;
+  uint64_t bytes_read = 0;         // both tiers
+  uint64_t loads = 0;              // both tiers
+  uint64_t low_bit_bytes_read = 0; // of those, low-bit copies
+  uint64_t low_bit_loads = 0;
   double read_seconds = 0;        // time the I/O thread spent reading
   double stall_seconds = 0;       // time acquire() waited for I/O
   uint64_t prefetch_issued = 0;   // loads started by a hint
@@ -81,26 +113,45 @@ struct ExpertStoreStats {
   uint64_t prefetch_wasted = 0;   // evicted without being used
 };
 
-// Keeps experts in a fixed pool of aligned slots under a byte budget, loading misses from the GGUF
-// file with O_DIRECT (io_uring) on a background thread, so reads overlap compute and the page cache
-// holds no second copy. Eviction is delegated to a CachePolicy.
+// Keeps experts in a pool of aligned slots under a byte budget, loading misses from the GGUF file
+// with O_DIRECT (io_uring) on a background thread, so reads overlap compute and the page cache holds
+// no second copy. Eviction is delegated to a CachePolicy.
+//
+// With a low-bit layout (the side file), low-bit copies are cached in the same pool under their own
+// keys, in slots of their own (smaller) size: the pool's bytes are shared by both sizes, and a buffer
+// of one size is freed before one of the other size is allocated, so the pool never holds more than
+// pool_bytes. An acquire that accepts the low-bit copy gets the full copy if that is already in the
+// pool (ready or being read), else the low-bit copy (loading it on a miss). Which copies are in the
+// pool depends on the order reads complete in, so with low-bit copies the logits of a streamed run
+// can differ between runs; without them they never do.
 class BudgetedExpertStore final : public ExpertStore {
  public:
   struct Options {
     uint64_t pool_bytes = 0;
     std::string policy = "distance";
     DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
+    ExpertLayout low_bit;  // low-bit copies (file offsets into the side file); empty = none
   };
   BudgetedExpertStore(ExpertLayout layout, Options opts);
   ~BudgetedExpertStore() override;
 
-  ExpertWeights acquire(int layer, int expert) override;
-  void release(int layer, int expert) override;
-  void prefetch(int layer, const int32_t* experts, int n, bool speculative) override;
+  using ExpertStore::acquire;
+  using ExpertStore::prefetch;
+  using ExpertStore::release;
+  ExpertWeights acquire(int layer, int expert, bool low_bit_ok) override;
+  void release(int layer, int expert, ExpertTier tier) override;
+  void prefetch(int layer, const int32_t* experts, int n, bool speculative, const uint8_t* low_bit_ok) override;
+  bool has_low_bit() const override { return has_low_; }
 
-  size_t n_slots() const { return slots_.size(); }
-  uint64_t slot_bytes() const { return slot_bytes_; }
-  const char* io_mode_name() const { return reader_->mode_name(); }
+  // How many full-precision experts the pool holds (and the size of their slots).
+  size_t n_slots() const { return n_full_slots_; }
+  uint64_t slot_bytes() const { return slot_bytes_[0]; }
+  // Slot size of a low-bit copy (0 without low-bit copies).
+  uint64_t low_bit_slot_bytes() const { return has_low_ ? slot_bytes_[1] : 0; }
+  // The budget, and the bytes of slot buffers allocated now (never above it).
+  uint64_t pool_bytes() const { return pool_bytes_; }
+  uint64_t pool_bytes_held() const;
+  const char* io_mode_name() const { return readers_[0]->mode_name(); }
   const char* policy_name() const { return policy_->name(); }
   ExpertStoreStats stats() const;
   void reset_stats();  // e.g. after the prompt, so the numbers describe generation only
@@ -111,7 +162,8 @@ class BudgetedExpertStore final : public ExpertStore {
  private:
   enum class SlotState { Empty, Loading, Ready, Failed };
   struct Slot {
-    AlignedBuffer buf;
+    AlignedBuffer buf;           // slot_bytes_[tier] bytes, or none (a low-bit pool allocates lazily)
+    ExpertTier tier = ExpertTier::Full;  // what buf is sized for (and, when not Empty, what it holds)
     ExpertKey key = 0;
     SlotState state = SlotState::Empty;
     int pins = 0;
@@ -125,18 +177,28 @@ class BudgetedExpertStore final : public ExpertStore {
     size_t slot;
   };
 
-  ExpertKey key_of(int layer, int expert) const { return static_cast<ExpertKey>(layer * n_expert_ + expert); }
+  // Keys: layer * key_stride_ + tier * n_expert_ + expert, so policies that decode the layer as
+  // key / (their n_expert) see both copies of an expert in its layer.
+  ExpertKey key_of(int layer, int expert, ExpertTier tier = ExpertTier::Full) const {
+    return static_cast<ExpertKey>(layer * key_stride_ + static_cast<int>(tier) * n_expert_ + expert);
+  }
   // Finds a slot for `key` (empty, or a policy victim that passes `evictable`); -1 if none.
-  long claim_slot_locked(ExpertKey key, bool for_prefetch, bool speculative);
+  long claim_slot_locked(ExpertKey key, ExpertTier tier, bool for_prefetch, bool speculative);
+  // A free slot with a buffer for `tier`, allocating one if the budget allows; -1 if none.
+  long free_slot_locked(ExpertTier tier);
+  void drop_buffer_locked(Slot& sl);
   void io_loop();
   void load_into(const Job& job);
 
-  ExpertLayout layout_;
-  int n_expert_ = 0, n_layer_ = 0;
-  uint64_t slot_bytes_ = 0;
-  std::unique_ptr<DirectReader> reader_;
+  std::array<ExpertLayout, 2> layouts_;  // by tier
+  bool has_low_ = false;
+  int n_expert_ = 0, n_layer_ = 0, key_stride_ = 0;
+  std::array<uint64_t, 2> slot_bytes_{};
+  uint64_t pool_bytes_ = 0, bytes_held_ = 0;  // budget, and bytes of the slot buffers allocated
+  size_t n_full_slots_ = 0;
+  std::array<std::unique_ptr<DirectReader>, 2> readers_;
   std::unique_ptr<CachePolicy> policy_;
-  std::vector<Slot> slots_;
+  std::vector<Slot> slots_;  // fixed size (never reallocated: the I/O thread reads into them)
   std::unordered_map<ExpertKey, size_t> where_;
   std::deque<Job> queue_;
   mutable std::mutex mu_;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "base/error.h"
+#include "model/lowbit_experts.h"
 
 namespace moe {
 
@@ -34,26 +35,30 @@ uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch) {
 
 std::string MemoryPlan::describe() const {
   auto gib = [](uint64_t b) { return static_cast<double>(b) / (1ull << 30); };
-  if (!offload)
-    return fmt::format("all weights resident ({:.2f} GiB) + KV {:.2f} GiB + buffers {:.2f} GiB", gib(weights_total),
-                       gib(kv_bytes), gib(buffer_bytes));
+  if (!offload) {
+    const std::string low = low_bit_bytes ? fmt::format(" + low-bit experts {:.2f} GiB", gib(low_bit_bytes)) : "";
+    return fmt::format("all weights resident ({:.2f} GiB){} + KV {:.2f} GiB + buffers {:.2f} GiB", gib(weights_total),
+                       low, gib(kv_bytes), gib(buffer_bytes));
+  }
   return fmt::format(
       "experts stream from disk: resident weights {:.2f} GiB of {:.2f} GiB, KV {:.2f} GiB, buffers {:.2f} GiB, "
       "expert pool {:.2f} GiB",
       gib(weights_resident), gib(weights_total), gib(kv_bytes), gib(buffer_bytes), gib(expert_pool_bytes));
 }
 
-MemoryPlan plan_memory(const Model& m, const EngineOptions& o) {
+MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_expert_bytes) {
   MemoryPlan p;
   const Model::ByteReport r = m.byte_report();
   p.weights_total = r.total;
   p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx);
   p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch);
   const uint64_t experts = r.by_placement[static_cast<size_t>(Placement::Expert)];
-  const bool fits = o.mem_bytes == 0 || p.weights_total + p.kv_bytes + p.buffer_bytes <= o.mem_bytes;
+  const bool fits =
+      o.mem_bytes == 0 || p.weights_total + low_bit_expert_bytes + p.kv_bytes + p.buffer_bytes <= o.mem_bytes;
   p.offload = experts > 0 && (o.force_offload || !fits);
   if (!p.offload) {
     p.weights_resident = p.weights_total;
+    p.low_bit_bytes = low_bit_expert_bytes;
     if (o.mem_bytes != 0 && !fits)
       fail("--mem {} bytes: the model needs {} bytes of weights + {} KV + {} buffers and has no experts to stream",
            o.mem_bytes, p.weights_total, p.kv_bytes, p.buffer_bytes);
@@ -62,7 +67,8 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o) {
   p.weights_resident = p.weights_total - experts;
   const uint64_t fixed = p.weights_resident + p.kv_bytes + p.buffer_bytes;
   if (o.mem_bytes == 0) {
-    p.expert_pool_bytes = experts;  // forced offload without a budget: room for every expert
+    // Forced offload without a budget: room for every expert (and every low-bit copy).
+    p.expert_pool_bytes = experts + low_bit_expert_bytes;
   } else {
     if (o.mem_bytes <= fixed)
       fail("--mem {} bytes is too small: non-expert weights {} + KV cache {} + buffers {} already need {} bytes "
@@ -75,14 +81,23 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o) {
 
 std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOptions& o) {
   auto e = std::unique_ptr<Engine>(new Engine());
+  const bool low_bit = !o.low_bit_path.empty();
   // Plan from a header-only view (deferred experts, mmap: nothing is read yet).
   {
     auto header = Model::load(path, gguf::DataAccess::Mmap, /*defer_experts=*/true);
-    e->plan_ = plan_memory(*header, o);
+    e->plan_ = plan_memory(*header, o, low_bit ? low_bit_file_expert_bytes(o.low_bit_path) : 0);
   }
   if (!e->plan_.offload) {
     e->model_ = Model::load(path, o.no_mmap ? gguf::DataAccess::Pread : gguf::DataAccess::Mmap);
-    e->store_ = std::make_unique<ResidentExpertStore>(e->model_->expert_layout());
+    ExpertLayout low_layout;
+    if (low_bit) {
+      // Mapped like the model: the low-bit copies are read on first use and stay.
+      LowBitExperts lb = open_low_bit_experts(o.low_bit_path, *e->model_, gguf::DataAccess::Mmap);
+      e->low_bit_file_ = std::move(lb.file);
+      e->low_bit_type_ = lb.type;
+      low_layout = std::move(lb.layout);
+    }
+    e->store_ = std::make_unique<ResidentExpertStore>(e->model_->expert_layout(), std::move(low_layout));
     return e;
   }
   // Resident part read into owned memory, so the experts' file pages are never mapped or cached.
@@ -91,10 +106,21 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
   so.pool_bytes = e->plan_.expert_pool_bytes;
   so.policy = o.cache_policy;
   so.io_mode = o.io_mode;
+  if (low_bit) {
+    // Only the header is read: the store reads the copies into its pool with its own reader.
+    LowBitExperts lb = open_low_bit_experts(o.low_bit_path, *e->model_, gguf::DataAccess::Pread);
+    e->low_bit_type_ = lb.type;
+    so.low_bit = std::move(lb.layout);
+  }
   auto store = std::make_unique<BudgetedExpertStore>(e->model_->expert_layout(), so);
   e->budgeted_ = store.get();
   e->store_ = std::move(store);
   return e;
+}
+
+void Engine::reset_stats() {
+  if (budgeted_) budgeted_->reset_stats();
+  expert_use_.reset();
 }
 
 uint64_t parse_size(const std::string& text, const std::string& what) {

@@ -7,7 +7,9 @@
 #include <memory>
 #include <string>
 
+#include "format/gguf.h"
 #include "model/weights.h"
+#include "moe/executor.h"
 #include "moe/expert_store.h"
 
 namespace moe {
@@ -20,6 +22,10 @@ struct EngineOptions {
   bool no_mmap = false;       // read resident weights with pread instead of mapping
   bool force_offload = false; // stream experts even if everything would fit (testing, benchmarks)
   DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
+  // Low-bit copies of the experts (a side file from `moe quantize-experts`); "" = none. Resident: the
+  // side file is mapped too (its bytes count against the budget). Streaming: the copies are read into
+  // the expert pool on demand. When they are used is up to the forward options (ExpertPrecision).
+  std::string low_bit_path;
 };
 
 struct MemoryPlan {
@@ -29,11 +35,13 @@ struct MemoryPlan {
   uint64_t kv_bytes = 0;
   uint64_t buffer_bytes = 0;        // activations, scratch and fixed overhead (estimate)
   uint64_t expert_pool_bytes = 0;   // offload only
+  uint64_t low_bit_bytes = 0;       // resident low-bit copies (mapped side file); 0 when offloading
   std::string describe() const;
 };
 
-// Estimates the plan without loading weights (reads only the header).
-MemoryPlan plan_memory(const Model& model_header_only, const EngineOptions& opts);
+// Estimates the plan without loading weights (reads only the header). low_bit_expert_bytes: the
+// side file's expert bytes, which a resident plan must also hold.
+MemoryPlan plan_memory(const Model& model_header_only, const EngineOptions& opts, uint64_t low_bit_expert_bytes = 0);
 
 class Engine {
  public:
@@ -43,9 +51,20 @@ class Engine {
   const MemoryPlan& plan() const { return plan_; }
   // Non-null when experts stream from disk.
   BudgetedExpertStore* offload_store() { return budgeted_; }
+  // Whether the store has low-bit copies, and their type.
+  bool has_low_bit() const { return store_->has_low_bit(); }
+  DType low_bit_type() const { return low_bit_type_; }
+  // Where forward passes on this engine count their full / low-bit / skipped expert evaluations
+  // (ForwardOptions::expert_use).
+  ExpertUseCounters& expert_use() { return expert_use_; }
+  // Zeroes the store statistics and the evaluation counters (e.g. after the prompt).
+  void reset_stats();
 
  private:
   std::unique_ptr<Model> model_;
+  std::unique_ptr<gguf::File> low_bit_file_;  // before store_: the store may point into its mapping
+  DType low_bit_type_ = DType::F32;
+  ExpertUseCounters expert_use_;
   std::unique_ptr<ExpertStore> store_;
   BudgetedExpertStore* budgeted_ = nullptr;
   MemoryPlan plan_;

@@ -102,7 +102,7 @@ int run_run(const RunArgs& a) {
   const std::vector<float>& logits = session.eval(prompt, pool);
   const double t_prompt = seconds_since(t0);
   // Statistics describe generation: drop what the prompt pass counted.
-  if (auto* st = engine->offload_store()) st->reset_stats();
+  engine->reset_stats();
   session.forward().reset_prediction_stats();
 
   GenerateParams gp;

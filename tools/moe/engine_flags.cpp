@@ -30,6 +30,42 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
   sub->add_flag("--offload-all", f.offload_all, "Stream experts from disk even if the model fits in --mem");
   sub->add_flag("--stats", f.stats, "Print expert-store statistics to stderr at the end");
   sub->add_option("--stats-json", f.stats_json, "Write the statistics as JSON to this file");
+  sub->add_option("--lowbit", f.lowbit,
+                  "Low-bit copies of the experts (from `moe quantize-experts`), used for experts whose routing "
+                  "weight is below --lowbit-below");
+  sub->add_option_function<double>(
+      "--lowbit-below",
+      [&f](const double& w) {
+        f.lowbit_below = w;
+        f.lowbit_below_given = true;
+      },
+      "With --lowbit: an expert whose tokens all weigh less than W comes from its low-bit copy (when "
+      "streaming: unless its full copy is already in memory; when resident: always). 0 = never");
+  sub->add_option("--skip-below", f.skip_below,
+                  "Skip (token, expert) pairs whose routing weight is below S (<= W); the other experts' weights "
+                  "are not renormalized. 0 = never");
+}
+
+ExpertPrecision expert_precision(const EngineFlags& f) {
+  if (f.lowbit_below_given && f.lowbit.empty())
+    fail("--lowbit-below {} needs --lowbit SIDE.gguf (make one with `moe quantize-experts -m MODEL --type q2_K -o "
+         "SIDE.gguf`)",
+         f.lowbit_below);
+  if (!f.lowbit.empty() && !f.lowbit_below_given)
+    fail("--lowbit {} needs --lowbit-below W: the routing weight below which an expert may use its low-bit copy "
+         "(e.g. 0.3)",
+         f.lowbit);
+  if (!(f.lowbit_below >= 0) || f.lowbit_below > 1e30)
+    fail("--lowbit-below {}: expected a routing weight >= 0", f.lowbit_below);
+  if (!(f.skip_below >= 0) || f.skip_below > 1e30)
+    fail("--skip-below {}: expected a routing weight >= 0", f.skip_below);
+  if (f.lowbit_below_given && f.skip_below > f.lowbit_below)
+    fail("--skip-below {} is above --lowbit-below {}: skipping must use the lower threshold", f.skip_below,
+         f.lowbit_below);
+  ExpertPrecision p;
+  p.low_bit_below = static_cast<float>(f.lowbit_below);
+  p.skip_below = static_cast<float>(f.skip_below);
+  return p;
 }
 
 void add_sampling_flags(CLI::App* sub, SamplerParams& p) {
@@ -47,6 +83,8 @@ std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& 
   o.cache_policy = f.cache_policy;
   o.no_mmap = f.no_mmap;
   o.force_offload = f.offload_all;
+  expert_precision(f);  // bad thresholds are reported before anything is loaded
+  o.low_bit_path = f.lowbit;
   try {
     return Engine::open(path, o);
   } catch (const Error&) {
@@ -63,6 +101,8 @@ std::string resolved_predictor(const EngineFlags& f) {
 ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_compat) {
   ForwardOptions fo;
   fo.llama_compat_attention = llama_compat;
+  fo.precision = expert_precision(f);
+  fo.expert_use = &engine.expert_use();
   const std::string predictor = resolved_predictor(f);
   if (!f.transitions.empty() && predictor != "transition")
     fail("--transitions {} is only used by --predictor transition, not --predictor {}", f.transitions, predictor);
@@ -103,6 +143,19 @@ nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* 
   j["seconds"] = seconds;
   j["tok_s"] = seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
   j["peak_rss_bytes"] = peak_rss_bytes();
+  {
+    const ExpertUseCounters& u = engine.expert_use();
+    const uint64_t full = u.full_evals, low = u.low_bit_evals, skipped = u.skipped_evals;
+    const uint64_t routed = full + low + skipped;
+    if (engine.has_low_bit()) j["low_bit_type"] = std::string(dtype_traits(engine.low_bit_type()).name);
+    j["expert_evals_full"] = full;
+    j["expert_evals_low_bit"] = low;
+    j["expert_evals_skipped"] = skipped;
+    j["low_bit_frac"] = routed ? static_cast<double>(low) / static_cast<double>(routed) : 0.0;
+    j["skipped_frac"] = routed ? static_cast<double>(skipped) / static_cast<double>(routed) : 0.0;
+    j["expert_acquires_full"] = u.full_acquires.load();
+    j["expert_acquires_low_bit"] = u.low_bit_acquires.load();
+  }
   BudgetedExpertStore* st = engine.offload_store();
   if (!st) return j;
   const ExpertStoreStats s = st->stats();
@@ -122,6 +175,9 @@ nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* 
   j["hit_rate_per_layer"] = per_layer;
   j["loads"] = s.loads;
   j["bytes_read"] = s.bytes_read;
+  j["bytes_read_full"] = s.bytes_read - s.low_bit_bytes_read;
+  j["bytes_read_low_bit"] = s.low_bit_bytes_read;
+  j["loads_low_bit"] = s.low_bit_loads;
   j["bytes_read_per_token"] = tokens ? static_cast<double>(s.bytes_read) / static_cast<double>(tokens) : 0.0;
   j["read_seconds"] = s.read_seconds;
   j["read_gbps"] = s.read_seconds > 0 ? static_cast<double>(s.bytes_read) / s.read_seconds / 1e9 : 0.0;
@@ -138,6 +194,10 @@ nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* 
   return j;
 }
 
+namespace {
+bool st_low_bit(const nlohmann::ordered_json& j) { return j.contains("low_bit_type"); }
+}  // namespace
+
 void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionStats* pred, uint64_t tokens,
                          double seconds) {
   if (!f.stats && f.stats_json.empty()) return;
@@ -150,6 +210,15 @@ void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionS
     std::fprintf(stderr, "moe stats: %s\n", j["plan"].get<std::string>().c_str());
     std::fprintf(stderr, "moe stats: %.2f tok/s over %llu tokens, peak RSS %s\n", j["tok_s"].get<double>(),
                  static_cast<unsigned long long>(tokens), human_bytes(j["peak_rss_bytes"].get<uint64_t>()).c_str());
+    if (!f.lowbit.empty() || f.skip_below > 0) {
+      auto n = [&](const char* k) { return static_cast<unsigned long long>(j[k].get<uint64_t>()); };
+      std::fprintf(stderr, "moe stats: expert evaluations (token x expert): %llu full, %llu low-bit%s%s (%.1f%%), "
+                           "%llu skipped (%.1f%%); expert acquires (per expert and batch): %llu full, %llu low-bit\n",
+                   n("expert_evals_full"), n("expert_evals_low_bit"), j.contains("low_bit_type") ? " " : "",
+                   j.contains("low_bit_type") ? j["low_bit_type"].get<std::string>().c_str() : "",
+                   100 * j["low_bit_frac"].get<double>(), n("expert_evals_skipped"),
+                   100 * j["skipped_frac"].get<double>(), n("expert_acquires_full"), n("expert_acquires_low_bit"));
+    }
     if (j["mode"] == "offload") {
       std::fprintf(stderr, "moe stats: %s cache, %s, %zu slots of %s\n", j["policy"].get<std::string>().c_str(),
                    j["io"].get<std::string>().c_str(), j["pool_slots"].get<size_t>(),
@@ -165,6 +234,11 @@ void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionS
                    human_bytes(static_cast<uint64_t>(j["bytes_read_per_token"].get<double>())).c_str(),
                    j["stall_seconds"].get<double>(), 100 * j["stall_frac"].get<double>(),
                    100 * j["io_hidden_frac"].get<double>());
+      if (st_low_bit(j))
+        std::fprintf(stderr, "moe stats: by tier: full %s read, low-bit %s read in %llu loads\n",
+                     human_bytes(j["bytes_read_full"].get<uint64_t>()).c_str(),
+                     human_bytes(j["bytes_read_low_bit"].get<uint64_t>()).c_str(),
+                     static_cast<unsigned long long>(j["loads_low_bit"].get<uint64_t>()));
       if (pred && j["predictor"] != "none")
         std::fprintf(stderr, "moe stats: prefetch (%s, margin %d) precision %.1f%%, recall %.1f%% (issued %llu, used "
                              "%llu, wasted %llu)\n",

@@ -24,6 +24,12 @@ struct EngineFlags {
   bool offload_all = false;     // stream experts even when everything fits (testing/benchmarks)
   bool stats = false;
   std::string stats_json;
+  // Precision tiers (techniques.md section 5): the low-bit side file, the routing weight below which
+  // an expert may come from it, and the weight below which a (token, expert) pair is skipped.
+  std::string lowbit;
+  double lowbit_below = 0;
+  bool lowbit_below_given = false;
+  double skip_below = 0;
 };
 
 void add_engine_flags(CLI::App* sub, EngineFlags& f);
@@ -32,6 +38,10 @@ void add_sampling_flags(CLI::App* sub, SamplerParams& p);
 
 // Opens the model under the budget. Vocabulary-only files get an error saying so.
 std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch);
+
+// The precision-tier thresholds of the flags; throws on a bad combination (a threshold without
+// --lowbit or the reverse, W < 0, S > W).
+ExpertPrecision expert_precision(const EngineFlags& f);
 
 // Forward options implied by the flags (lookahead only when experts stream). The transition table is
 // loaded (and checked against the model) when experts stream or when --transitions names one.

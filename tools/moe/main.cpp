@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   moe::cli::register_bench(app, cmds);
   moe::cli::register_perplexity(app, cmds);
   moe::cli::register_route_stats(app, cmds);
+  moe::cli::register_quantize_experts(app, cmds);
+  moe::cli::register_kl_logits(app, cmds);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
