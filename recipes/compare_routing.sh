@@ -5,8 +5,9 @@
 #   moe      our MoE: 8 experts, top-2, Switch load-balancing loss 0.01
 #   auxfree  the same MoE with DeepSeek-V3's auxiliary-loss-free balancing (selection bias, gamma 1e-3)
 #            instead of the balancing loss
-# Each gets per-domain test perplexity and the expert-load coefficient of variation on the test text,
-# through the inference engine. Prints a markdown table and writes OUT/comparison.md.
+# Each gets per-domain test perplexity and the expert-load coefficient of variation (CV, mean over
+# layers) on the test text, through the inference engine: over all test text (how balanced the
+# router is) and within each domain, averaged (high when experts specialise by domain). Prints a markdown table and writes OUT/comparison.md.
 #
 #   recipes/compare_routing.sh       (or `make compare-routing`)
 #   env: MOE, THREADS (2), STEPS (1200 each: 2.5M tokens, about 15 minutes per model on 2 cores),
@@ -37,8 +38,9 @@ python3 - "$OUT" "$STEPS" <<'PY' | tee "$OUT/comparison.md"
 import json, math, os, re, sys
 out, steps = sys.argv[1], int(sys.argv[2])
 print(f"| model | params (total / active per token) | " +
-      " | ".join(f"test ppl {d}" for d in ("bible", "python", "fortunes")) + " | load CV (test) | train time |")
-print("|---|---|---|---|---|---|---|")
+      " | ".join(f"test ppl {d}" for d in ("bible", "python", "fortunes")) +
+      " | load CV, all test text | load CV, per domain | train time |")
+print("|---|---|---|---|---|---|---|---|")
 for v in ("dense", "moe", "auxfree"):
     info = json.load(open(f"{out}/{v}/info.json"))
     ppl = json.load(open(f"{out}/{v}/perplexity.json"))
@@ -48,8 +50,18 @@ for v in ("dense", "moe", "auxfree"):
     total, active = info["bytes_total"] / 2e6, info["active_bytes_per_token"] / 2e6
     by_domain = {os.path.basename(os.path.dirname(f["file"])): f for f in ppl["files"]}
     cells = [f"{by_domain[d]['ppl']:.2f}" for d in ("bible", "python", "fortunes")]
-    cvs = [f["load_cv"] for f in ppl["files"] if f["load_cv"] == f["load_cv"]]
+    cvs = [f["load_cv"] for f in ppl["files"] if isinstance(f["load_cv"], (int, float))]  # null: dense
     cv = f"{sum(cvs) / len(cvs):.3f}" if cvs else "-"
-    print(f"| {v} | {total:.2f}M / {active:.2f}M | " + " | ".join(cells) + f" | {cv} | {m.group(1) if m else '?'} |")
+    # Balance over the whole test set: per layer, the CV of the expert counts summed over the domains.
+    layers = [[sum(col) for col in zip(*(f["expert_counts"][il] for f in ppl["files"]))]
+              for il in range(len(ppl["files"][0]["expert_counts"]))]
+    layer_cvs = []
+    for c in layers:
+        if c:
+            mean = sum(c) / len(c)
+            layer_cvs.append(math.sqrt(sum((x - mean) ** 2 for x in c) / len(c)) / mean)
+    all_cv = f"{sum(layer_cvs) / len(layer_cvs):.3f}" if layer_cvs else "-"
+    print(f"| {v} | {total:.2f}M / {active:.2f}M | " + " | ".join(cells) +
+          f" | {all_cv} | {cv} | {m.group(1) if m else '?'} |")
 print(f"\nAll three: {steps} steps x 2048 tokens = {steps * 2048 / 1e6:.2f}M training tokens, seed 1.")
 PY
