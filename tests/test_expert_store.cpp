@@ -142,6 +142,34 @@ TEST(OffloadConcurrency, PinnedExpertsAreNeverEvictedOrCorrupted) {
   EXPECT_THROW(store.release(0, 0), Error);  // nothing pinned any more
 }
 
+// Hints that only push needed experts out of a full pool (and are never used themselves) stop being
+// allowed to evict: the store drops them and counts them as throttled. Hints into free slots and the
+// data served are unaffected.
+TEST(OffloadPrefetch, WastefulSpeculationIsThrottled) {
+  auto resident = Model::load(test::model_path("tiny-qwen3moe"));
+  auto deferred = Model::load(test::model_path("tiny-qwen3moe"), gguf::DataAccess::Pread, true);
+  BudgetedExpertStore::Options so;
+  so.pool_bytes = 4 * BudgetedExpertStore::slot_bytes_for(deferred->expert_layout());
+  so.policy = "lru";
+  BudgetedExpertStore store(deferred->expert_layout(), so);
+  ResidentExpertStore truth(*resident);
+  const int E = resident->spec().layers[0].moe.n_expert;
+  ASSERT_GE(E, 8);
+  for (int round = 0; round < 60; ++round) {
+    for (int e = 0; e < 4; ++e) {  // the working set: layer 0, experts 0..3, exactly the pool
+      ExpertWeights got = store.acquire(0, e);
+      const ExpertWeights want = truth.acquire(0, e);
+      EXPECT_EQ(std::memcmp(got.gate.data, want.gate.data, want.gate.row_bytes * static_cast<size_t>(want.gate.rows)), 0);
+      store.release(0, e);
+    }
+    const int32_t hint = static_cast<int32_t>(4 + round % (E - 4));  // a wrong guess, never acquired
+    store.prefetch(1, &hint, 1, /*speculative=*/true);
+  }
+  const ExpertStoreStats st = store.stats();
+  EXPECT_GT(st.prefetch_throttled, 30u) << "issued " << st.prefetch_issued << ", wasted " << st.prefetch_wasted;
+  EXPECT_LT(st.prefetch_issued, 30u);  // probes only, once the moving average fell
+}
+
 TEST(CachePolicies, EvictionOrder) {
   auto all = [](ExpertKey) { return true; };
   ExpertKey v = 0;

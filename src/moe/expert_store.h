@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -111,6 +112,7 @@ struct ExpertStoreStats {
   uint64_t prefetch_issued = 0;   // loads started by a hint
   uint64_t prefetch_used = 0;     // of those, acquired before being evicted
   uint64_t prefetch_wasted = 0;   // evicted without being used
+  uint64_t prefetch_throttled = 0;  // speculative hints dropped rather than evict (see prefetch())
 };
 
 // Keeps experts in a pool of aligned slots under a byte budget, loading misses from the GGUF file
@@ -205,6 +207,16 @@ class BudgetedExpertStore final : public ExpertStore {
   std::condition_variable cv_;
   bool stop_ = false;
   ExpertStoreStats stats_;
+  // Speculative prefetch pays only while it helps more than it hurts. Exponential moving average of
+  // outcomes (1 = a speculative load used; 0 = one evicted unused, or a demand miss on an expert that
+  // was evicted for one), and a counter that still lets one in kSpeculationProbeEvery throttled hints
+  // through, so the average keeps measuring.
+  double speculative_success_ = 1.0;
+  uint32_t speculative_probe_ = 0;
+  // Experts evicted to make room for a speculative load: a later demand miss on one of them is a
+  // cost of speculation (counted as a failure), as is a speculative load evicted unused.
+  std::unordered_set<ExpertKey> evicted_for_speculation_;
+  bool speculation_may_evict_locked(ExpertTier tier);
   std::thread io_thread_;
 };
 

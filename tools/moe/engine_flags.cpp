@@ -187,6 +187,7 @@ nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* 
   j["prefetch_issued"] = s.prefetch_issued;
   j["prefetch_used"] = s.prefetch_used;
   j["prefetch_wasted"] = s.prefetch_wasted;
+  j["prefetch_throttled"] = s.prefetch_throttled;
   if (pred) {
     j["prediction_precision"] = pred->precision();
     j["prediction_recall"] = pred->recall();
@@ -241,12 +242,13 @@ void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionS
                      static_cast<unsigned long long>(j["loads_low_bit"].get<uint64_t>()));
       if (pred && j["predictor"] != "none")
         std::fprintf(stderr, "moe stats: prefetch (%s, margin %d) precision %.1f%%, recall %.1f%% (issued %llu, used "
-                             "%llu, wasted %llu)\n",
+                             "%llu, wasted %llu, throttled %llu)\n",
                      j["predictor"].get<std::string>().c_str(), f.prefetch_margin, 100 * pred->precision(),
                      100 * pred->recall(),
                      static_cast<unsigned long long>(j["prefetch_issued"].get<uint64_t>()),
                      static_cast<unsigned long long>(j["prefetch_used"].get<uint64_t>()),
-                     static_cast<unsigned long long>(j["prefetch_wasted"].get<uint64_t>()));
+                     static_cast<unsigned long long>(j["prefetch_wasted"].get<uint64_t>()),
+                     static_cast<unsigned long long>(j["prefetch_throttled"].get<uint64_t>()));
     }
   }
   if (!f.stats_json.empty()) {
