@@ -1,5 +1,7 @@
 // Helpers for tests that read ../shared/fixtures (llama.cpp's reference outputs).
 #pragma once
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -22,6 +24,17 @@ inline std::vector<std::string> fixture_model_names() {
   std::sort(names.begin(), names.end());
   return names;
 }
+
+// gtest parameter names for suites over fixture models: "tiny-qwen3moe-Q4_K_M" -> "tiny_qwen3moe_Q4_K_M".
+struct FixtureParamName {
+  template <typename Info>
+  std::string operator()(const Info& info) const {
+    std::string s = info.param;
+    for (char& c : s)
+      if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+    return s;
+  }
+};
 
 inline std::vector<int32_t> read_ids(const std::string& path) {
   std::ifstream in(path);

@@ -70,12 +70,7 @@ TEST_P(OffloadFixture, StreamingExpertsGivesBitIdenticalLogits) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, OffloadFixture,
                          ::testing::Values("tiny-qwen3moe", "tiny-mixtral-Q4_K_M", "tiny-deepseekmoe",
                                            "tiny-qwen2moe"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return s;
-                         });
+                         moe::test::FixtureParamName());
 
 TEST(OffloadBudget, TooSmallForOneLayerIsAClearError) {
   EngineOptions o = offload_opts("lru", DirectReader::Mode::IoUring);

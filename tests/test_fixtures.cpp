@@ -159,12 +159,7 @@ TEST_P(FixtureModel, AgreesWithNaiveReferenceForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, FixtureModel, ::testing::ValuesIn(fixture_model_names()),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return s;
-                         });
+                         moe::test::FixtureParamName());
 
 }  // namespace
 }  // namespace moe

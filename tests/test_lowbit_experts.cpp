@@ -153,12 +153,7 @@ TEST_P(LowBitFixture, ThresholdZeroIsBitIdenticalResidentAndStreamed) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFixtures, LowBitFixture, ::testing::ValuesIn(test::fixture_model_names()),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return s;
-                         });
+                         moe::test::FixtureParamName());
 
 // --- (b) all low-bit: streamed equals the merged model --------------------------------------------
 
@@ -198,12 +193,7 @@ TEST_P(LowBitMerged, AllLowBitStreamedEqualsResidentMergedModel) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, LowBitMerged,
                          ::testing::Values("tiny-qwen3moe", "tiny-mixtral-Q4_K_M", "tiny-deepseekmoe",
                                            "tiny-qwen2moe"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return s;
-                         });
+                         moe::test::FixtureParamName());
 
 // Between the extremes: an expert is full precision when any of its tokens weighs W or more.
 TEST(LowBitTiers, ThresholdSplitsByTheHeaviestTokenOfEachExpert) {

@@ -316,12 +316,7 @@ TEST_P(TransitionOffloadFixture, PredictedPrefetchGivesBitIdenticalLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TransitionOffloadFixture, ::testing::ValuesIn(test::fixture_model_names()),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s)
-                             if (!isalnum(static_cast<unsigned char>(c))) c = '_';
-                           return s;
-                         });
+                         moe::test::FixtureParamName());
 
 TEST(TransitionCli, RouteStatsWritesATableThatRunUses) {
   const std::string model = test::model_path("tiny-qwen3moe");

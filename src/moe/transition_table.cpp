@@ -6,6 +6,7 @@
 
 #include "base/error.h"
 #include "format/gguf.h"
+#include "moe/expert_load.h"
 
 namespace moe {
 
@@ -171,15 +172,8 @@ uint64_t TransitionTable::usage(int layer, int expert) const {
 }
 
 double TransitionTable::load_cv(int layer) const {
-  if (layer < 0 || layer >= shape_.n_layer() || usage_[layer].empty()) return NAN;
-  const std::vector<uint64_t>& c = usage_[static_cast<size_t>(layer)];
-  double mean = 0;
-  for (uint64_t x : c) mean += static_cast<double>(x);
-  mean /= static_cast<double>(c.size());
-  if (mean == 0) return NAN;
-  double var = 0;
-  for (uint64_t x : c) var += (static_cast<double>(x) - mean) * (static_cast<double>(x) - mean);
-  return std::sqrt(var / static_cast<double>(c.size())) / mean;
+  if (layer < 0 || layer >= shape_.n_layer()) return NAN;
+  return moe::load_cv(usage_[static_cast<size_t>(layer)]);
 }
 
 int TransitionTable::predict(int layer, const int32_t* ids, const float* weights, int k, int n, int32_t* out,

@@ -29,6 +29,16 @@ void use_single_threaded_blas() {
 constexpr int64_t kTokenBlock = 64;
 constexpr int64_t kOutBlock = 32;
 
+// Runs fn(first_row, n_rows) over [0, rows) in blocks of `block` rows, the blocks spread over the pool.
+template <typename Fn>
+void for_each_block(ThreadPool* pool, int64_t rows, int64_t block, const Fn& fn) {
+  parallel_chunks(pool, (rows + block - 1) / block, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) fn(b * block, std::min(rows, (b + 1) * block) - b * block);
+  });
+}
+
+int i32(int64_t v) { return static_cast<int>(v); }
+
 }  // namespace
 
 template <>
@@ -36,15 +46,9 @@ void linear_forward<float>(ThreadPool* pool, const float* X, int64_t N, int64_t 
                            float* Y) {
   if (N <= 0 || out <= 0) return;
   use_single_threaded_blas();
-  const int64_t rows = kTokenBlock;
-  const int64_t n_blocks = (N + rows - 1) / rows;
-  parallel_chunks(pool, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n0 = b * rows, n = std::min(N, n0 + rows) - n0;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(out),
-                  static_cast<int>(in), 1.0f, X + n0 * in, static_cast<int>(in), W, static_cast<int>(in), 0.0f,
-                  Y + n0 * out, static_cast<int>(out));
-    }
+  for_each_block(pool, N, kTokenBlock, [&](int64_t n0, int64_t n) {  // Y[n][o] = X[n] . W[o]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i32(n), i32(out), i32(in), 1.0f, X + n0 * in, i32(in), W,
+                i32(in), 0.0f, Y + n0 * out, i32(out));
   });
 }
 
@@ -53,30 +57,16 @@ void linear_backward<float>(ThreadPool* pool, const float* X, int64_t N, int64_t
                             const float* dY, float* dX, float* dW) {
   if (N <= 0 || out <= 0) return;
   use_single_threaded_blas();
-  if (dX) {  // dX[N][in] += dY[N][out] W[out][in], split over tokens
-    const int64_t rows = kTokenBlock;
-    const int64_t n_blocks = (N + rows - 1) / rows;
-    parallel_chunks(pool, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n0 = b * rows, n = std::min(N, n0 + rows) - n0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n), static_cast<int>(in),
-                    static_cast<int>(out), 1.0f, dY + n0 * out, static_cast<int>(out), W, static_cast<int>(in), 1.0f,
-                    dX + n0 * in, static_cast<int>(in));
-      }
+  if (dX)  // dX[N][in] += dY[N][out] W[out][in], split over tokens
+    for_each_block(pool, N, kTokenBlock, [&](int64_t n0, int64_t n) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(n), i32(in), i32(out), 1.0f, dY + n0 * out, i32(out),
+                  W, i32(in), 1.0f, dX + n0 * in, i32(in));
     });
-  }
-  if (dW) {  // dW[out][in] += dY^T[out][N] X[N][in], split over output rows
-    const int64_t rows = kOutBlock;
-    const int64_t n_blocks = (out + rows - 1) / rows;
-    parallel_chunks(pool, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t o0 = b * rows, m = std::min(out, o0 + rows) - o0;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(in),
-                    static_cast<int>(N), 1.0f, dY + o0, static_cast<int>(out), X, static_cast<int>(in), 1.0f,
-                    dW + o0 * in, static_cast<int>(in));
-      }
+  if (dW)  // dW[out][in] += dY^T[out][N] X[N][in], split over output rows
+    for_each_block(pool, out, kOutBlock, [&](int64_t o0, int64_t m) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, i32(m), i32(in), i32(N), 1.0f, dY + o0, i32(out), X,
+                  i32(in), 1.0f, dW + o0 * in, i32(in));
     });
-  }
 }
 
 }  // namespace moe::train

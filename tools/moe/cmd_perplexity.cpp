@@ -22,6 +22,7 @@
 #include "engine_flags.h"
 #include "generation.h"
 #include "model/forward.h"
+#include "moe/expert_load.h"
 #include "runtime/engine.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
@@ -65,18 +66,6 @@ struct FileResult {
   std::vector<std::vector<uint64_t>> counts;
   double ce() const { return scored ? nll / static_cast<double>(scored) : NAN; }
 };
-
-// Coefficient of variation of one layer's expert counts (0 = perfectly balanced).
-double load_cv(const std::vector<uint64_t>& c) {
-  if (c.empty()) return NAN;
-  double mean = 0;
-  for (uint64_t x : c) mean += static_cast<double>(x);
-  mean /= static_cast<double>(c.size());
-  if (mean == 0) return NAN;
-  double var = 0;
-  for (uint64_t x : c) var += (static_cast<double>(x) - mean) * (static_cast<double>(x) - mean);
-  return std::sqrt(var / static_cast<double>(c.size())) / mean;
-}
 
 double mean_cv(const std::vector<std::vector<uint64_t>>& counts) {
   double sum = 0;
