@@ -165,6 +165,7 @@ long BudgetedExpertStore::free_slot_locked(ExpertTier tier) {
 
 long BudgetedExpertStore::claim_slot_locked(ExpertKey key, ExpertTier tier, bool for_prefetch, bool speculative) {
   long slot = free_slot_locked(tier);
+  if (slot < 0 && for_prefetch && speculative && !speculation_may_evict_locked()) return kThrottledSlot;
   while (slot < 0) {
     ExpertKey victim = 0;
     auto evictable = [&](ExpertKey k) {
@@ -287,11 +288,11 @@ void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, boo
     // Loading an expert that a speculative load pushed out is that speculation's cost, whether a
     // demand miss or another hint brings it back (hints chasing each other through a tight pool).
     if (evicted_for_speculation_.erase(key)) speculative_success_ *= 1.0 - kSpeculationEmaRate;
-    if (speculative && !speculation_may_evict_locked(tier)) {
+    const long slot = claim_slot_locked(key, tier, true, speculative);
+    if (slot == kThrottledSlot) {
       ++stats_.prefetch_throttled;
       continue;
     }
-    const long slot = claim_slot_locked(key, tier, true, speculative);
     if (slot < 0) break;  // everything else is pinned or hinted: drop the rest of the hint
     queue_.push_back({key, static_cast<size_t>(slot)});
     if (speculative) ++stats_.prefetch_issued;
@@ -300,12 +301,12 @@ void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, boo
   if (queued) cv_.notify_all();
 }
 
-// A speculative hint may always take a free slot. Evicting a cached expert for it is allowed while
-// most recent speculative loads were used before being evicted: in a tight pool, predictions push
-// out experts that are needed next, and measured on OLMoE-1B-7B under 2 GB that halves decode speed,
-// while in a roomy pool (3 GB) prefetch hides the misses and is worth 1.5x.
-bool BudgetedExpertStore::speculation_may_evict_locked(ExpertTier tier) {
-  if (free_slot_locked(tier) >= 0) return true;
+// Called only when no slot is free (a speculative hint may always take a free one). Evicting a cached
+// expert for a hint is allowed while the moving average says hints are used more often than the
+// experts they pushed out come back: in a tight pool predictions evict experts that are needed next
+// (measured on OLMoE-1B-7B under 2 GB, that halved decode speed), while in a roomy pool (3 GB)
+// prefetch hides the misses.
+bool BudgetedExpertStore::speculation_may_evict_locked() {
   if (speculative_success_ >= kMinSpeculativeSuccess) return true;
   return ++speculative_probe_ % kSpeculationProbeEvery == 0;
 }

@@ -184,7 +184,9 @@ class BudgetedExpertStore final : public ExpertStore {
   ExpertKey key_of(int layer, int expert, ExpertTier tier = ExpertTier::Full) const {
     return static_cast<ExpertKey>(layer * key_stride_ + static_cast<int>(tier) * n_expert_ + expert);
   }
-  // Finds a slot for `key` (empty, or a policy victim that passes `evictable`); -1 if none.
+  // Finds a slot for `key` (empty, or a policy victim that passes `evictable`); -1 if none, and
+  // kThrottledSlot for a speculative hint that may not evict (speculation_may_evict_locked).
+  static constexpr long kThrottledSlot = -2;
   long claim_slot_locked(ExpertKey key, ExpertTier tier, bool for_prefetch, bool speculative);
   // A free slot with a buffer for `tier`, allocating one if the budget allows; -1 if none.
   long free_slot_locked(ExpertTier tier);
@@ -216,7 +218,7 @@ class BudgetedExpertStore final : public ExpertStore {
   // Experts evicted to make room for a speculative load: a later demand miss on one of them is a
   // cost of speculation (counted as a failure), as is a speculative load evicted unused.
   std::unordered_set<ExpertKey> evicted_for_speculation_;
-  bool speculation_may_evict_locked(ExpertTier tier);
+  bool speculation_may_evict_locked();
   std::thread io_thread_;
 };
 
