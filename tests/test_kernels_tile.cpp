@@ -76,8 +76,9 @@ TEST(QuantTile, MatchesVecDotBitwiseAndReference) {
     const DTypeTraits& tr = dtype_traits(t);
     ASSERT_NE(tr.vec_dot_tile, nullptr) << tr.name;
     const int64_t bs = tr.block_elems;
-    for (int64_t n : {bs, 2 * bs, 3 * bs, 8 * bs, bs == 32 ? int64_t{4096 + 32} : int64_t{4096}}) {
-      const int64_t rows = 7, tokens = 5;
+    // 65 K-quant blocks is past the multi-token kernels' block limit (the per-token path).
+    for (int64_t n : {bs, 2 * bs, 3 * bs, 8 * bs, bs == 32 ? int64_t{4096 + 32} : int64_t{4096}, 65 * bs}) {
+      const int64_t rows = 7, tokens = 19;  // token groups of 8, 8 and 3 in the K-quant kernels
       Problem p = make_problem(t, n, rows, tokens, static_cast<uint32_t>(n) * 31 + static_cast<uint32_t>(t));
       for (int nr = 1; nr <= rows; ++nr) {
         for (int nt = 1; nt <= tokens; ++nt) {

@@ -30,8 +30,9 @@ void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_s
   // One token (decode) streams weights from DRAM: one row at a time keeps the hardware prefetcher on a
   // single stream, which measured faster than the 4-row tile (bit-identical either way).
   if (tr.vec_dot_tile && act.n_tokens() > 1) {
-    // Token blocks of 64 keep the activations of one block in L2 while the chunk's rows sweep them.
-    constexpr int64_t kTokenBlock = 64, kRowGroup = 4;
+    // Token blocks of 64 keep the activations of one block in L2 while the chunk's rows sweep them; the
+    // kernel walks a group of 16 rows per token sub-group, re-reading those rows from L1/L2.
+    constexpr int64_t kTokenBlock = 64, kRowGroup = 16;
     const int64_t nt = act.n_tokens();
     for (int64_t t0 = 0; t0 < nt; t0 += kTokenBlock) {
       const int mt = static_cast<int>(std::min(kTokenBlock, nt - t0));

@@ -4,10 +4,15 @@
 // (file name ends in _avx512.cpp); only reached after cpu_features() confirmed VNNI/BW/VL/DQ.
 //
 // Numerics: for every (row, token) pair the sequence of floating-point operations is the same whatever
-// NR and NT are, so tile<1,1> (which is also the trait table's vec_dot for these types), tile<4,1>
-// (decode) and tile<4,2> (prefill) give bit-identical results; tests/test_kernels_tile.cpp checks this.
-// Per (super-)block the integer dot product is exact, as in the scalar reference; only the order of the
-// float sums across blocks differs from it (relative error ~1e-7 of sum |w*a|, tested at 2e-6).
+// the tile shape, so the one-row kernels (also the trait table's vec_dot for these types), the decode
+// tiles over several rows and the prefill kernels over several tokens give bit-identical results;
+// tests/test_kernels_tile.cpp checks this. Per (super-)block the integer dot product is exact, as in the
+// scalar reference; only the order of the float sums across blocks differs from it (relative error
+// ~1e-7 of sum |w*a|, tested at 2e-6).
+//
+// Prefill (K-quants): one row against up to eight tokens, whose quants are read straight from memory,
+// so a weight block is decoded once per eight tokens. On this Zen 4 core the remaining cost is the
+// vpmaddubsw + vpdpwssd pair per 64 weights and token (both 512-bit, one per cycle each).
 //
 // Tricks used (all exact in integer arithmetic):
 //  * K-quants: u8 quants x s8 activations via vpmaddubsw, times the 6/8-bit sub-block scale and
@@ -72,91 +77,175 @@ inline __m512i k4_scale_vec(__m512i sc_bcast, char i0, char i1) {
   return _mm512_shuffle_epi8(sc_bcast, idx);
 }
 
-// Per token and super-block, shared by all rows: activations rearranged to match 512-bit quant loads
-// (lo nibbles of qs[64h..64h+63] are sub-blocks 4h and 4h+2, hi nibbles 4h+1 and 4h+3), and the eight
-// 32-element sums of y.
-struct K4Act {
-  __m512i a[2], b[2];
-  __m128i pairs;
-  float d;
-};
-inline void k4_prepare(const BlockQ8_K& y, K4Act& p) {
-  for (int h = 0; h < 2; ++h) {
-    const __m512i y0 = ld512(y.qs + 128 * h), y1 = ld512(y.qs + 128 * h + 64);
-    p.a[h] = _mm512_shuffle_i64x2(y0, y1, 0x44);
-    p.b[h] = _mm512_shuffle_i64x2(y0, y1, 0xEE);
-  }
-  p.pairs = _mm_hadd_epi16(ld128(y.bsums), ld128(y.bsums + 8));
-  p.d = y.d;
-}
-
 // Q5_K: byte mask of the fifth bits for one zmm of quants (chunk h, low or high nibbles).
 inline __m512i q5_bit_mask(int h, int hi_nibble) {
   const int b0 = 4 * h + hi_nibble, b1 = 4 * h + 2 + hi_nibble;
   return _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1 << b0)), _mm256_set1_epi8(static_cast<char>(1 << b1)), 1);
 }
 
-template <int NR, int NT, bool kQ5>
-void tile_k4(int64_t n, const uint8_t* w, size_t ws, const uint8_t* act, size_t as, float* out, int64_t os) {
+// One Q4_K / Q5_K super-block decoded for the integer dot products, in the activations' natural order:
+// v[2h + i] holds sub-blocks 4h + 2i and 4h + 2i + 1 (elements 128h + 64i .. +63) as u8, s[2h + i] their
+// int16 scales, mins16 the eight 6-bit mins. Every kernel uses exactly this lane layout, so the integer
+// sum in each lane (and hence every float operation after it) is the same whatever the tile shape.
+struct K4Weights {
+  __m512i v[4], s[4];
+  __m128i mins16;
+  float dx, dmx;
+};
+
+template <bool kQ5>
+inline void k4_decode(const uint8_t* blk, K4Weights& k) {
   const __m512i m4 = _mm512_set1_epi8(0x0F), sixteen = _mm512_set1_epi8(16);
   const __m128i min_idx = _mm_setr_epi8(8, -128, 9, -128, 10, -128, 11, -128, 12, -128, 13, -128, 14, -128, 15, -128);
-  __m512 acc[NR][NT];
-  for (int r = 0; r < NR; ++r)
-    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  uint16_t dh, dmh;
+  std::memcpy(&dh, blk, 2);
+  std::memcpy(&dmh, blk + 2, 2);
+  const uint8_t* qh = kQ5 ? blk + 16 : nullptr;
+  const uint8_t* qs = kQ5 ? blk + 48 : blk + 16;
+  const __m128i sc = k4_unpack_scales(blk + 4);
+  const __m512i scb = _mm512_broadcast_i32x4(sc);
+  k.mins16 = _mm_shuffle_epi8(sc, min_idx);
+  __m512i hb;
+  if constexpr (kQ5) hb = _mm512_broadcast_i64x4(ld256(qh));
+  #pragma GCC unroll 8
+  for (int h = 0; h < 2; ++h) {
+    // lo nibbles of qs[64h..64h+63] are sub-blocks [4h | 4h+2], hi nibbles [4h+1 | 4h+3].
+    const __m512i q = ld512(qs + 64 * h);
+    __m512i lo = _mm512_and_si512(q, m4);
+    __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+    if constexpr (kQ5) {
+      lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(hb, q5_bit_mask(h, 0)), lo, sixteen);
+      hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(hb, q5_bit_mask(h, 1)), hi, sixteen);
+    }
+    k.v[2 * h] = _mm512_shuffle_i64x2(lo, hi, 0x44);
+    k.v[2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, 0xEE);
+    k.s[2 * h] = k4_scale_vec(scb, static_cast<char>(4 * h), static_cast<char>(4 * h + 1));
+    k.s[2 * h + 1] = k4_scale_vec(scb, static_cast<char>(4 * h + 2), static_cast<char>(4 * h + 3));
+  }
+  k.dx = h2f(dh);
+  k.dmx = h2f(dmh);
+}
+
+// The eight 32-element sums of a Q8_K block (pairs of its 16-element bsums).
+inline __m128i q8k_pair_sums(const BlockQ8_K& y) { return _mm_hadd_epi16(ld128(y.bsums), ld128(y.bsums + 8)); }
+
+// Sum of the four partial min corrections of one (row, token), in a fixed order shared by all kernels.
+inline float sum4(const float* m) { return (m[0] + m[1]) + (m[2] + m[3]); }
+
+// NR rows x one token. acc: scaled integer sums; accmin: the min corrections, kept apart so a multi-token
+// kernel can compute four tokens' corrections in one zmm (see k4_gemm) with the same per-lane operations.
+template <int NR, bool kQ5>
+void k4_rows(int64_t n, const uint8_t* w, size_t ws, const uint8_t* act, float* out) {
+  __m512 acc[NR];
+  __m128 accmin[NR];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) {
+    acc[r] = _mm512_setzero_ps();
+    accmin[r] = _mm_setzero_ps();
+  }
   const int64_t nb = n / kQKK;
   const size_t xb = kQ5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
   for (int64_t b = 0; b < nb; ++b) {
-    K4Act ya[NT];
-    for (int t = 0; t < NT; ++t) k4_prepare(reinterpret_cast<const BlockQ8_K*>(act + t * as)[b], ya[t]);
+    const BlockQ8_K& y = reinterpret_cast<const BlockQ8_K*>(act)[b];
+    __m512i ys[4];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 4; ++i) ys[i] = ld512(y.qs + 64 * i);
+    const __m128i pairs = q8k_pair_sums(y);
+    #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       const uint8_t* blk = w + r * ws + b * xb;
       prefetch_block(blk + 2 * NR * ws, xb);
-      uint16_t dh, dmh;
-      std::memcpy(&dh, blk, 2);
-      std::memcpy(&dmh, blk + 2, 2);
-      const uint8_t* scales = blk + 4;
-      const uint8_t* qh = kQ5 ? blk + 16 : nullptr;
-      const uint8_t* qs = kQ5 ? blk + 48 : blk + 16;
-      const __m128i sc = k4_unpack_scales(scales);
-      const __m512i scb = _mm512_broadcast_i32x4(sc);
-      const __m128i mins16 = _mm_shuffle_epi8(sc, min_idx);
-      __m512i hb;
-      if constexpr (kQ5) hb = _mm512_broadcast_i64x4(ld256(qh));
-      __m512i isum[NT];
-      for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
-      for (int h = 0; h < 2; ++h) {
-        const __m512i q = ld512(qs + 64 * h);
-        __m512i lo = _mm512_and_si512(q, m4);
-        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-        if constexpr (kQ5) {
-          lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(hb, q5_bit_mask(h, 0)), lo, sixteen);
-          hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(hb, q5_bit_mask(h, 1)), hi, sixteen);
-        }
-        const __m512i sa = k4_scale_vec(scb, static_cast<char>(4 * h), static_cast<char>(4 * h + 2));
-        const __m512i sb = k4_scale_vec(scb, static_cast<char>(4 * h + 1), static_cast<char>(4 * h + 3));
-        for (int t = 0; t < NT; ++t) {
-          isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(lo, ya[t].a[h]), sa);
-          isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(hi, ya[t].b[h]), sb);
-        }
-      }
-      const float dx = h2f(dh), dmx = h2f(dmh);
-      for (int t = 0; t < NT; ++t) {
-        const __m512i msum = _mm512_zextsi128_si512(_mm_madd_epi16(mins16, ya[t].pairs));
-        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(dx * ya[t].d), acc[r][t]);
-        acc[r][t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_set1_ps(dmx * ya[t].d), acc[r][t]);
+      K4Weights k;
+      k4_decode<kQ5>(blk, k);
+      __m512i isum = _mm512_setzero_si512();
+      #pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(k.v[i], ys[i]), k.s[i]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(k.dx * y.d), acc[r]);
+      const __m128i msum = _mm_madd_epi16(k.mins16, pairs);
+      accmin[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(msum), _mm_set1_ps(k.dmx * y.d), accmin[r]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) {
+    alignas(16) float m[4];
+    _mm_store_ps(m, accmin[r]);
+    out[r] = _mm512_reduce_add_ps(acc[r]) - sum4(m);
+  }
+}
+
+// Per-block activation data shared by all rows of a multi-token (prefill) kernel, built once per group
+// of up to eight tokens: scales, the 32-element sums (Q4_K/Q5_K mins) and negated 16-element sums (Q6_K
+// offset), laid out so that four tokens' values fill one zmm. Unused token slots are zero.
+inline constexpr int kGemmTokens = 8;
+inline constexpr int64_t kGemmMaxBlocks = 64;  // K <= 16384 per row; longer rows take the per-token path
+struct alignas(64) KGemmExtras {
+  int16_t pairs[kGemmTokens][8];
+  float dy4[kGemmTokens][4];  // each token's scale repeated for its four min lanes
+  float dy[kGemmTokens];
+  int16_t negb[kGemmTokens][16];
+};
+
+template <bool kQ6>
+void build_extras(const uint8_t* act, size_t as, int nt, int64_t nb, KGemmExtras* ex) {
+  for (int64_t b = 0; b < nb; ++b) {
+    KGemmExtras& e = ex[b];
+    std::memset(&e, 0, sizeof(e));
+    for (int t = 0; t < nt; ++t) {
+      const BlockQ8_K& y = reinterpret_cast<const BlockQ8_K*>(act + t * as)[b];
+      e.dy[t] = y.d;
+      if constexpr (kQ6) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(e.negb[t]), _mm256_sub_epi16(_mm256_setzero_si256(), ld256(y.bsums)));
+      } else {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(e.pairs[t]), q8k_pair_sums(y));
+        #pragma GCC unroll 8
+        for (int i = 0; i < 4; ++i) e.dy4[t][i] = y.d;
       }
     }
   }
-  for (int r = 0; r < NR; ++r)
-    for (int t = 0; t < NT; ++t) out[t * os + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
-template <int NR, int NT>
-void tile_q4_K(int64_t n, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* out, int64_t os) {
-  tile_k4<NR, NT, false>(n, w, ws, a, as, out, os);
-}
-template <int NR, int NT>
-void tile_q5_K(int64_t n, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* out, int64_t os) {
-  tile_k4<NR, NT, true>(n, w, ws, a, as, out, os);
+
+// One row x NT tokens: each weight block is decoded once for all NT tokens, whose quants are read
+// straight from the activation rows (memory operands), so the decode cost is spread over NT.
+template <int NT, bool kQ5>
+void k4_gemm(int64_t nb, const uint8_t* w, const uint8_t* act, size_t as, const KGemmExtras* ex, float* out, int64_t os) {
+  constexpr int NG = (NT + 3) / 4;
+  const size_t xb = kQ5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+  __m512 acc[NT], accmin[NG];
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  #pragma GCC unroll 8
+  for (int g = 0; g < NG; ++g) accmin[g] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    K4Weights k;
+    k4_decode<kQ5>(w + b * xb, k);
+    const uint8_t* yb = act + b * sizeof(BlockQ8_K);
+    __m512i isum[NT];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
+    #pragma GCC unroll 8
+    for (int i = 0; i < 4; ++i)
+      #pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const __m512i y = ld512(reinterpret_cast<const BlockQ8_K*>(yb + t * as)->qs + 64 * i);
+        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(k.v[i], y), k.s[i]);
+      }
+    const KGemmExtras& e = ex[b];
+    const __m512 dxv = _mm512_set1_ps(k.dx), dmv = _mm512_set1_ps(k.dmx);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dxv, _mm512_set1_ps(e.dy[t])), acc[t]);
+    const __m512i mins = _mm512_broadcast_i32x4(k.mins16);
+    #pragma GCC unroll 8
+    for (int g = 0; g < NG; ++g) {
+      const __m512i msum = _mm512_madd_epi16(mins, ld512(e.pairs[4 * g]));
+      accmin[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmv, _mm512_load_ps(e.dy4[4 * g])), accmin[g]);
+    }
+  }
+  alignas(64) float m[NG * 16];
+  #pragma GCC unroll 8
+  for (int g = 0; g < NG; ++g) _mm512_store_ps(m + 16 * g, accmin[g]);
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]) - sum4(m + 4 * t);
 }
 
 // ---- Q6_K ---------------------------------------------------------------------------------------
@@ -168,52 +257,92 @@ alignas(64) const int16_t kQ6ScaleIdx[4][32] = {
     {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13, 14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15},
 };
 
-template <int NR, int NT>
-void tile_q6_K(int64_t n, const uint8_t* w, size_t ws, const uint8_t* act, size_t as, float* out, int64_t os) {
+// One Q6_K super-block decoded: u[i] the unsigned quants (value + 32) of elements 64i .. 64i+63, s[i]
+// their int16 scales, sc32 = 32 * scales (the offset correction). Shared by all Q6_K kernels.
+struct Q6Weights {
+  __m512i u[4], s[4];
+  __m256i sc32;
+  float dx;
+};
+
+inline void q6_decode(const BlockQ6_K& x, Q6Weights& k) {
   const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
   const __m512i shl01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
   const __m512i shr23 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
-  __m512 acc[NR][NT];
-  for (int r = 0; r < NR; ++r)
-    for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
+  const __m256i sc16 = _mm256_cvtepi8_epi16(ld128(x.scales));
+  const __m512i sc512 = _mm512_castsi256_si512(sc16);
+  k.sc32 = _mm256_slli_epi16(sc16, 5);
+  #pragma GCC unroll 8
+  for (int g = 0; g < 2; ++g) {
+    const __m512i L = ld512(x.ql + 64 * g);
+    const __m512i hb = _mm512_broadcast_i64x4(ld256(x.qh + 32 * g));
+    const __m512i h01 = _mm512_and_si512(_mm512_sllv_epi16(hb, shl01), m30);
+    const __m512i h23 = _mm512_and_si512(_mm512_srlv_epi16(hb, shr23), m30);
+    k.u[2 * g] = and_or(L, m4, h01);
+    k.u[2 * g + 1] = and_or(_mm512_srli_epi16(L, 4), m4, h23);
+    k.s[2 * g] = _mm512_permutexvar_epi16(_mm512_load_si512(kQ6ScaleIdx[2 * g]), sc512);
+    k.s[2 * g + 1] = _mm512_permutexvar_epi16(_mm512_load_si512(kQ6ScaleIdx[2 * g + 1]), sc512);
+  }
+  k.dx = h2f(x.d);
+}
+
+template <int NR>
+void q6_rows(int64_t n, const uint8_t* w, size_t ws, const uint8_t* act, float* out) {
+  __m512 acc[NR];
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) acc[r] = _mm512_setzero_ps();
   const int64_t nb = n / kQKK;
   for (int64_t b = 0; b < nb; ++b) {
-    const BlockQ8_K* ys[NT];
-    __m256i negb[NT];
-    for (int t = 0; t < NT; ++t) {
-      ys[t] = reinterpret_cast<const BlockQ8_K*>(act + t * as) + b;
-      negb[t] = _mm256_sub_epi16(_mm256_setzero_si256(), ld256(ys[t]->bsums));
-    }
+    const BlockQ8_K& y = reinterpret_cast<const BlockQ8_K*>(act)[b];
+    const __m256i negb = _mm256_sub_epi16(_mm256_setzero_si256(), ld256(y.bsums));
+    __m512i ys[4];
+    #pragma GCC unroll 8
+    for (int i = 0; i < 4; ++i) ys[i] = ld512(y.qs + 64 * i);
+    #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       const BlockQ6_K& x = reinterpret_cast<const BlockQ6_K*>(w + r * ws)[b];
       prefetch_block(reinterpret_cast<const uint8_t*>(&x) + 2 * NR * ws, sizeof(BlockQ6_K));
-      const __m256i sc16 = _mm256_cvtepi8_epi16(ld128(x.scales));
-      const __m512i sc512 = _mm512_castsi256_si512(sc16);
-      // Quants are u = value + 32; start each accumulator at -32 * sum(scale * bsum).
-      const __m256i sc32 = _mm256_slli_epi16(sc16, 5);
-      __m512i isum[NT];
-      for (int t = 0; t < NT; ++t) isum[t] = _mm512_zextsi256_si512(_mm256_madd_epi16(negb[t], sc32));
-      for (int g = 0; g < 2; ++g) {
-        const __m512i L = ld512(x.ql + 64 * g);
-        const __m512i hb = _mm512_broadcast_i64x4(ld256(x.qh + 32 * g));
-        const __m512i h01 = _mm512_and_si512(_mm512_sllv_epi16(hb, shl01), m30);
-        const __m512i h23 = _mm512_and_si512(_mm512_srlv_epi16(hb, shr23), m30);
-        const __m512i u01 = and_or(L, m4, h01);
-        const __m512i u23 = and_or(_mm512_srli_epi16(L, 4), m4, h23);
-        const __m512i s01 = _mm512_permutexvar_epi16(_mm512_load_si512(kQ6ScaleIdx[2 * g]), sc512);
-        const __m512i s23 = _mm512_permutexvar_epi16(_mm512_load_si512(kQ6ScaleIdx[2 * g + 1]), sc512);
-        for (int t = 0; t < NT; ++t) {
-          isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(u01, ld512(ys[t]->qs + 128 * g)), s01);
-          isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(u23, ld512(ys[t]->qs + 128 * g + 64)), s23);
-        }
-      }
-      const float dx = h2f(x.d);
-      for (int t = 0; t < NT; ++t)
-        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_set1_ps(dx * ys[t]->d), acc[r][t]);
+      Q6Weights k;
+      q6_decode(x, k);
+      // Quants are u = value + 32; start the accumulator at -32 * sum(scale * bsum).
+      __m512i isum = _mm512_zextsi256_si512(_mm256_madd_epi16(negb, k.sc32));
+      #pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(k.u[i], ys[i]), k.s[i]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(k.dx * y.d), acc[r]);
     }
   }
-  for (int r = 0; r < NR; ++r)
-    for (int t = 0; t < NT; ++t) out[t * os + r] = _mm512_reduce_add_ps(acc[r][t]);
+  #pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+template <int NT>
+void q6_gemm(int64_t nb, const uint8_t* w, const uint8_t* act, size_t as, const KGemmExtras* ex, float* out, int64_t os) {
+  __m512 acc[NT];
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    Q6Weights k;
+    q6_decode(reinterpret_cast<const BlockQ6_K*>(w)[b], k);
+    const KGemmExtras& e = ex[b];
+    const uint8_t* yb = act + b * sizeof(BlockQ8_K);
+    __m512i isum[NT];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t)
+      isum[t] = _mm512_zextsi256_si512(_mm256_madd_epi16(ld256(e.negb[t]), k.sc32));
+    #pragma GCC unroll 8
+    for (int i = 0; i < 4; ++i)
+      #pragma GCC unroll 8
+      for (int t = 0; t < NT; ++t) {
+        const __m512i y = ld512(reinterpret_cast<const BlockQ8_K*>(yb + t * as)->qs + 64 * i);
+        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(k.u[i], y), k.s[i]);
+      }
+    const __m512 dxv = _mm512_set1_ps(k.dx);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t)
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dxv, _mm512_set1_ps(e.dy[t])), acc[t]);
+  }
+  #pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]);
 }
 
 // ---- Q8_0 / Q4_0 --------------------------------------------------------------------------------
@@ -304,9 +433,6 @@ using TileImpl = void (*)(int64_t, const uint8_t*, size_t, const uint8_t*, size_
     {K<1, 1>, K<1, 2>}, {K<2, 1>, K<2, 2>}, {K<3, 1>, K<3, 2>}, { K<4, 1>, K<4, 2> }                       \
   }
 
-const TileImpl kQ4K[kTileRows][kTileTokens] = MOE_TILE_TABLE(tile_q4_K);
-const TileImpl kQ5K[kTileRows][kTileTokens] = MOE_TILE_TABLE(tile_q5_K);
-const TileImpl kQ6K[kTileRows][kTileTokens] = MOE_TILE_TABLE(tile_q6_K);
 const TileImpl kQ80[kTileRows][kTileTokens] = MOE_TILE_TABLE(tile_q8_0);
 const TileImpl kQ40[kTileRows][kTileTokens] = MOE_TILE_TABLE(tile_q4_0);
 
@@ -330,15 +456,70 @@ float single(int64_t n, const void* w, const void* act) {
   return r;
 }
 
+// K-quants: one-token kernels over up to four rows, and one-row kernels over up to eight tokens.
+using RowsImpl = void (*)(int64_t, const uint8_t*, size_t, const uint8_t*, float*);
+using GemmImpl = void (*)(int64_t, const uint8_t*, const uint8_t*, size_t, const KGemmExtras*, float*, int64_t);
+struct KQuantKernels {
+  RowsImpl rows[kTileRows];
+  GemmImpl gemm[kGemmTokens];
+  bool q6;
+};
+
+#define MOE_K4_KERNELS(Q5)                                                                              \
+  {{k4_rows<1, Q5>, k4_rows<2, Q5>, k4_rows<3, Q5>, k4_rows<4, Q5>},                                     \
+   {k4_gemm<1, Q5>, k4_gemm<2, Q5>, k4_gemm<3, Q5>, k4_gemm<4, Q5>, k4_gemm<5, Q5>, k4_gemm<6, Q5>,     \
+    k4_gemm<7, Q5>, k4_gemm<8, Q5>},                                                                      \
+   false}
+const KQuantKernels kQ4K = MOE_K4_KERNELS(false);
+const KQuantKernels kQ5K = MOE_K4_KERNELS(true);
+const KQuantKernels kQ6K = {{q6_rows<1>, q6_rows<2>, q6_rows<3>, q6_rows<4>},
+                            {q6_gemm<1>, q6_gemm<2>, q6_gemm<3>, q6_gemm<4>, q6_gemm<5>, q6_gemm<6>, q6_gemm<7>,
+                             q6_gemm<8>},
+                            true};
+
+template <const KQuantKernels& K>
+void drive_k(int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as, int nt, float* out, int64_t os) {
+  const auto* wp = static_cast<const uint8_t*>(w);
+  const auto* ap = static_cast<const uint8_t*>(act);
+  const int64_t nb = n / kQKK;
+  if (nt == 1 || nb > kGemmMaxBlocks) {
+    for (int t = 0; t < nt; ++t)
+      for (int r0 = 0; r0 < nr; r0 += kTileRows) {
+        const int mr = nr - r0 < kTileRows ? nr - r0 : kTileRows;
+        K.rows[mr - 1](n, wp + r0 * ws, ws, ap + t * as, out + t * os + r0);
+      }
+    return;
+  }
+  // Token groups outer, rows inner: the group's activations (8 x 292 bytes per block) and the caller's
+  // row group stay in L1/L2 while every row meets every token of the group.
+  KGemmExtras ex[kGemmMaxBlocks];
+  for (int t0 = 0; t0 < nt; t0 += kGemmTokens) {
+    const int mt = nt - t0 < kGemmTokens ? nt - t0 : kGemmTokens;
+    const uint8_t* a0 = ap + t0 * as;
+    if (K.q6)
+      build_extras<true>(a0, as, mt, nb, ex);
+    else
+      build_extras<false>(a0, as, mt, nb, ex);
+    for (int r = 0; r < nr; ++r) K.gemm[mt - 1](nb, wp + r * ws, a0, as, ex, out + t0 * os + r, os);
+  }
+}
+
+template <const KQuantKernels& K>
+float single_k(int64_t n, const void* w, const void* act) {
+  float r;
+  K.rows[0](n, static_cast<const uint8_t*>(w), 0, static_cast<const uint8_t*>(act), &r);
+  return r;
+}
+
 }  // namespace
 }  // namespace avx512t
 
 TileKernels tile_kernels_avx512(DType t) {
   using namespace avx512t;
   switch (t) {
-    case DType::Q4_K: return {drive<kQ4K>, single<kQ4K>};
-    case DType::Q5_K: return {drive<kQ5K>, single<kQ5K>};
-    case DType::Q6_K: return {drive<kQ6K>, single<kQ6K>};
+    case DType::Q4_K: return {drive_k<kQ4K>, single_k<kQ4K>};
+    case DType::Q5_K: return {drive_k<kQ5K>, single_k<kQ5K>};
+    case DType::Q6_K: return {drive_k<kQ6K>, single_k<kQ6K>};
     case DType::Q8_0: return {drive<kQ80>, single<kQ80>};
     case DType::Q4_0: return {drive<kQ40>, single<kQ40>};
     default: return {nullptr, nullptr};
