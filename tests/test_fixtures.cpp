@@ -22,10 +22,11 @@ using test::read_f32;
 using test::read_ids;
 using test::ref_path;
 
-std::vector<float> batched_logits(const Model& m, const std::vector<int32_t>& ids, int threads, int64_t n_batch = 512) {
+std::vector<float> batched_logits(const Model& m, const std::vector<int32_t>& ids, int threads, int64_t n_batch = 512,
+                                  ForwardOptions options = {}) {
   ThreadPool pool(threads);
   ResidentExpertStore store(m);
-  Session s(m, store, static_cast<int64_t>(ids.size()));
+  Session s(m, store, static_cast<int64_t>(ids.size()), std::move(options));
   return s.eval(ids, pool, true, n_batch);
 }
 
@@ -124,9 +125,17 @@ TEST_P(FixtureModel, BatchedEqualsTokenByToken) {
   const auto batched = batched_logits(*model, ids, 2);
   const auto one_by_one = batched_logits(*model, ids, 2, /*n_batch=*/1);
   const auto chunks = batched_logits(*model, ids, 1, /*n_batch=*/7);
-  EXPECT_LE(nmse(one_by_one, batched), 1e-6);
-  EXPECT_LE(nmse(chunks, batched), 1e-6);
+  // By default batches attend with sgemm, whose fp32 summation order differs from decoding's; 8-bit
+  // activation rounding in quantized models amplifies that to at most ~2e-5 here.
+  EXPECT_LE(nmse(one_by_one, batched), 1e-4);
+  EXPECT_LE(nmse(chunks, batched), 1e-4);
   EXPECT_EQ(test::top1_agreement(one_by_one, batched, V), 1.0);
+  // With --batch-invariant the batching does not change a single bit.
+  ForwardOptions invariant;
+  invariant.batch_invariant = true;
+  const auto inv_batched = batched_logits(*model, ids, 2, 512, invariant);
+  EXPECT_EQ(inv_batched, batched_logits(*model, ids, 2, /*n_batch=*/1, invariant));
+  EXPECT_EQ(inv_batched, batched_logits(*model, ids, 1, /*n_batch=*/7, invariant));
 }
 
 TEST_P(FixtureModel, ThreadCountDoesNotChangeResults) {

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "base/error.h"
+#include "kernels/attention.h"
 #include "kernels/ops.h"
 #include "model/transitions.h"
 #include "tensor/fp16.h"
@@ -41,6 +42,8 @@ namespace {
 
 // Query-batch size at which llama.cpp's CPU flash attention switches to its fp32 tiled kernel.
 constexpr int64_t kAttnTileQ = 64;
+// Queries per sgemm block in the batched fp32 path: the keys and values of a head are read once per block.
+constexpr int64_t kAttnQueryBlock = 64;
 
 void add_bias(float* y, const WeightView& b, int64_t n_tokens, int64_t n) {
   if (!b) return;
@@ -103,10 +106,12 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
     sc.acc.resize(static_cast<size_t>(hd));
     sc.qr.resize(static_cast<size_t>(hd));
   }
-  // A batch reads every cached key and value once per (token, head): widen the layer's fp16 cache to
-  // fp32 once instead (exact, so results are unchanged). A single decoded token reads each key once
-  // per head of its group, so it converts on the fly and saves the extra pass over the cache.
+  // A batch widens the layer's fp16 cache to fp32 once (exact) and, unless batch invariance is asked
+  // for, attends in blocks of queries per head, each block two sgemm calls that read the keys and
+  // values once. A single decoded token reads each key once per head of its group, so it converts on
+  // the fly and saves the extra pass.
   const bool widen = n_tokens > 1 && !fp16_path;
+  const bool blocked = widen && !options_.batch_invariant;
   if (widen) {
     k32_.resize(static_cast<size_t>(n_ctx_used * kvd));
     v32_.resize(static_cast<size_t>(n_ctx_used * kvd));
@@ -117,7 +122,28 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
       }
     });
   }
-  pool.parallel_for(n_items, 1, [&](int64_t item0, int64_t item1, int ti) {
+  if (blocked) {
+    const int64_t n_blocks = (n_tokens + kAttnQueryBlock - 1) / kAttnQueryBlock;
+    pool.parallel_for(n_blocks * s.n_head, 1, [&](int64_t item0, int64_t item1, int ti) {
+      for (int64_t item = item0; item < item1; ++item) {
+        const int h = static_cast<int>(item % s.n_head);
+        const int64_t t0 = (item / s.n_head) * kAttnQueryBlock;
+        kernels::CausalBlock b;
+        b.q = q_.data() + t0 * qd + h * hd;
+        b.q_stride = qd;
+        b.k = k32_.data() + (h / group) * hd;
+        b.v = v32_.data() + (h / group) * hd;
+        b.kv_stride = kvd;
+        b.m = std::min(kAttnQueryBlock, n_tokens - t0);
+        b.n_past = pos0 + t0;
+        b.head_dim = hd;
+        b.scale = scale;
+        b.out = att_.data() + t0 * qd + h * hd;
+        b.out_stride = qd;
+        kernels::causal_attention_block(b, attn_scratch_[static_cast<size_t>(ti)].scores);
+      }
+    });
+  } else pool.parallel_for(n_items, 1, [&](int64_t item0, int64_t item1, int ti) {
     AttnScratch& sc = attn_scratch_[static_cast<size_t>(ti)];
     std::vector<float>& scores = sc.scores;
     std::vector<float>& kf = sc.kf;

@@ -9,19 +9,12 @@
 // the same for every thread count.
 #include <cblas.h>
 
-#include <mutex>
-
+#include "kernels/blas.h"
 #include "train/train_ops.h"
 
 namespace moe::train {
 
 namespace {
-
-// OpenBLAS's own threads would oversubscribe the cores our pool already uses.
-void use_single_threaded_blas() {
-  static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
-}
 
 // Fixed-size row blocks, whatever the thread count: sgemm's summation order can depend on the
 // matrix sizes (small-matrix kernels, tails), so the blocking must not change with -t for results to
@@ -45,7 +38,7 @@ template <>
 void linear_forward<float>(ThreadPool* pool, const float* X, int64_t N, int64_t in, const float* W, int64_t out,
                            float* Y) {
   if (N <= 0 || out <= 0) return;
-  use_single_threaded_blas();
+  kernels::use_single_threaded_blas();
   for_each_block(pool, N, kTokenBlock, [&](int64_t n0, int64_t n) {  // Y[n][o] = X[n] . W[o]
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i32(n), i32(out), i32(in), 1.0f, X + n0 * in, i32(in), W,
                 i32(in), 0.0f, Y + n0 * out, i32(out));
@@ -56,7 +49,7 @@ template <>
 void linear_backward<float>(ThreadPool* pool, const float* X, int64_t N, int64_t in, const float* W, int64_t out,
                             const float* dY, float* dX, float* dW) {
   if (N <= 0 || out <= 0) return;
-  use_single_threaded_blas();
+  kernels::use_single_threaded_blas();
   if (dX)  // dX[N][in] += dY[N][out] W[out][in], split over tokens
     for_each_block(pool, N, kTokenBlock, [&](int64_t n0, int64_t n) {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(n), i32(in), i32(out), 1.0f, dY + n0 * out, i32(out),

@@ -29,6 +29,9 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
   sub->add_flag("--no-mmap", f.no_mmap, "Read resident weights into memory with pread instead of mapping the file");
   sub->add_flag("--offload-all", f.offload_all, "Stream experts from disk even if the model fits in --mem");
   sub->add_flag("--stats", f.stats, "Print expert-store statistics to stderr at the end");
+  sub->add_flag("--batch-invariant", f.batch_invariant,
+                "Attend in prompt batches with decoding's per-token arithmetic, so logits are bit-identical however "
+                "the prompt is batched (slower prefill)");
   sub->add_option("--stats-json", f.stats_json, "Write the statistics as JSON to this file");
   sub->add_option("--lowbit", f.lowbit,
                   "Low-bit copies of the experts (from `moe quantize-experts`), used for experts whose routing "
@@ -101,6 +104,7 @@ std::string resolved_predictor(const EngineFlags& f) {
 ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_compat) {
   ForwardOptions fo;
   fo.llama_compat_attention = llama_compat;
+  fo.batch_invariant = f.batch_invariant;
   fo.precision = expert_precision(f);
   fo.expert_use = &engine.expert_use();
   const std::string predictor = resolved_predictor(f);

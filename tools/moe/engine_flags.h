@@ -23,6 +23,7 @@ struct EngineFlags {
   bool no_mmap = false;
   bool offload_all = false;     // stream experts even when everything fits (testing/benchmarks)
   bool stats = false;
+  bool batch_invariant = false;  // prompt batches attend like token-by-token decoding (bit-identical)
   std::string stats_json;
   // Precision tiers (techniques.md section 5): the low-bit side file, the routing weight below which
   // an expert may come from it, and the weight below which a (token, expert) pair is skipped.
