@@ -109,7 +109,7 @@ TEST(CliCore, MemBudgetStreamsExpertsWithIdenticalResults) {
 
   // A budget that forces streaming with the minimum pool still decodes llama.cpp's greedy tokens.
   r = run_cli("run -m " + model + " --tokens " + test::ref_path(name, "t1.tok") +
-              " -n 24 --temp 0 --mem 51M --stats --ids-out " + ids);
+              " -n 24 --temp 0 --mem 52M --stats --ids-out " + ids);
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("hit rate"), std::string::npos) << r.out;
   EXPECT_EQ(test::read_ids(ids), test::read_ids(test::ref_path(name, "t1.greedy24.tok")));

@@ -52,19 +52,53 @@ void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_s
   }
 }
 
-void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, ThreadPool& pool) {
+namespace {
+
+void check_operands(const MatrixRef& w, const ActBuffer& act) {
   if (act.n() != w.cols) fail("matmul: activation length {} != weight columns {}", act.n(), w.cols);
   if (act.type() != dtype_traits(w.type).vec_dot_type)
     fail("matmul: activations are {} but {} weights need {}", dtype_traits(act.type()).name,
          dtype_traits(w.type).name, dtype_traits(dtype_traits(w.type).vec_dot_type).name);
-  // Chunks of rows sized so each chunk is a few tens of KB of weights.
-  // A multiple of 4 so chunks do not split the tile kernels' row groups.
+}
+
+// Rows per chunk: a few tens of KB of weights, a multiple of 4 so chunks do not split the tile
+// kernels' row groups. Decoding one token streams the matrix once: larger contiguous chunks (two per
+// thread) keep each thread on one long stream for the hardware prefetcher, with slack for imbalance.
+int64_t row_grain(const MatrixRef& w, const ActBuffer& act, int n_threads) {
   int64_t grain = std::max<int64_t>(4, static_cast<int64_t>(32768 / std::max<size_t>(1, w.row_bytes))) & ~int64_t{3};
-  // Decoding one token streams the matrix once: larger contiguous chunks (two per thread) keep
-  // each thread on one long stream for the hardware prefetcher, while leaving slack for imbalance.
-  if (act.n_tokens() == 1)
-    grain = std::max<int64_t>(grain, (w.rows / (2 * static_cast<int64_t>(pool.size()))) & ~int64_t{3});
-  pool.parallel_for(w.rows, grain, [&](int64_t r0, int64_t r1, int) { matmul_rows(w, act, y, y_stride, r0, r1); });
+  if (act.n_tokens() == 1) grain = std::max<int64_t>(grain, (w.rows / (2 * static_cast<int64_t>(n_threads))) & ~int64_t{3});
+  return grain;
+}
+
+}  // namespace
+
+void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, ThreadPool& pool) {
+  check_operands(w, act);
+  pool.parallel_for(w.rows, row_grain(w, act, pool.size()),
+                    [&](int64_t r0, int64_t r1, int) { matmul_rows(w, act, y, y_stride, r0, r1); });
+}
+
+void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::vector<int64_t>& chunk_scratch) {
+  // chunk_scratch: per job, the index of its first chunk (prefix sums), then the total.
+  chunk_scratch.resize(n_jobs + 1);
+  int64_t total = 0;
+  for (size_t i = 0; i < n_jobs; ++i) {
+    check_operands(jobs[i].w, *jobs[i].act);
+    chunk_scratch[i] = total;
+    const int64_t g = row_grain(jobs[i].w, *jobs[i].act, pool.size());
+    total += (jobs[i].w.rows + g - 1) / g;
+  }
+  chunk_scratch[n_jobs] = total;
+  pool.parallel_for(total, 1, [&](int64_t c0, int64_t c1, int) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const size_t i = static_cast<size_t>(std::upper_bound(chunk_scratch.begin(), chunk_scratch.end(), c) -
+                                           chunk_scratch.begin()) - 1;
+      const MatmulJob& j = jobs[i];
+      const int64_t g = row_grain(j.w, *j.act, pool.size());
+      const int64_t r0 = (c - chunk_scratch[i]) * g;
+      matmul_rows(j.w, *j.act, j.y, j.y_stride, r0, std::min(j.w.rows, r0 + g));
+    }
+  });
 }
 
 }  // namespace moe::kernels

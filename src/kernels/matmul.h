@@ -45,6 +45,18 @@ class ActBuffer {
 // y[t * y_stride + r] = dot(W[r], act[t]) for all rows r and tokens t. act must be in W's vec_dot_type.
 void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, ThreadPool& pool);
 
+// Several independent matmuls in one parallel region (e.g. the gate and up matrices of all experts a
+// decoded token uses): rows of every job are chunked as matmul() would chunk them and all chunks are
+// handed out dynamically, so threads do not wait at the end of each small matrix. Bit-identical to
+// calling matmul() on each job.
+struct MatmulJob {
+  MatrixRef w;
+  const ActBuffer* act = nullptr;
+  float* y = nullptr;
+  int64_t y_stride = 0;
+};
+void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::vector<int64_t>& chunk_scratch);
+
 // Same, single-threaded, over rows [r0, r1) (building block for fused parallel regions).
 void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, int64_t r0, int64_t r1);
 

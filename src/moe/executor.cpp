@@ -64,40 +64,106 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   store.prefetch(layer, needed_.data(), static_cast<int>(needed_.size()), /*speculative=*/false,
                  low_bit_ok_.data());
 
-  uint64_t evals[2] = {0, 0}, acquires[2] = {0, 0};
-  for (size_t i_need = 0; i_need < needed_.size(); ++i_need) {
-    const int e = needed_[i_need];
-    const auto& members = by_expert_[e];
-    const int64_t m = static_cast<int64_t>(members.size());
-    xg_.resize(static_cast<size_t>(m * n_embd));
-    for (int64_t i = 0; i < m; ++i)
-      std::memcpy(xg_.data() + i * n_embd, x + members[i].first * n_embd, static_cast<size_t>(n_embd) * sizeof(float));
-    ExpertWeights w = store.acquire(layer, e, low_bit_ok_[i_need] != 0);
-    down_.resize(static_cast<size_t>(m * n_embd));
-    swiglu_ffn(w.gate, w.up, w.down, xg_.data(), m, down_.data(), pool, ffn_);
-    store.release(layer, e, w.tier);
-    evals[static_cast<int>(w.tier)] += static_cast<uint64_t>(m);
-    ++acquires[static_cast<int>(w.tier)];
-    for (int64_t i = 0; i < m; ++i) {
-      const auto [t, j] = members[i];
+  // Each needed expert's tokens, gathered into consecutive rows of xg_ (outputs: the same rows of down_).
+  row0_.resize(needed_.size() + 1);
+  row0_[0] = 0;
+  for (size_t i = 0; i < needed_.size(); ++i)
+    row0_[i + 1] = row0_[i] + static_cast<int64_t>(by_expert_[needed_[i]].size());
+  const int64_t rows = row0_[needed_.size()];
+  xg_.resize(static_cast<size_t>(rows * n_embd));
+  down_.resize(static_cast<size_t>(rows * n_embd));
+  for (size_t i = 0; i < needed_.size(); ++i) {
+    const auto& members = by_expert_[needed_[i]];
+    for (size_t m = 0; m < members.size(); ++m)
+      std::memcpy(xg_.data() + (row0_[i] + static_cast<int64_t>(m)) * n_embd, x + members[m].first * n_embd,
+                  static_cast<size_t>(n_embd) * sizeof(float));
+  }
+  evals_[0] = evals_[1] = acquires_[0] = acquires_[1] = 0;
+  if (store.acquire_never_waits() && needed_.size() > 1)
+    compute_fused(layer, n_embd, store, pool);
+  else
+    compute_one_by_one(layer, n_embd, store, pool);
+  for (size_t i = 0; i < needed_.size(); ++i) {
+    const auto& members = by_expert_[needed_[i]];
+    for (size_t m = 0; m < members.size(); ++m) {
+      const auto [t, j] = members[m];
       const float wt = routing.weight(t, j);
       float* dst = slots_.data() + (static_cast<int64_t>(t) * k + j) * n_embd;
-      const float* src = down_.data() + i * n_embd;
+      const float* src = down_.data() + (row0_[i] + static_cast<int64_t>(m)) * n_embd;
       for (int64_t c = 0; c < n_embd; ++c) dst[c] = src[c] * wt;
     }
   }
   if (counters_) {
-    counters_->full_evals += evals[0];
-    counters_->low_bit_evals += evals[1];
+    counters_->full_evals += evals_[0];
+    counters_->low_bit_evals += evals_[1];
     counters_->skipped_evals += skipped;
-    counters_->full_acquires += acquires[0];
-    counters_->low_bit_acquires += acquires[1];
+    counters_->full_acquires += acquires_[0];
+    counters_->low_bit_acquires += acquires_[1];
   }
   for (int64_t t = 0; t < n_tokens; ++t) {
     float* o = out + t * n_embd;
     std::memcpy(o, slots_.data() + t * k * n_embd, static_cast<size_t>(n_embd) * sizeof(float));
     for (int j = 1; j < k; ++j) kernels::add(o, slots_.data() + (t * k + j) * n_embd, n_embd);
   }
+}
+
+void ExpertExecutor::compute_one_by_one(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool) {
+  for (size_t i = 0; i < needed_.size(); ++i) {
+    const int e = needed_[i];
+    const int64_t m = row0_[i + 1] - row0_[i];
+    ExpertWeights w = store.acquire(layer, e, low_bit_ok_[i] != 0);
+    swiglu_ffn(w.gate, w.up, w.down, xg_.data() + row0_[i] * n_embd, m, down_.data() + row0_[i] * n_embd, pool, ffn_);
+    store.release(layer, e, w.tier);
+    evals_[static_cast<int>(w.tier)] += static_cast<uint64_t>(m);
+    ++acquires_[static_cast<int>(w.tier)];
+  }
+}
+
+// The same arithmetic as swiglu_ffn per expert (so bit-identical to compute_one_by_one), but the gate
+// and up products of all experts share one parallel region and the down products another: a decoded
+// token's experts are small matrices, and per-matrix regions left threads idle at every matrix's end.
+void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool) {
+  const size_t n = needed_.size();
+  weights_.resize(n);
+  if (act_in_.size() < n) {
+    act_in_.resize(n);
+    act_up_.resize(n);
+    act_down_.resize(n);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    weights_[i] = store.acquire(layer, needed_[i], low_bit_ok_[i] != 0);
+    evals_[static_cast<int>(weights_[i].tier)] += static_cast<uint64_t>(row0_[i + 1] - row0_[i]);
+    ++acquires_[static_cast<int>(weights_[i].tier)];
+  }
+  const int64_t rows = row0_[n], n_ff = weights_[0].gate.rows;
+  gate_.resize(static_cast<size_t>(rows * n_ff));
+  up_.resize(static_cast<size_t>(rows * n_ff));
+  jobs_.clear();
+  for (size_t i = 0; i < n; ++i) {
+    const ExpertWeights& w = weights_[i];
+    const int64_t m = row0_[i + 1] - row0_[i];
+    const DType gate_act = dtype_traits(w.gate.type).vec_dot_type, up_act = dtype_traits(w.up.type).vec_dot_type;
+    const float* xi = xg_.data() + row0_[i] * n_embd;
+    act_in_[i].convert(gate_act, xi, m, n_embd, n_embd);
+    const kernels::ActBuffer* up_in = &act_in_[i];
+    if (up_act != gate_act) {
+      act_up_[i].convert(up_act, xi, m, n_embd, n_embd);
+      up_in = &act_up_[i];
+    }
+    jobs_.push_back({w.gate, &act_in_[i], gate_.data() + row0_[i] * n_ff, n_ff});
+    jobs_.push_back({w.up, up_in, up_.data() + row0_[i] * n_ff, n_ff});
+  }
+  kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
+  kernels::swiglu(gate_.data(), up_.data(), gate_.data(), rows * n_ff);
+  jobs_.clear();
+  for (size_t i = 0; i < n; ++i) {
+    const ExpertWeights& w = weights_[i];
+    const int64_t m = row0_[i + 1] - row0_[i];
+    act_down_[i].convert(dtype_traits(w.down.type).vec_dot_type, gate_.data() + row0_[i] * n_ff, m, n_ff, n_ff);
+    jobs_.push_back({w.down, &act_down_[i], down_.data() + row0_[i] * n_embd, n_embd});
+  }
+  kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
+  for (size_t i = 0; i < n; ++i) store.release(layer, needed_[i], weights_[i].tier);
 }
 
 }  // namespace moe

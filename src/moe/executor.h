@@ -62,11 +62,23 @@ class ExpertExecutor {
            ExpertStore& store, ThreadPool& pool, float* out);
 
  private:
+  // Computes needed_ experts' outputs into down_ (rows in needed_ order, each expert's tokens in
+  // by_expert_ order): one expert at a time, or all of them in two shared parallel regions.
+  void compute_one_by_one(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool);
+  void compute_fused(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool);
+
   std::vector<std::vector<std::pair<int32_t, int32_t>>> by_expert_;  // expert -> (token, slot)
   std::vector<float> xg_, down_, slots_;
   std::vector<int32_t> needed_;
   std::vector<uint8_t> low_bit_ok_;  // per needed_ entry
   FfnScratch ffn_;
+  // compute_fused: per needed expert its weights, first row in down_, and activation buffers.
+  std::vector<ExpertWeights> weights_;
+  std::vector<int64_t> row0_, chunk_scratch_;
+  std::vector<kernels::ActBuffer> act_in_, act_up_, act_down_;
+  std::vector<kernels::MatmulJob> jobs_;
+  std::vector<float> gate_, up_;
+  uint64_t evals_[2] = {0, 0}, acquires_[2] = {0, 0};
   ExpertPrecision precision_;
   ExpertUseCounters* counters_ = nullptr;
 };

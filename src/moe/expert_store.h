@@ -66,6 +66,10 @@ class ExpertStore {
   virtual void prefetch(int layer, const int32_t* experts, int n, bool speculative, const uint8_t* low_bit_ok) {}
   // Whether this store holds low-bit copies at all.
   virtual bool has_low_bit() const { return false; }
+  // Whether every acquire returns at once (nothing is ever loaded). Then the executor may acquire all
+  // of a layer's experts up front and compute them in shared parallel regions; a loading store keeps
+  // them one at a time, so that computing one expert overlaps reading the next.
+  virtual bool acquire_never_waits() const { return false; }
 
   // Full precision only (the store's behaviour before precision tiers).
   ExpertWeights acquire(int layer, int expert) { return acquire(layer, expert, false); }
@@ -90,6 +94,7 @@ class ResidentExpertStore final : public ExpertStore {
   ExpertWeights acquire(int layer, int expert, bool low_bit_ok) override;
   void release(int, int, ExpertTier) override {}
   bool has_low_bit() const override { return !low_bit_.empty(); }
+  bool acquire_never_waits() const override { return true; }
 
  private:
   ExpertLayout layout_, low_bit_;

@@ -19,16 +19,21 @@ uint64_t kv_bytes_for(const ModelSpec& s, int64_t n_ctx) {
          sizeof(uint16_t);
 }
 
-uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch) {
-  int64_t widest = std::max<int64_t>(s.n_embd, s.q_dim());
+uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch, int64_t n_ctx) {
+  // Per token of a batch, in floats: hidden state, normed copy and FFN output; q, k, v and attention
+  // output; the larger of a dense / shared-expert FFN (gate, up) and a MoE layer (the executor's
+  // gathered inputs, per-slot outputs, expert outputs, gate and up, and 8-bit activations); logits.
+  int64_t ffn = 0;
   for (const auto& L : s.layers) {
-    widest = std::max(widest, L.n_ff_dense);
-    widest = std::max(widest, L.moe.n_ff_exp * std::max(1, L.moe.n_expert_used));
-    widest = std::max(widest, L.moe.n_ff_shexp);
+    ffn = std::max(ffn, 2 * std::max(L.n_ff_dense, L.moe.n_ff_shexp));
+    const int64_t k = std::max(1, L.moe.n_expert_used);
+    if (L.is_moe) ffn = std::max(ffn, 3 * k * s.n_embd + 2 * k * L.moe.n_ff_exp + (k * (s.n_embd + L.moe.n_ff_exp)) / 4);
   }
-  // Hidden state, normed copy, q/k/v/attention, FFN gate/up, per-slot expert outputs, logits.
-  const uint64_t per_token = static_cast<uint64_t>(8 * s.n_embd + 4 * widest + s.n_vocab) * sizeof(float);
-  return per_token * static_cast<uint64_t>(n_batch) + kFixedOverhead;
+  const int64_t per_token = 3 * s.n_embd + 2 * s.q_dim() + 2 * s.kv_dim() + ffn + s.n_vocab;
+  // A batch widens the layer's KV cache to fp32 for attention.
+  const uint64_t widened_kv = static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 * sizeof(float);
+  return static_cast<uint64_t>(per_token) * sizeof(float) * static_cast<uint64_t>(n_batch) + widened_kv +
+         kFixedOverhead;
 }
 
 }  // namespace
@@ -51,7 +56,7 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   const Model::ByteReport r = m.byte_report();
   p.weights_total = r.total;
   p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx);
-  p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch);
+  p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch, o.n_ctx);
   const uint64_t experts = r.by_placement[static_cast<size_t>(Placement::Expert)];
   const bool fits =
       o.mem_bytes == 0 || p.weights_total + low_bit_expert_bytes + p.kv_bytes + p.buffer_bytes <= o.mem_bytes;
