@@ -373,12 +373,32 @@ inline void legacy_prepare(const BlockQ8_0* y, bool two, LegacyAct& p) {
   p.d = pair_scale_f16(y[0].d, two ? y[1].d : 0);
 }
 
+// Blocks b and b+1 (only b when !two) of one weight row as unsigned quants (x + kOffset) and scales.
+template <bool kQ4>
+inline void legacy_decode(const uint8_t* row, int64_t b, bool two, __m512i& u, __m512& dx) {
+  if constexpr (kQ4) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i nib_shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+    const __m512i dup_lanes = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);
+    const BlockQ4_0* x = reinterpret_cast<const BlockQ4_0*>(row) + b;
+    const __m128i q0 = ld128(x[0].qs);
+    const __m256i q01 =
+        two ? _mm256_inserti128_si256(_mm256_castsi128_si256(q0), ld128(x[1].qs), 1) : _mm256_zextsi128_si256(q0);
+    // [q0 | q0 | q1 | q1], then shift the odd 128-bit lanes right by 4: lo nibbles, hi nibbles.
+    const __m512i dup = _mm512_permutexvar_epi64(dup_lanes, _mm512_castsi256_si512(q01));
+    u = _mm512_and_si512(_mm512_srlv_epi64(dup, nib_shift), m4);
+    dx = pair_scale_f16(x[0].d, two ? x[1].d : 0);
+  } else {
+    const BlockQ8_0* x = reinterpret_cast<const BlockQ8_0*>(row) + b;
+    u = _mm512_xor_si512(pair_qs_q8(x, two), _mm512_set1_epi8(static_cast<char>(0x80)));
+    dx = pair_scale_f16(x[0].d, two ? x[1].d : 0);
+  }
+}
+
 template <int NR, int NT, bool kQ4>
 void tile_legacy(int64_t n, const uint8_t* w, size_t ws, const uint8_t* act, size_t as, float* out, int64_t os) {
   constexpr int kOffset = kQ4 ? 8 : 128;
-  const __m512i m4 = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i nib_shift = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
-  const __m512i dup_lanes = _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0);
+  constexpr size_t kBlockBytes = kQ4 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0);
   __m512 acc[NR][NT];
   for (int r = 0; r < NR; ++r)
     for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
@@ -390,22 +410,8 @@ void tile_legacy(int64_t n, const uint8_t* w, size_t ws, const uint8_t* act, siz
     for (int r = 0; r < NR; ++r) {
       __m512i u;
       __m512 dx;
-      prefetch_block(w + r * ws + 2 * NR * ws + b * (kQ4 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0)),
-                     2 * (kQ4 ? sizeof(BlockQ4_0) : sizeof(BlockQ8_0)));
-      if constexpr (kQ4) {
-        const BlockQ4_0* x = reinterpret_cast<const BlockQ4_0*>(w + r * ws) + b;
-        const __m128i q0 = ld128(x[0].qs);
-        const __m256i q01 = two ? _mm256_inserti128_si256(_mm256_castsi128_si256(q0), ld128(x[1].qs), 1)
-                                : _mm256_zextsi128_si256(q0);
-        // [q0 | q0 | q1 | q1], then shift the odd 128-bit lanes right by 4: lo nibbles, hi nibbles.
-        const __m512i dup = _mm512_permutexvar_epi64(dup_lanes, _mm512_castsi256_si512(q01));
-        u = _mm512_and_si512(_mm512_srlv_epi64(dup, nib_shift), m4);
-        dx = pair_scale_f16(x[0].d, two ? x[1].d : 0);
-      } else {
-        const BlockQ8_0* x = reinterpret_cast<const BlockQ8_0*>(w + r * ws) + b;
-        u = _mm512_xor_si512(pair_qs_q8(x, two), flip);
-        dx = pair_scale_f16(x[0].d, two ? x[1].d : 0);
-      }
+      prefetch_block(w + r * ws + 2 * NR * ws + b * kBlockBytes, 2 * kBlockBytes);
+      legacy_decode<kQ4>(w + r * ws, b, two, u, dx);
       for (int t = 0; t < NT; ++t) {
         const __m512i isum = _mm512_dpbusd_epi32(ya[t].init, u, ya[t].y);
         acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx, ya[t].d), _mm512_cvtepi32_ps(isum), acc[r][t]);
@@ -415,6 +421,30 @@ void tile_legacy(int64_t n, const uint8_t* w, size_t ws, const uint8_t* act, siz
   for (int r = 0; r < NR; ++r)
     for (int t = 0; t < NT; ++t) out[t * os + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
+
+// Prefill for Q8_0 / Q4_0: one row against up to eight tokens over a chunk of block pairs, with the
+// tokens' prepared activations (LegacyAct, built once per chunk for all rows) read from memory. The
+// accumulators live in `acc` between chunks; per (row, token) the operations are those of tile_legacy.
+inline constexpr int64_t kLegacyChunkPairs = 16;
+template <int NT, bool kQ4>
+void legacy_gemm(int64_t b0, int64_t b1, int64_t nb, const uint8_t* row, const LegacyAct* ya, __m512* acc) {
+  __m512 a[NT];
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) a[t] = acc[t];
+  for (int64_t b = b0; b < b1; b += 2, ya += kGemmTokens) {
+    __m512i u;
+    __m512 dx;
+    legacy_decode<kQ4>(row, b, b + 1 < nb, u, dx);
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const __m512i isum = _mm512_dpbusd_epi32(ya[t].init, u, ya[t].y);
+      a[t] = _mm512_fmadd_ps(_mm512_mul_ps(dx, ya[t].d), _mm512_cvtepi32_ps(isum), a[t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < NT; ++t) acc[t] = a[t];
+}
+
 template <int NR, int NT>
 void tile_q8_0(int64_t n, const uint8_t* w, size_t ws, const uint8_t* a, size_t as, float* out, int64_t os) {
   tile_legacy<NR, NT, false>(n, w, ws, a, as, out, os);
@@ -446,6 +476,45 @@ void drive(int64_t n, const void* w, size_t ws, int nr, const void* act, size_t 
       const int mt = nt - t0 < kTileTokens ? nt - t0 : kTileTokens;
       Tab[mr - 1][mt - 1](n, wp + r0 * ws, ws, ap + t0 * as, as, out + t0 * os + r0, os);
     }
+  }
+}
+
+using LegacyGemmImpl = void (*)(int64_t, int64_t, int64_t, const uint8_t*, const LegacyAct*, __m512*);
+#define MOE_LEGACY_GEMMS(Q4)                                                                            \
+  {legacy_gemm<1, Q4>, legacy_gemm<2, Q4>, legacy_gemm<3, Q4>, legacy_gemm<4, Q4>, legacy_gemm<5, Q4>,  \
+   legacy_gemm<6, Q4>, legacy_gemm<7, Q4>, legacy_gemm<8, Q4>}
+const LegacyGemmImpl kQ80Gemm[kGemmTokens] = MOE_LEGACY_GEMMS(false);
+const LegacyGemmImpl kQ40Gemm[kGemmTokens] = MOE_LEGACY_GEMMS(true);
+
+// Q8_0 / Q4_0: the row tiles for one token; for several, token groups of eight x chunks of block
+// pairs, each chunk's activations prepared once for all (up to 16) rows of the call.
+template <const TileImpl (&Tab)[kTileRows][kTileTokens], const LegacyGemmImpl (&Gemm)[kGemmTokens], int kOffset>
+void drive_legacy(int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as, int nt, float* out,
+                  int64_t os) {
+  constexpr int kMaxRows = 16;
+  if (nt == 1 || nr > kMaxRows) {
+    drive<Tab>(n, w, ws, nr, act, as, nt, out, os);
+    return;
+  }
+  const auto* wp = static_cast<const uint8_t*>(w);
+  const auto* ap = static_cast<const uint8_t*>(act);
+  const int64_t nb = n / kQK;
+  LegacyAct ya[kLegacyChunkPairs * kGemmTokens];
+  __m512 acc[kMaxRows][kGemmTokens];
+  for (int t0 = 0; t0 < nt; t0 += kGemmTokens) {
+    const int mt = nt - t0 < kGemmTokens ? nt - t0 : kGemmTokens;
+    for (int r = 0; r < nr; ++r)
+      for (int t = 0; t < mt; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t c0 = 0; c0 < nb; c0 += 2 * kLegacyChunkPairs) {
+      const int64_t c1 = std::min(nb, c0 + 2 * kLegacyChunkPairs);
+      for (int64_t b = c0; b < c1; b += 2)
+        for (int t = 0; t < mt; ++t)
+          legacy_prepare<kOffset>(reinterpret_cast<const BlockQ8_0*>(ap + (t0 + t) * as) + b, b + 1 < nb,
+                                  ya[(b - c0) / 2 * kGemmTokens + t]);
+      for (int r = 0; r < nr; ++r) Gemm[mt - 1](c0, c1, nb, wp + r * ws, ya, acc[r]);
+    }
+    for (int r = 0; r < nr; ++r)
+      for (int t = 0; t < mt; ++t) out[(t0 + t) * os + r] = _mm512_reduce_add_ps(acc[r][t]);
   }
 }
 
@@ -520,8 +589,8 @@ TileKernels tile_kernels_avx512(DType t) {
     case DType::Q4_K: return {drive_k<kQ4K>, single_k<kQ4K>};
     case DType::Q5_K: return {drive_k<kQ5K>, single_k<kQ5K>};
     case DType::Q6_K: return {drive_k<kQ6K>, single_k<kQ6K>};
-    case DType::Q8_0: return {drive<kQ80>, single<kQ80>};
-    case DType::Q4_0: return {drive<kQ40>, single<kQ40>};
+    case DType::Q8_0: return {drive_legacy<kQ80, kQ80Gemm, 128>, single<kQ80>};
+    case DType::Q4_0: return {drive_legacy<kQ40, kQ40Gemm, 8>, single<kQ40>};
     default: return {nullptr, nullptr};
   }
 }
