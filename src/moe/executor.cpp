@@ -79,7 +79,9 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
                   static_cast<size_t>(n_embd) * sizeof(float));
   }
   evals_[0] = evals_[1] = acquires_[0] = acquires_[1] = 0;
-  if (store.acquire_never_waits() && needed_.size() > 1)
+  bool all_ready = needed_.size() > 1;
+  for (size_t i = 0; i < needed_.size() && all_ready; ++i) all_ready = store.is_ready(layer, needed_[i], low_bit_ok_[i] != 0);
+  if (all_ready)
     compute_fused(layer, n_embd, store, pool);
   else
     compute_one_by_one(layer, n_embd, store, pool);

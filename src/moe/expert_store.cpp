@@ -265,6 +265,16 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_o
   }
 }
 
+bool BudgetedExpertStore::is_ready(int layer, int expert, bool low_bit_ok) {
+  if (layer < 0 || layer >= n_layer_ || expert < 0 || expert >= n_expert_) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  // The same choice of copy as acquire().
+  ExpertTier tier = ExpertTier::Full;
+  if (low_bit_ok && has_low_ && !where_.count(key_of(layer, expert, ExpertTier::Full))) tier = ExpertTier::LowBit;
+  const auto it = where_.find(key_of(layer, expert, tier));
+  return it != where_.end() && slots_[it->second].state == SlotState::Ready;
+}
+
 void BudgetedExpertStore::release(int layer, int expert, ExpertTier tier) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = where_.find(key_of(layer, expert, tier));

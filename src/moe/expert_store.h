@@ -66,10 +66,11 @@ class ExpertStore {
   virtual void prefetch(int layer, const int32_t* experts, int n, bool speculative, const uint8_t* low_bit_ok) {}
   // Whether this store holds low-bit copies at all.
   virtual bool has_low_bit() const { return false; }
-  // Whether every acquire returns at once (nothing is ever loaded). Then the executor may acquire all
-  // of a layer's experts up front and compute them in shared parallel regions; a loading store keeps
-  // them one at a time, so that computing one expert overlaps reading the next.
-  virtual bool acquire_never_waits() const { return false; }
+  // Whether acquire(layer, expert, low_bit_ok) would return at once (the copy it would serve is in
+  // memory). When all of a layer's experts are, the executor acquires them up front and computes them
+  // in shared parallel regions; otherwise it takes them one at a time, so that computing one expert
+  // overlaps reading the next. A hint only: the store stays correct if the answer goes stale.
+  virtual bool is_ready(int layer, int expert, bool low_bit_ok) { return false; }
 
   // Full precision only (the store's behaviour before precision tiers).
   ExpertWeights acquire(int layer, int expert) { return acquire(layer, expert, false); }
@@ -94,7 +95,7 @@ class ResidentExpertStore final : public ExpertStore {
   ExpertWeights acquire(int layer, int expert, bool low_bit_ok) override;
   void release(int, int, ExpertTier) override {}
   bool has_low_bit() const override { return !low_bit_.empty(); }
-  bool acquire_never_waits() const override { return true; }
+  bool is_ready(int, int, bool) override { return true; }
 
  private:
   ExpertLayout layout_, low_bit_;
@@ -149,6 +150,7 @@ class BudgetedExpertStore final : public ExpertStore {
   void release(int layer, int expert, ExpertTier tier) override;
   void prefetch(int layer, const int32_t* experts, int n, bool speculative, const uint8_t* low_bit_ok) override;
   bool has_low_bit() const override { return has_low_; }
+  bool is_ready(int layer, int expert, bool low_bit_ok) override;
 
   // How many full-precision experts the pool holds (and the size of their slots).
   size_t n_slots() const { return n_full_slots_; }
