@@ -204,6 +204,19 @@ void build_extras(const uint8_t* act, size_t as, int nt, int64_t nb, KGemmExtras
   }
 }
 
+// isum[t] += sum over the block's four 64-weight groups of (u8 weights . token t's s8 quants) x the
+// groups' int16 scales. yb: token 0's Q8_K block, tokens `as` bytes apart (quants as memory operands).
+template <int NT>
+inline void k_quant_mac(const __m512i* w, const __m512i* scale, const uint8_t* yb, size_t as, __m512i* isum) {
+#pragma GCC unroll 8
+  for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t) {
+      const __m512i y = ld512(reinterpret_cast<const BlockQ8_K*>(yb + t * as)->qs + 64 * i);
+      isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(w[i], y), scale[i]);
+    }
+}
+
 // One row x NT tokens: each weight block is decoded once for all NT tokens, whose quants are read
 // straight from the activation rows (memory operands), so the decode cost is spread over NT.
 template <int NT, bool kQ5>
@@ -222,13 +235,7 @@ void k4_gemm(int64_t nb, const uint8_t* w, const uint8_t* act, size_t as, const 
     __m512i isum[NT];
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
-    #pragma GCC unroll 8
-    for (int i = 0; i < 4; ++i)
-      #pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) {
-        const __m512i y = ld512(reinterpret_cast<const BlockQ8_K*>(yb + t * as)->qs + 64 * i);
-        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(k.v[i], y), k.s[i]);
-      }
+    k_quant_mac<NT>(k.v, k.s, yb, as, isum);
     const KGemmExtras& e = ex[b];
     const __m512 dxv = _mm512_set1_ps(k.dx), dmv = _mm512_set1_ps(k.dmx);
     #pragma GCC unroll 8
@@ -329,13 +336,7 @@ void q6_gemm(int64_t nb, const uint8_t* w, const uint8_t* act, size_t as, const 
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t)
       isum[t] = _mm512_zextsi256_si512(_mm256_madd_epi16(ld256(e.negb[t]), k.sc32));
-    #pragma GCC unroll 8
-    for (int i = 0; i < 4; ++i)
-      #pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) {
-        const __m512i y = ld512(reinterpret_cast<const BlockQ8_K*>(yb + t * as)->qs + 64 * i);
-        isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(k.u[i], y), k.s[i]);
-      }
+    k_quant_mac<NT>(k.u, k.s, yb, as, isum);
     const __m512 dxv = _mm512_set1_ps(k.dx);
     #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t)
