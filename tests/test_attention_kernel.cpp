@@ -6,19 +6,14 @@
 #include <random>
 #include <vector>
 
+#include "test_data.h"
 #include "kernels/attention.h"
 
 using namespace moe;
 
 namespace {
 
-std::vector<float> gaussian(size_t n, uint32_t seed, float sd) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using test::gaussian;
 
 }  // namespace
 

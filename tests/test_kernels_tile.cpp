@@ -21,6 +21,7 @@
 #include <random>
 #include <vector>
 
+#include "test_data.h"
 #include "base/thread_pool.h"
 #include "kernels/cpu_features.h"
 #include "kernels/matmul.h"
@@ -32,19 +33,8 @@ using namespace moe;
 
 namespace {
 
-std::vector<float> gaussian(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
-
-uint32_t bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
+using test::gaussian;
+const auto bits = test::float_bits;
 
 const DType kTileTypes[] = {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
 

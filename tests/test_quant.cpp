@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "test_data.h"
 #include "base/error.h"
 #include "format/gguf.h"
 #include "kernels/cpu_features.h"
@@ -37,17 +38,11 @@ using namespace moe;
 
 namespace {
 
+using test::gaussian;
+
 const DType kWeightTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q4_0, DType::Q4_1,
                               DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q2_K, DType::Q3_K,
                               DType::Q4_K, DType::Q5_K, DType::Q6_K};
-
-std::vector<float> gaussian(int64_t n, uint32_t seed, float sigma = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
 
 std::vector<uint8_t> quantize_with(QuantizeFn fn, DType t, const std::vector<float>& x) {
   std::vector<uint8_t> out(row_bytes(t, static_cast<int64_t>(x.size())));

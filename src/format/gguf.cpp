@@ -447,7 +447,7 @@ void File::parse(const uint8_t* data, size_t size) {
       ti.dims.push_back(dim);
     }
     const uint32_t raw_type = c.read<uint32_t>([&] { return fmt::format("tensor '{}' type", pname); });
-    const DTypeTraits* tr = find_dtype(raw_type);
+    const DTypeTraits* tr = find_file_dtype(raw_type);
     if (tr == nullptr) {
       fail("{}: tensor '{}' type: expected a supported ggml type, found unknown/unsupported type {}", path_, pname,
            raw_type);
@@ -576,6 +576,17 @@ std::unique_ptr<File> File::open(const std::string& path, DataAccess access) {
     }
   }
   return f;
+}
+
+void File::release_mapped_bytes(const uint8_t* p, uint64_t n) const {
+  const auto* base = static_cast<const uint8_t*>(map_);
+  if (map_ == nullptr || p < base || n > map_size_ || static_cast<uint64_t>(p - base) > map_size_ - n)
+    fail("{}: release_mapped_bytes: range is not inside the file mapping", path_);
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t start = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+  // Advice only: a failure leaves the pages mapped, which costs memory but not correctness.
+  if (end > start) (void)::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
 }
 
 File::~File() {

@@ -101,6 +101,9 @@ class File {
   // Copies `size` bytes at `offset` within the tensor into dst (both modes; bounds-checked).
   void read_tensor_bytes(const TensorInfo& t, uint64_t offset, uint64_t size, void* dst) const;
   bool is_mapped() const { return base_ != nullptr; }
+  // Drops this process's pages of mapped bytes [p, p + n) (whole pages inside the range) once they
+  // have been copied elsewhere; a later access would map them again from the page cache. Mmap mode only.
+  void release_mapped_bytes(const uint8_t* p, uint64_t n) const;
 
  private:
   File() = default;

@@ -35,8 +35,8 @@ uint64_t tensor_nbytes(const std::string& name, DType type, const std::vector<in
       fail("gguf writer: tensor '{}' dims: element count overflows int64", name);
     }
   }
-  const DTypeTraits* tr = find_dtype(static_cast<uint32_t>(type));
-  if (tr == nullptr) fail("gguf writer: tensor '{}' type: unknown type {}", name, static_cast<uint32_t>(type));
+  const DTypeTraits* tr = find_file_dtype(static_cast<uint32_t>(type));
+  if (tr == nullptr) fail("gguf writer: tensor '{}' type: unknown type {} (in-memory layouts such as q4_K_r cannot be written)", name, static_cast<uint32_t>(type));
   if (dims[0] % tr->block_elems != 0) {
     fail("gguf writer: tensor '{}' dims[0]: expected a multiple of the {} block size {}, found {}", name,
          tr->name, tr->block_elems, dims[0]);

@@ -20,6 +20,8 @@ struct CpuFeatures {
   bool avx512dq = false;
   bool avx512vnni = false;
   bool avx512bf16 = false;
+  bool avx512vbmi = false;
+  bool gfni = false;
   bool os_avx = false;     // OS saves YMM state (XCR0)
   bool os_avx512 = false;  // OS saves opmask/ZMM state (XCR0)
 
@@ -30,6 +32,8 @@ struct CpuFeatures {
     return has_avx2_kernels() && os_avx512 && avx512f && avx512bw && avx512vl && avx512dq && avx512vnni &&
            avx512bf16;
   }
+  // Our _avx512vbmi.cpp files (the AVX-512 set plus VBMI and GFNI) are usable.
+  bool has_avx512vbmi_kernels() const { return has_avx512_kernels() && avx512vbmi && gfni; }
   std::string describe() const;  // e.g. "avx2 fma f16c avx512f ... "
 };
 

@@ -1,9 +1,14 @@
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <thread>
 
 #include "base/error.h"
+#include "kernels/q4k_repack.h"
+#include "kernels/quant_blocks.h"
 
 namespace moe {
 
@@ -83,9 +88,7 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
         v.data = f.tensor_data(*t);
       } else {
         // pread mode: the tensor is read once into memory we own (no page cache mapping kept).
-        auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, (t->nbytes + 63) / 64 * 64));
-        if (!buf) fail("{}: tensor '{}': cannot allocate {} bytes", path, name, t->nbytes);
-        m->owned_.emplace_back(buf, [](uint8_t* p) { std::free(p); });
+        uint8_t* buf = m->alloc_owned(t->nbytes, name);
         f.read_tensor_bytes(*t, 0, t->nbytes, buf);
         v.data = buf;
       }
@@ -105,6 +108,78 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
     if (m->layers_[il][Role::RouterBias]) m->spec_.layers[il].moe.has_selection_bias = true;
   }
   return m;
+}
+
+uint8_t* Model::alloc_owned(uint64_t bytes, const std::string& tensor) {
+  try {
+    owned_.emplace_back(static_cast<size_t>(bytes), 64);
+  } catch (const Error& e) {
+    fail("{}: tensor '{}': {}", file_->path(), tensor, e.what());
+  }
+  return owned_.back().data();
+}
+
+uint64_t Model::repack_q4k(int n_threads) {
+  // Every view of a Q4_K tensor (the tied output head shares the embedding's bytes): repack each byte
+  // range once, retype and repoint every view.
+  std::vector<WeightView*> views;
+  for (WeightView& v : globals_.t)
+    if (v && v.type == DType::Q4_K) views.push_back(&v);
+  for (LayerWeights& l : layers_)
+    for (WeightView& v : l.t)
+      if (v && v.type == DType::Q4_K) views.push_back(&v);
+  struct Range {
+    const uint8_t* src;
+    uint8_t* dst;
+    uint64_t bytes;
+  };
+  std::vector<Range> ranges;
+  std::map<const uint8_t*, uint8_t*> moved;  // source bytes -> repacked bytes
+  for (WeightView* v : views) {
+    v->type = DType::Q4_K_R;
+    if (v->data == nullptr) continue;  // a deferred expert: repacked by the store after each read
+    auto it = moved.find(v->data);
+    if (it == moved.end()) {
+      const uint64_t bytes = v->matrix_bytes() * static_cast<uint64_t>(v->n_mat);
+      uint8_t* dst = nullptr;
+      if (file_->is_mapped()) {
+        // Into memory of our own: writing the private file mapping instead would make every page a
+        // copy-on-write fault with a TLB shootdown, which measured ten times slower than this copy.
+        dst = alloc_owned(bytes, v->info->name);
+      } else {
+        for (auto& o : owned_)
+          if (o.data() == v->data) dst = o.data();
+        if (dst == nullptr) fail("{}: tensor '{}': repack: bytes not owned by the model", file_->path(), v->info->name);
+      }
+      ranges.push_back({v->data, dst, bytes});
+      it = moved.emplace(v->data, dst).first;
+    }
+    v->data = it->second;
+  }
+  // Each thread repacks a contiguous share of all blocks.
+  uint64_t total = 0;
+  for (const Range& r : ranges) total += r.bytes / sizeof(quant::BlockQ4_K);
+  const int nt = std::max(1, n_threads);
+  auto work = [&](int ti) {
+    const uint64_t b0 = total * static_cast<uint64_t>(ti) / nt, b1 = total * static_cast<uint64_t>(ti + 1) / nt;
+    uint64_t base = 0;
+    for (const Range& r : ranges) {
+      const uint64_t n = r.bytes / sizeof(quant::BlockQ4_K);
+      const uint64_t lo = std::max(b0, base), hi = std::min(b1, base + n);
+      if (lo < hi) {
+        const size_t off = static_cast<size_t>(lo - base) * sizeof(quant::BlockQ4_K);
+        quant::repack_q4k(r.src + off, r.dst + off, static_cast<int64_t>(hi - lo));
+        // Drop the mapped source pages as we go, so the copy never holds the model twice.
+        if (file_->is_mapped()) file_->release_mapped_bytes(r.src + off, (hi - lo) * sizeof(quant::BlockQ4_K));
+      }
+      base += n;
+    }
+  };
+  std::vector<std::thread> threads;
+  for (int ti = 1; ti < nt; ++ti) threads.emplace_back(work, ti);
+  work(0);
+  for (auto& t : threads) t.join();
+  return total * sizeof(quant::BlockQ4_K);
 }
 
 ExpertLayout Model::expert_layout() const {

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "base/direct_io.h"
 #include "format/gguf.h"
 #include "kernels/matmul.h"
 #include "moe/expert_store.h"
@@ -60,6 +61,13 @@ class Model {
   static std::unique_ptr<Model> load(const std::string& path, gguf::DataAccess access, bool defer_experts);
   bool experts_deferred() const { return experts_deferred_; }
 
+  // Rewrites the Q4_K matrices held in memory as Q4_K_R (kernels/q4k_repack.h: same bytes per block,
+  // laid out for the AVX-512 VBMI kernels) with n_threads threads: in place when the model owns the
+  // bytes (pread), else into owned memory, releasing the mapped pages. Deferred experts only change
+  // type: the expert store repacks each one after reading it. Call only when
+  // quant::q4k_repacked_kernels_available(). Returns the bytes repacked.
+  uint64_t repack_q4k(int n_threads);
+
   const ModelSpec& spec() const { return spec_; }
   const ArchDescriptor& arch() const { return *arch_; }
   const gguf::File& file() const { return *file_; }
@@ -78,9 +86,12 @@ class Model {
   ExpertLayout expert_layout() const;
 
  private:
+  uint8_t* alloc_owned(uint64_t bytes, const std::string& tensor);  // 64-byte aligned, freed with the model
+
   std::unique_ptr<gguf::File> file_;
-  // Tensor bytes read with pread when the file is not memory-mapped (64-byte aligned per tensor).
-  std::vector<std::unique_ptr<uint8_t[], void (*)(uint8_t*)>> owned_;
+  // Tensor bytes held in our own memory: read with pread when the file is not memory-mapped, or
+  // repacked (64-byte aligned per tensor).
+  std::vector<AlignedBuffer> owned_;
   const ArchDescriptor* arch_ = nullptr;
   bool experts_deferred_ = false;
   ModelSpec spec_;

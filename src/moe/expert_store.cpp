@@ -4,6 +4,8 @@
 #include <chrono>
 
 #include "base/error.h"
+#include "kernels/q4k_repack.h"
+#include "kernels/quant_blocks.h"
 
 namespace moe {
 
@@ -332,6 +334,7 @@ void BudgetedExpertStore::load_into(const Job& job) {
   uint8_t* base = slots_[job.slot].buf.data();  // the slot is Loading: only this thread touches it
   std::vector<ReadRequest> reqs;
   kernels::MatrixRef refs[3];
+  uint8_t* dst[3];
   uint64_t cursor = 0, bytes = 0;
   for (int i = 0; i < 3; ++i) {
     const ExpertTensorLayout& t = layout.layers[layer][i];
@@ -339,13 +342,18 @@ void BudgetedExpertStore::load_into(const Job& job) {
     const uint64_t start = align_down(offset, a), end = align_up(offset + t.matrix_bytes(), a);
     reqs.push_back({start, end - start, base + cursor});
     refs[i] = t.shape;
-    refs[i].data = base + cursor + (offset - start);
+    dst[i] = base + cursor + (offset - start);
+    refs[i].data = dst[i];
     cursor += end - start;
     bytes += end - start;
   }
   const auto t0 = Clock::now();
   reader.read(reqs);
   const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+  // The file holds Q4_K; a model repacked for the kernels expects Q4_K_R (here, off the compute thread).
+  for (int i = 0; i < 3; ++i)
+    if (refs[i].type == DType::Q4_K_R)
+      quant::repack_q4k(dst[i], dst[i], refs[i].rows * static_cast<int64_t>(refs[i].row_bytes / sizeof(quant::BlockQ4_K)));
   std::lock_guard<std::mutex> lock(mu_);
   Slot& sl = slots_[job.slot];
   sl.views = {refs[0], refs[1], refs[2], tier};

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <thread>
 
 #include "base/error.h"
+#include "kernels/q4k_repack.h"
 #include "model/lowbit_experts.h"
 
 namespace moe {
@@ -84,6 +86,15 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   return p;
 }
 
+namespace {
+
+void repack_for_kernels(Model& m, const EngineOptions& o) {
+  if (!o.repack || !quant::q4k_repacked_kernels_available()) return;
+  m.repack_q4k(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+}
+
+}  // namespace
+
 std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOptions& o) {
   auto e = std::unique_ptr<Engine>(new Engine());
   const bool low_bit = !o.low_bit_path.empty();
@@ -94,6 +105,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
   }
   if (!e->plan_.offload) {
     e->model_ = Model::load(path, o.no_mmap ? gguf::DataAccess::Pread : gguf::DataAccess::Mmap);
+    repack_for_kernels(*e->model_, o);
     ExpertLayout low_layout;
     if (low_bit) {
       // Mapped like the model: the low-bit copies are read on first use and stay.
@@ -107,6 +119,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
   }
   // Resident part read into owned memory, so the experts' file pages are never mapped or cached.
   e->model_ = Model::load(path, gguf::DataAccess::Pread, /*defer_experts=*/true);
+  repack_for_kernels(*e->model_, o);
   BudgetedExpertStore::Options so;
   so.pool_bytes = e->plan_.expert_pool_bytes;
   so.policy = o.cache_policy;

@@ -21,6 +21,9 @@ struct EngineOptions {
   std::string cache_policy = "distance";
   bool no_mmap = false;       // read resident weights with pread instead of mapping
   bool force_offload = false; // stream experts even if everything would fit (testing, benchmarks)
+  // Repack Q4_K matrices to Q4_K_R at load where the CPU has the kernels for it (AVX-512 VBMI + GFNI):
+  // faster decode, bit-identical results. Off: the file's layout is used as is.
+  bool repack = true;
   DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
   // Low-bit copies of the experts (a side file from `moe quantize-experts`); "" = none. Resident: the
   // side file is mapped too (its bytes count against the budget). Streaming: the copies are read into

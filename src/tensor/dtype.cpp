@@ -8,6 +8,7 @@
 #include "base/error.h"
 #include "kernels/cpu_features.h"
 #include "kernels/quant_blocks.h"
+#include "kernels/q4k_repack.h"
 #include "kernels/quant_dispatch.h"
 #include "kernels/quant_tile.h"
 
@@ -46,6 +47,8 @@ constexpr Row kRows[] = {
     {DType::Q5_K, "q5_K", 256, sizeof(BlockQ5_K), true, DType::Q8_K, dequantize_q5_K, quantize_q5_K, vec_dot_q5_K_ref},
     {DType::Q6_K, "q6_K", 256, sizeof(BlockQ6_K), true, DType::Q8_K, dequantize_q6_K, quantize_q6_K, vec_dot_q6_K_ref},
     {DType::Q8_K, "q8_K", 256, sizeof(BlockQ8_K), true, DType::Q8_K, dequantize_q8_K, quantize_q8_K, nullptr},
+    {DType::Q4_K_R, "q4_K_r", 256, sizeof(BlockQ4_K), true, DType::Q8_K, dequantize_q4_K_r, quantize_q4_K_r,
+     vec_dot_q4_K_r_ref},
 };
 
 // The activation quantizers have bit-exact AVX-512 versions; everything else keeps the scalar one.
@@ -58,7 +61,8 @@ QuantizeFn activation_quantizer(const Row& r, Isa isa) {
   return r.quantize;
 }
 
-constexpr uint32_t kMaxRaw = 31;  // type numbers are small; BF16 = 30 is the largest we know
+constexpr uint32_t kMaxFileRaw = 31;                                    // BF16 = 30 is the largest file type we know
+constexpr uint32_t kMaxRaw = static_cast<uint32_t>(DType::Q4_K_R) + 1;  // in-memory layouts after them
 
 struct Table {
   std::array<DTypeTraits, kMaxRaw> traits{};
@@ -103,6 +107,10 @@ const DTypeTraits* find_dtype(uint32_t raw) {
   if (raw >= kMaxRaw || !table().present[raw]) return nullptr;
   return &table().traits[raw];
 }
+
+const DTypeTraits* find_file_dtype(uint32_t raw) { return raw < kMaxFileRaw ? find_dtype(raw) : nullptr; }
+
+DType file_dtype(DType t) { return t == DType::Q4_K_R ? DType::Q4_K : t; }
 
 const DTypeTraits& dtype_traits(DType t) {
   const DTypeTraits* tr = find_dtype(static_cast<uint32_t>(t));

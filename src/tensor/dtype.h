@@ -25,6 +25,8 @@ enum class DType : uint32_t {
   Q6_K = 14,
   Q8_K = 15,
   BF16 = 30,
+  // In-memory layouts, never stored in a file (numbers above any GGUF type).
+  Q4_K_R = 256 + 12,  // Q4_K repacked for the AVX-512 VBMI kernels (kernels/q4k_repack.h)
 };
 
 // Dequantize n elements (n is a multiple of block_elems).
@@ -55,6 +57,10 @@ struct DTypeTraits {
 
 // Returns nullptr for unknown / unsupported type numbers.
 const DTypeTraits* find_dtype(uint32_t raw);
+// The same for a type number read from or written to a file: in-memory layouts (Q4_K_R) are rejected.
+const DTypeTraits* find_file_dtype(uint32_t raw);
+// The type a file stores for an in-memory layout (Q4_K_R -> Q4_K); other types map to themselves.
+DType file_dtype(DType t);
 // Throws moe::Error for unsupported types.
 const DTypeTraits& dtype_traits(DType t);
 std::optional<DType> dtype_from_name(std::string_view name);  // case-insensitive "q4_k", "f16", ...

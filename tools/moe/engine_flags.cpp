@@ -27,6 +27,9 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
                   "Transition table for --predictor transition (implies it; default: the model's path + "
                   ".transitions.gguf)");
   sub->add_flag("--no-mmap", f.no_mmap, "Read resident weights into memory with pread instead of mapping the file");
+  sub->add_flag("--no-repack", f.no_repack,
+                "Keep Q4_K weights in the file's layout instead of repacking them for the AVX-512 VBMI kernels "
+                "(same results, slower decode; for comparisons)");
   sub->add_flag("--offload-all", f.offload_all, "Stream experts from disk even if the model fits in --mem");
   sub->add_flag("--stats", f.stats, "Print expert-store statistics to stderr at the end");
   sub->add_flag("--batch-invariant", f.batch_invariant,
@@ -85,6 +88,7 @@ std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& 
   o.n_batch = n_batch;
   o.cache_policy = f.cache_policy;
   o.no_mmap = f.no_mmap;
+  o.repack = !f.no_repack;
   o.force_offload = f.offload_all;
   expert_precision(f);  // bad thresholds are reported before anything is loaded
   o.low_bit_path = f.lowbit;

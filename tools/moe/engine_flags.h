@@ -21,6 +21,7 @@ struct EngineFlags {
   std::string predictor;        // gate | transition | none; "" = transition if --transitions is given, else gate
   std::string transitions;      // transition table file; "" = MODEL.gguf.transitions.gguf
   bool no_mmap = false;
+  bool no_repack = false;
   bool offload_all = false;     // stream experts even when everything fits (testing/benchmarks)
   bool stats = false;
   bool batch_invariant = false;  // prompt batches attend like token-by-token decoding (bit-identical)
