@@ -771,4 +771,11 @@ void File::read_tensor_bytes(const TensorInfo& t, uint64_t offset, uint64_t size
   }
 }
 
+void File::drop_cached_tensor_bytes(const TensorInfo& t) const {
+  if (fd_ < 0) return;
+  // Advice only: pages that stay cached cost memory, not correctness.
+  (void)::posix_fadvise(fd_, static_cast<off_t>(data_offset_ + t.offset), static_cast<off_t>(t.nbytes),
+                        POSIX_FADV_DONTNEED);
+}
+
 }  // namespace moe::gguf

@@ -101,6 +101,9 @@ class File {
   // Copies `size` bytes at `offset` within the tensor into dst (both modes; bounds-checked).
   void read_tensor_bytes(const TensorInfo& t, uint64_t offset, uint64_t size, void* dst) const;
   bool is_mapped() const { return base_ != nullptr; }
+  // Pread mode: asks the kernel to drop the page cache it holds for the tensor's bytes once they have
+  // been copied into memory of our own, so a memory cgroup is not charged for them twice. No-op when mapped.
+  void drop_cached_tensor_bytes(const TensorInfo& t) const;
   // Drops this process's pages of mapped bytes [p, p + n) (whole pages inside the range) once they
   // have been copied elsewhere; a later access would map them again from the page cache. Mmap mode only.
   void release_mapped_bytes(const uint8_t* p, uint64_t n) const;

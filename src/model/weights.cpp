@@ -90,6 +90,7 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
         // pread mode: the tensor is read once into memory we own (no page cache mapping kept).
         uint8_t* buf = m->alloc_owned(t->nbytes, name);
         f.read_tensor_bytes(*t, 0, t->nbytes, buf);
+        f.drop_cached_tensor_bytes(*t);
         v.data = buf;
       }
       v.type = t->type;
