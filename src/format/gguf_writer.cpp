@@ -36,7 +36,9 @@ uint64_t tensor_nbytes(const std::string& name, DType type, const std::vector<in
     }
   }
   const DTypeTraits* tr = find_file_dtype(static_cast<uint32_t>(type));
-  if (tr == nullptr) fail("gguf writer: tensor '{}' type: unknown type {} (in-memory layouts such as q4_K_r cannot be written)", name, static_cast<uint32_t>(type));
+  if (tr == nullptr)
+    fail("gguf writer: tensor '{}' type: unknown type {} (in-memory layouts such as q4_K_r cannot be written)", name,
+         static_cast<uint32_t>(type));
   if (dims[0] % tr->block_elems != 0) {
     fail("gguf writer: tensor '{}' dims[0]: expected a multiple of the {} block size {}, found {}", name,
          tr->name, tr->block_elems, dims[0]);

@@ -99,25 +99,21 @@ void repack_q4k(const void* src, void* dst, int64_t n_blocks) {
   repack_q4k_ref(src, dst, n_blocks);
 }
 
-void repack_q4k_ref(const void* src, void* dst, int64_t n_blocks) {
+// Block by block through a temporary, so src == dst works.
+template <void (*Convert)(const BlockQ4_K&, BlockQ4_K&)>
+void convert_blocks(const void* src, void* dst, int64_t n_blocks) {
   const auto* in = static_cast<const BlockQ4_K*>(src);
   auto* out = static_cast<BlockQ4_K*>(dst);
   for (int64_t b = 0; b < n_blocks; ++b) {
     BlockQ4_K t;
-    repack_block(in[b], t);
+    Convert(in[b], t);
     out[b] = t;
   }
 }
 
-void unrepack_q4k(const void* src, void* dst, int64_t n_blocks) {
-  const auto* in = static_cast<const BlockQ4_K*>(src);
-  auto* out = static_cast<BlockQ4_K*>(dst);
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    BlockQ4_K t;
-    unrepack_block(in[b], t);
-    out[b] = t;
-  }
-}
+void repack_q4k_ref(const void* src, void* dst, int64_t n_blocks) { convert_blocks<repack_block>(src, dst, n_blocks); }
+
+void unrepack_q4k(const void* src, void* dst, int64_t n_blocks) { convert_blocks<unrepack_block>(src, dst, n_blocks); }
 
 void dequantize_q4_K_r(const void* src, float* dst, int64_t n) {
   const auto* in = static_cast<const BlockQ4_K*>(src);
