@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -158,7 +159,17 @@ TEST(OffloadPrefetch, WastefulSpeculationIsThrottled) {
       store.release(0, e);
     }
     const int32_t hint = static_cast<int32_t>(4 + round % (E - 4));  // a wrong guess, never acquired
+    const uint64_t issued_before = store.stats().prefetch_issued;
     store.prefetch(1, &hint, 1, /*speculative=*/true);
+    // Let an issued hint finish loading before the next round: a slot still Loading cannot be
+    // evicted, so on a busy machine the demand misses would evict each other instead and the
+    // counts below would depend on the I/O thread's timing.
+    if (store.stats().prefetch_issued > issued_before) {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (!store.is_ready(1, hint, false) && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      ASSERT_TRUE(store.is_ready(1, hint, false)) << "hint for expert " << hint << " never loaded";
+    }
   }
   const ExpertStoreStats st = store.stats();
   EXPECT_GT(st.prefetch_throttled, 30u) << "issued " << st.prefetch_issued << ", wasted " << st.prefetch_wasted;
