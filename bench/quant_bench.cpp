@@ -10,9 +10,16 @@
 //  BM_Gemm/{dtype}/{threads}/{tokens}: kernels::matmul on an expert-shaped 2048 x 1024 matrix (OLMoE down
 //    projection) for `tokens` tokens (prefill), GFLOP/s = 2 * rows * cols * tokens / time. Counters
 //    x_pairwise (vs one vec_dot per (row, token)) and x_scalar (vs the scalar reference per pair).
+//  BM_ExpertDecode/{shape}/{threads}: one decoded token's expert work for one MoE layer, as the executor
+//    runs it: 8 random experts out of a pool of about 1 GiB, gate and up of all 8 in one matmul_batch and
+//    then the 8 down projections in another (Q4_K_R weights). shape 0 = OLMoE-1B-7B experts (1024 x 2048),
+//    1 = Qwen3-30B-A3B experts (768 x 2048); 2 and 3 the same with Q6_K down projections, as in half the
+//    layers of a Q4_K_M file. Counter x_stream: its GB/s over kernels::matmul on one 256 MiB
+//    matrix of the same type and pool, timed in the same run (how much the small matrices cost).
 // The activation rows are quantized to vec_dot_type once, outside the timed loop.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <cstring>
@@ -22,6 +29,7 @@
 #include "base/thread_pool.h"
 #include "kernels/cpu_features.h"
 #include "kernels/matmul.h"
+#include "kernels/q4k_repack.h"
 #include "kernels/quant_dispatch.h"
 #include "tensor/dtype.h"
 
@@ -216,5 +224,75 @@ void GemmArgs(benchmark::internal::Benchmark* b) {
   b->Args({static_cast<int64_t>(moe::DType::Q4_K), 2, 512});
 }
 BENCHMARK(BM_Gemm)->Apply(GemmArgs)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- one layer's experts for one token, DRAM-bound -------------------------------------------------
+
+void BM_ExpertDecode(benchmark::State& state) {
+  const bool qwen = state.range(0) % 2 == 1;
+  const bool down_q6 = state.range(0) >= 2;  // Q4_K_M files keep half the layers' down projections in Q6_K
+  const int threads = static_cast<int>(state.range(1));
+  constexpr moe::DType type = moe::DType::Q4_K_R;
+  const moe::DType down_type = down_q6 ? moe::DType::Q6_K : type;
+  if (!moe::quant::q4k_repacked_kernels_available()) {
+    state.SkipWithError("no AVX-512 VBMI/GFNI kernels on this CPU");
+    return;
+  }
+  const moe::DTypeTraits& tr = moe::dtype_traits(type);
+  const int64_t d = 2048, ff = qwen ? 768 : 1024, k = 8;
+  const size_t up_rb = moe::row_bytes(type, d), down_rb = moe::row_bytes(down_type, ff);
+  const size_t expert_bytes = 2 * ff * up_rb + d * down_rb;
+  const int64_t n_experts = static_cast<int64_t>((1ull << 30) / expert_bytes);
+  const std::vector<uint8_t> gate_up = make_weights(type, 2 * ff * n_experts, d, 256, 7);
+  const std::vector<uint8_t> down = make_weights(down_type, d * n_experts, ff, 256, 8);
+  const std::vector<float> x = gaussian(d, 9), h = gaussian(ff, 10);
+  std::vector<moe::kernels::ActBuffer> act_in(k), act_down(k);
+  for (int i = 0; i < k; ++i) {
+    act_in[i].convert(tr.vec_dot_type, x.data(), 1, d, d);
+    act_down[i].convert(moe::dtype_traits(down_type).vec_dot_type, h.data(), 1, ff, ff);
+  }
+  std::vector<float> y_gate(k * ff), y_up(k * ff), y_down(k * d);
+  moe::ThreadPool pool(threads);
+  std::vector<moe::kernels::MatmulJob> jobs;
+  std::vector<int64_t> scratch;
+  std::mt19937 rng(11);
+  auto layer = [&] {
+    std::vector<int64_t> chosen;
+    while (static_cast<int64_t>(chosen.size()) < k) {
+      const int64_t e = static_cast<int64_t>(rng() % static_cast<uint64_t>(n_experts));
+      if (std::find(chosen.begin(), chosen.end(), e) == chosen.end()) chosen.push_back(e);
+    }
+    jobs.clear();
+    for (int i = 0; i < k; ++i) {
+      const uint8_t* g = gate_up.data() + static_cast<size_t>(chosen[i]) * 2 * ff * up_rb;
+      jobs.push_back({{g, type, ff, d, up_rb}, &act_in[i], y_gate.data() + i * ff, ff});
+      jobs.push_back({{g + ff * up_rb, type, ff, d, up_rb}, &act_in[i], y_up.data() + i * ff, ff});
+    }
+    moe::kernels::matmul_batch(jobs.data(), jobs.size(), pool, scratch);
+    jobs.clear();
+    for (int i = 0; i < k; ++i) {
+      const uint8_t* w = down.data() + static_cast<size_t>(chosen[i]) * d * down_rb;
+      jobs.push_back({{w, down_type, d, ff, down_rb}, &act_down[i], y_down.data() + i * d, d});
+    }
+    moe::kernels::matmul_batch(jobs.data(), jobs.size(), pool, scratch);
+    benchmark::DoNotOptimize(y_down.data());
+  };
+  constexpr int kLayers = 64;  // per timed call below
+  for (auto _ : state) layer();
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * k * expert_bytes));
+  const double own_s = seconds_per_call([&] { for (int l = 0; l < kLayers; ++l) layer(); }, 3) / kLayers;
+  // Reference: the same bytes as one long matrix.
+  const int64_t rows = static_cast<int64_t>((256u << 20) / up_rb) & ~int64_t{3};
+  const std::vector<uint8_t> big = make_weights(type, rows, d, 256, 12);
+  const moe::kernels::MatrixRef m{big.data(), type, rows, d, up_rb};
+  std::vector<float> y(rows);
+  const double big_s = seconds_per_call([&] { moe::kernels::matmul(m, act_in[0], y.data(), rows, pool); }, 3);
+  const double own_gbps = static_cast<double>(k * expert_bytes) / own_s * 1e-9;
+  const double stream_gbps = static_cast<double>(big.size()) / big_s * 1e-9;
+  state.counters["own_GB/s"] = own_gbps;
+  state.counters["stream_GB/s"] = stream_gbps;
+  state.counters["x_stream"] = own_gbps / stream_gbps;
+  state.SetLabel(std::string(qwen ? "qwen3-30b" : "olmoe") + (down_q6 ? "/down-q6_K/" : "/") + std::to_string(threads) + "t");
+}
+BENCHMARK(BM_ExpertDecode)->ArgsProduct({{0, 1, 2, 3}, {1, 2}})->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 }  // namespace
