@@ -96,6 +96,13 @@ class ForwardPass {
   void attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);
   void ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
   void project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
+  // Several projections of the same input in one parallel region (one per decoded token and matrix
+  // cost a barrier each); x is converted once per activation type the weights need.
+  struct Projection {
+    const WeightView* w;
+    float* y;
+  };
+  void project_batch(const Projection* p, size_t n, const float* x, int64_t n_tokens, ThreadPool& pool);
   // Both predictors fill predicted_ (per token) and hint_ (their union), then hint the store.
   void predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool);  // gate
   void predict_next_layer_transition(int il, int64_t n_tokens);         // table
@@ -110,6 +117,9 @@ class ForwardPass {
   // Activations, [n_tokens][width].
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, router_logits_, shexp_out_, moe_out_;
   kernels::ActBuffer act_;
+  kernels::ActBuffer batch_act_[3];  // project_batch: one per distinct activation type
+  std::vector<kernels::MatmulJob> batch_jobs_;
+  std::vector<int64_t> batch_chunks_;
   // Lookahead: per token, the experts predicted for layer predicted_layer_.
   int predicted_layer_ = -1;
   std::vector<std::vector<int32_t>> predicted_;
