@@ -151,7 +151,7 @@ TEST(Q4KRepack, EngineLogitsIdenticalWithAndWithoutRepacking) {
     EXPECT_FALSE(repacked);
     for (int mode = 0; mode < 3; ++mode) {
       EngineOptions o;
-      o.no_mmap = mode == 1;
+      o.mmap = mode == 1;
       o.force_offload = mode == 2;
       const std::vector<float> got = fixture_logits(name, o, &repacked);
       EXPECT_EQ(repacked, quant::q4k_repacked_kernels_available()) << name;

@@ -104,7 +104,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
     e->plan_ = plan_memory(*header, o, low_bit ? low_bit_file_expert_bytes(o.low_bit_path) : 0);
   }
   if (!e->plan_.offload) {
-    e->model_ = Model::load(path, o.no_mmap ? gguf::DataAccess::Pread : gguf::DataAccess::Mmap);
+    e->model_ = Model::load(path, o.mmap ? gguf::DataAccess::Mmap : gguf::DataAccess::Pread);
     repack_for_kernels(*e->model_, o);
     ExpertLayout low_layout;
     if (low_bit) {

@@ -26,7 +26,9 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
   sub->add_option("--transitions", f.transitions,
                   "Transition table for --predictor transition (implies it; default: the model's path + "
                   ".transitions.gguf)");
-  sub->add_flag("--no-mmap", f.no_mmap, "Read resident weights into memory with pread instead of mapping the file");
+  sub->add_flag("--mmap,!--no-mmap", f.mmap,
+                "Map the model file and compute from its page-cache pages instead of reading the weights into "
+                "memory of our own (--no-mmap, the default): faster start, slower decode");
   sub->add_flag("--no-repack", f.no_repack,
                 "Keep Q4_K weights in the file's layout instead of repacking them for the AVX-512 VBMI kernels "
                 "(same results, slower decode; for comparisons)");
@@ -87,7 +89,7 @@ std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& 
   o.n_ctx = n_ctx;
   o.n_batch = n_batch;
   o.cache_policy = f.cache_policy;
-  o.no_mmap = f.no_mmap;
+  o.mmap = f.mmap;
   o.repack = !f.no_repack;
   o.force_offload = f.offload_all;
   expert_precision(f);  // bad thresholds are reported before anything is loaded

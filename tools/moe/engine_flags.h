@@ -20,7 +20,7 @@ struct EngineFlags {
   int prefetch_margin = 2;      // prefetch the next MoE layer's predicted top-(k + margin); -1 = off
   std::string predictor;        // gate | transition | none; "" = transition if --transitions is given, else gate
   std::string transitions;      // transition table file; "" = MODEL.gguf.transitions.gguf
-  bool no_mmap = false;
+  bool mmap = false;
   bool no_repack = false;
   bool offload_all = false;     // stream experts even when everything fits (testing/benchmarks)
   bool stats = false;
