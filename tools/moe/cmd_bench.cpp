@@ -1,7 +1,8 @@
 // `moe bench -m MODEL [-t N] [-p 512] [-n 64] [-r REPS] [--json]`: prefill and decode throughput, in
 // the way llama-bench measures them, plus what performance.md asks to report next to them:
 //   pp     p random tokens evaluated as one batch into an empty context (tok/s)
-//   tg     n single-token steps from an empty context, each sampled greedily from the last logits (tok/s)
+//   tg     n single-token steps, each sampled greedily from the last logits (tok/s), from an empty context or
+//          (--depth D) after D random tokens were evaluated untimed
 //   ttft   prompt eval of p tokens + the first (greedy) sample, in ms
 //   decode_gbps   active bytes per token (Model::byte_report) * tg tok/s
 //   mem_bw_gbps   a streaming-read probe run here, with the same thread count (best of several passes)
@@ -41,6 +42,7 @@ struct BenchArgs {
   int threads = 0;
   int64_t n_prompt = 512;
   int64_t n_gen = 64;
+  int64_t depth = 0;  // context tokens already in the KV cache when tg starts
   int reps = 5;
   bool json = false;
   double bw_gib = 1.0;  // probe buffer size; 0 = skip the probe
@@ -146,8 +148,9 @@ int run_bench(const BenchArgs& a) {
   const int n_threads = resolve_threads(a.threads);
   if (a.reps < 1) fail("bench: -r must be >= 1");
   const auto t_load = Clock::now();
-  const int64_t n_ctx = std::max<int64_t>(a.n_prompt, a.n_gen) + 1;
-  auto engine = open_engine(a.model, a.engine, n_ctx, std::max<int64_t>(1, a.n_prompt));
+  const int64_t n_ctx = std::max<int64_t>(a.n_prompt, a.depth + a.n_gen) + 1;
+  const int64_t n_batch = std::max<int64_t>({1, a.n_prompt, std::min<int64_t>(a.depth, 512)});
+  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch);
   const Model* model = &engine->model();
   const double load_s = seconds_since(t_load);
   const ModelSpec& spec = model->spec();
@@ -170,6 +173,8 @@ int run_bench(const BenchArgs& a) {
   std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(spec.n_vocab - 1));
   std::vector<int32_t> prompt(static_cast<size_t>(a.n_prompt));
   for (auto& t : prompt) t = tok(rng);
+  std::vector<int32_t> context(static_cast<size_t>(a.depth));
+  for (auto& t : context) t = tok(rng);
 
   std::vector<double> pp_rate, ttft_ms, tg_rate;
   auto run_pp = [&](bool timed) {
@@ -185,25 +190,32 @@ int run_bench(const BenchArgs& a) {
       ttft_ms.push_back(total_s * 1e3);
     }
   };
-  auto run_tg = [&](bool timed, int64_t n) {
+  // A fresh context holding `depth` tokens (untimed); returns the first token to decode.
+  auto prepare_tg = [&]() -> int32_t {
     session.reset();
-    int32_t next = prompt.empty() ? 0 : prompt[0];
+    if (context.empty()) return prompt.empty() ? 0 : prompt[0];
+    const std::vector<float>& logits = session.eval(context, pool, false, n_batch);
+    return argmax(logits.data(), spec.n_vocab);
+  };
+  auto decode = [&](int32_t next, int64_t n) {
     std::vector<int32_t> one(1);
-    const auto t0 = Clock::now();
     for (int64_t i = 0; i < n; ++i) {
       one[0] = next;
       const std::vector<float>& logits = session.eval(one, pool, false);
       next = argmax(logits.data(), spec.n_vocab);
     }
-    if (timed) tg_rate.push_back(n / seconds_since(t0));
   };
-  auto run_tg_measured = [&](int64_t n) {
+  auto run_tg = [&](bool timed, int64_t n) {
+    const int32_t first = prepare_tg();
     uint64_t h0 = 0, m0 = 0, b0 = 0, h1 = 0, m1 = 0, b1 = 0;
     double s0 = 0, s1 = 0;
-    if (offload) totals(h0, m0, b0, s0);
+    if (timed && offload) totals(h0, m0, b0, s0);
     const auto t0 = Clock::now();
-    run_tg(true, n);
-    tg_seconds += seconds_since(t0);
+    decode(first, n);
+    const double seconds = seconds_since(t0);
+    if (!timed) return;
+    tg_rate.push_back(static_cast<double>(n) / seconds);
+    tg_seconds += seconds;
     if (!offload) return;
     totals(h1, m1, b1, s1);
     tg_hits += h1 - h0, tg_misses += m1 - m0, tg_bytes += b1 - b0, tg_stall += s1 - s0;
@@ -220,7 +232,7 @@ int run_bench(const BenchArgs& a) {
   if (a.n_gen > 0) run_tg(false, std::min<int64_t>(a.n_gen, 4));
   for (int r = 0; r < a.reps; ++r) {
     if (a.n_prompt > 0) run_pp(true);
-    if (a.n_gen > 0) run_tg_measured(a.n_gen);
+    if (a.n_gen > 0) run_tg(true, a.n_gen);
     if (!a.json) std::fprintf(stderr, "  rep %d/%d: pp %.2f tok/s, tg %.2f tok/s\n", r + 1, a.reps,
                               pp_rate.empty() ? 0.0 : pp_rate.back(), tg_rate.empty() ? 0.0 : tg_rate.back());
   }
@@ -228,7 +240,12 @@ int run_bench(const BenchArgs& a) {
   const double bw = a.bw_gib > 0 ? probe_read_bandwidth(pool, static_cast<size_t>(a.bw_gib * (1 << 30)), 5) : 0;
 
   const Stat pp = stat_of(pp_rate), tg = stat_of(tg_rate), ttft = stat_of(ttft_ms);
-  const double active = static_cast<double>(br.active_bytes_per_token);
+  // Decoding at depth also reads the KV cache (fp16 K and V of every layer, for the mean context of the
+  // tg steps), which counts toward the bytes a token needs.
+  const double kv_read = a.n_gen > 0 ? static_cast<double>(spec.n_layer) * static_cast<double>(spec.kv_dim()) * 2.0 *
+                                           sizeof(uint16_t) * (static_cast<double>(a.depth) + 0.5 * static_cast<double>(a.n_gen))
+                                     : 0.0;
+  const double active = static_cast<double>(br.active_bytes_per_token) + kv_read;
   const double decode_gbps = active * tg.median / 1e9;
   const double flops_tok = matmul_flops_per_token(*model);
 
@@ -239,6 +256,7 @@ int run_bench(const BenchArgs& a) {
   j["threads"] = n_threads;
   j["n_prompt"] = a.n_prompt;
   j["n_gen"] = a.n_gen;
+  j["depth"] = a.depth;
   j["reps"] = a.reps;
   j["pp_tok_s"] = pp.median;
   j["pp_tok_s_min"] = pp.min;
@@ -250,7 +268,9 @@ int run_bench(const BenchArgs& a) {
   j["ttft_ms"] = ttft.median;
   j["ttft_ms_min"] = ttft.min;
   j["ttft_ms_max"] = ttft.max;
-  j["active_bytes_per_token"] = br.active_bytes_per_token;
+  j["active_bytes_per_token"] = static_cast<uint64_t>(active);
+  j["weight_bytes_per_token"] = br.active_bytes_per_token;
+  j["kv_bytes_per_token"] = static_cast<uint64_t>(kv_read);
   j["model_bytes"] = br.total;
   j["decode_gbps"] = decode_gbps;
   j["decode_gbps_min"] = active * tg.min / 1e9;
@@ -282,7 +302,9 @@ int run_bench(const BenchArgs& a) {
               pp.median, pp.min, pp.max, pp.median * flops_tok / 1e9);
   std::printf("tg%-5lld tok/s    %.2f  [min %.2f, max %.2f]\n", (long long)a.n_gen, tg.median, tg.min, tg.max);
   std::printf("ttft ms          %.1f  [min %.1f, max %.1f]\n", ttft.median, ttft.min, ttft.max);
-  std::printf("active bytes/tok %s\n", human_bytes(br.active_bytes_per_token).c_str());
+  std::printf("active bytes/tok %s (weights %s, KV cache %s at depth %lld)\n",
+              human_bytes(static_cast<uint64_t>(active)).c_str(), human_bytes(br.active_bytes_per_token).c_str(),
+              human_bytes(static_cast<uint64_t>(kv_read)).c_str(), (long long)a.depth);
   std::printf("decode GB/s      %.2f\n", decode_gbps);
   std::printf("memory bw GB/s   %.2f (read probe, %d threads, %.2f GiB)\n", bw, n_threads, a.bw_gib);
   std::printf("roofline         %.1f%% (bound %.2f tok/s)\n", 100.0 * (bw > 0 ? decode_gbps / bw : 0.0),
@@ -307,6 +329,8 @@ void register_bench(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-t,--threads", a->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("-p,--n-prompt", a->n_prompt, "Prompt tokens for pp (0 = skip)")->check(CLI::Range(0, 1 << 16));
   sub->add_option("-n,--n-gen", a->n_gen, "Decode steps for tg (0 = skip)")->check(CLI::Range(0, 1 << 16));
+  sub->add_option("-d,--depth", a->depth, "Context tokens in the KV cache before tg starts (evaluated untimed)")
+      ->check(CLI::Range(0, 1 << 20));
   sub->add_option("-r,--reps", a->reps, "Repetitions (median, min, max)")->check(CLI::Range(1, 1000));
   sub->add_option("--bw-gib", a->bw_gib, "Bandwidth probe buffer in GiB (0 = skip the probe)")->check(CLI::Range(0.0, 64.0));
   sub->add_option("--seed", a->seed, "Seed for the random prompt");
