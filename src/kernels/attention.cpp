@@ -6,6 +6,8 @@
 #include <cmath>
 
 #include "kernels/blas.h"
+#include "kernels/cpu_features.h"
+#include "tensor/fp16.h"
 
 namespace moe::kernels {
 
@@ -40,6 +42,50 @@ void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
     const float r = inv[i];
     for (int64_t d = 0; d < b.head_dim; ++d) o[d] *= r;
   }
+}
+
+void attn_scores_f16_ref(const F16AttnRun& r, float scale) {
+  for (int g = 0; g < r.nh; ++g) {
+    const float* q = r.q + g * r.q_stride;
+    for (int64_t j = 0; j < r.n; ++j) {
+      const uint16_t* k = r.k + j * r.kv_stride;
+      float lane[16] = {};
+      for (int64_t d = 0; d < r.head_dim; ++d) lane[d % 16] = std::fma(q[d], fp16_to_fp32(k[d]), lane[d % 16]);
+      // Pairwise: lanes i and i + 8, then i + 4, i + 2, i + 1 (the AVX-512 reduction's order).
+      for (int w = 8; w >= 1; w /= 2)
+        for (int i = 0; i < w; ++i) lane[i] += lane[i + w];
+      r.scores[g * r.scores_stride + j] = lane[0] * scale;
+    }
+  }
+}
+
+void attn_values_f16_ref(const F16AttnRun& r, float* acc) {
+  for (int64_t j = 0; j < r.n; ++j) {
+    const uint16_t* v = r.v + j * r.kv_stride;
+    for (int g = 0; g < r.nh; ++g) {
+      const float p = r.scores[g * r.scores_stride + j];
+      float* a = acc + g * r.head_dim;
+      for (int64_t d = 0; d < r.head_dim; ++d) a[d] = std::fma(p, fp16_to_fp32(v[d]), a[d]);
+    }
+  }
+}
+
+namespace {
+bool avx512_attention(const F16AttnRun& r) { return best_isa() == Isa::Avx512 && r.head_dim % 16 == 0; }
+}  // namespace
+
+void attn_scores_f16(const F16AttnRun& r, float scale) {
+  if (avx512_attention(r))
+    attn_scores_f16_avx512(r, scale);
+  else
+    attn_scores_f16_ref(r, scale);
+}
+
+void attn_values_f16(const F16AttnRun& r, float* acc) {
+  if (avx512_attention(r))
+    attn_values_f16_avx512(r, acc);
+  else
+    attn_values_f16_ref(r, acc);
 }
 
 }  // namespace moe::kernels

@@ -26,4 +26,32 @@ struct CausalBlock {
 // scratch grows to m * (n_past + m + 1) floats and is reused across calls.
 void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch);
 
+// Decode attention straight from the fp16 KV cache: nh query heads that share one kv head, n keys.
+// Each key and value row is widened on the fly (exactly: every fp16 value is an fp32 value), so the
+// cache is read once per run of heads, with no separate conversion pass.
+struct F16AttnRun {
+  const float* q = nullptr;       // nh query rows, q_stride floats apart
+  int64_t q_stride = 0;
+  int nh = 0;
+  const uint16_t* k = nullptr;    // key rows 0 .. n - 1, kv_stride halves apart
+  const uint16_t* v = nullptr;    // value rows, same layout
+  int64_t kv_stride = 0;
+  int64_t n = 0;
+  int64_t head_dim = 0;
+  float* scores = nullptr;        // nh rows of n, scores_stride floats apart
+  int64_t scores_stride = 0;
+};
+// scores[g][j] = scale * (q_g . k_j), the dot summed in 16 lanes (element d in lane d % 16, in order
+// of d) and the lanes then added pairwise, in the same order on every ISA.
+void attn_scores_f16(const F16AttnRun& r, float scale);
+// acc[g][d] += scores[g][j] * v_j[d] for j = 0 .. n - 1 in order, one fused multiply-add each; acc
+// rows are head_dim floats apart.
+void attn_values_f16(const F16AttnRun& r, float* acc);
+// Plain scalar references with the same arithmetic, and the AVX-512 bodies (call only where the CPU
+// has AVX-512F; head_dim must be a multiple of 16).
+void attn_scores_f16_ref(const F16AttnRun& r, float scale);
+void attn_values_f16_ref(const F16AttnRun& r, float* acc);
+void attn_scores_f16_avx512(const F16AttnRun& r, float scale);
+void attn_values_f16_avx512(const F16AttnRun& r, float* acc);
+
 }  // namespace moe::kernels

@@ -14,11 +14,30 @@
 namespace moe {
 
 KvCache::KvCache(const ModelSpec& spec, int64_t n_ctx)
-    : n_ctx_(n_ctx), kv_dim_(spec.kv_dim()) {
+    : n_ctx_(n_ctx), head_dim_(spec.head_dim), n_head_kv_(spec.n_head_kv) {
   if (n_ctx <= 0) fail("KV cache: context size {} must be positive", n_ctx);
-  const size_t n = static_cast<size_t>(spec.n_layer) * static_cast<size_t>(n_ctx) * static_cast<size_t>(kv_dim_);
-  k_.assign(n, 0);
-  v_.assign(n, 0);
+  const size_t bytes = static_cast<size_t>(spec.n_layer) * static_cast<size_t>(n_ctx) *
+                       static_cast<size_t>(spec.kv_dim()) * sizeof(uint16_t);
+  k_ = AlignedBuffer(bytes, 64);
+  v_ = AlignedBuffer(bytes, 64);
+  std::memset(k_.data(), 0, bytes);
+  std::memset(v_.data(), 0, bytes);
+}
+
+void KvCache::store(int layer, int64_t pos, const float* k_row, const float* v_row) {
+  for (int h = 0; h < n_head_kv_; ++h) {
+    fp32_to_fp16_row(k_row + h * head_dim_, k(layer, h) + pos * head_dim_, head_dim_);
+    fp32_to_fp16_row(v_row + h * head_dim_, v(layer, h) + pos * head_dim_, head_dim_);
+  }
+}
+
+void KvCache::widen(int layer, int64_t p0, int64_t p1, float* k_rows, float* v_rows) {
+  const int64_t kvd = head_dim_ * n_head_kv_;
+  for (int h = 0; h < n_head_kv_; ++h)
+    for (int64_t p = p0; p < p1; ++p) {
+      fp16_to_fp32_row(k(layer, h) + p * head_dim_, k_rows + p * kvd + h * head_dim_, head_dim_);
+      fp16_to_fp32_row(v(layer, h) + p * head_dim_, v_rows + p * kvd + h * head_dim_, head_dim_);
+    }
 }
 
 ForwardPass::ForwardPass(const Model& model, ExpertStore& store, ForwardOptions options)
@@ -107,8 +126,7 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
     kernels::rope_angles(rope_cs_.data(), s.n_rot, pos0 + t, s.rope_base, s.rope_freq_scale);
     for (int h = 0; h < s.n_head; ++h) kernels::rope_apply(q + h * hd, rope_cs_.data(), s.n_rot, neox);
     for (int h = 0; h < s.n_head_kv; ++h) kernels::rope_apply(k + h * hd, rope_cs_.data(), s.n_rot, neox);
-    fp32_to_fp16_row(k, kv.k(il, pos0 + t), kvd);
-    fp32_to_fp16_row(v_.data() + t * kvd, kv.v(il, pos0 + t), kvd);
+    kv.store(il, pos0 + t, k, v_.data() + t * kvd);
   }
 
   // Causal attention over the fp16 cache, one (token, head) pair per work item.
@@ -127,23 +145,16 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
     sc.acc.resize(static_cast<size_t>(hd));
     sc.qr.resize(static_cast<size_t>(hd));
   }
-  // A batch widens the layer's fp16 cache to fp32 once (exact) and, unless batch invariance is asked
-  // for, attends in blocks of queries per head, each block two sgemm calls that read the keys and
-  // values once. A single decoded token reads each key once per run of query heads sharing it, so it
-  // converts on the fly and saves the extra pass.
-  const bool widen = n_tokens > 1 && !fp16_path;
-  const bool blocked = widen && !options_.batch_invariant;
-  if (widen) {
+  // A batch (unless batch invariance is asked for) widens the layer's fp16 cache to fp32 once (exact)
+  // and attends in blocks of queries per head, each block two sgemm calls that read the keys and values
+  // once. A decoded token (and a batch-invariant batch, so that it matches decoding bit for bit) reads
+  // the fp16 cache directly, once per run of query heads that share a kv head.
+  const bool blocked = n_tokens > 1 && !fp16_path && !options_.batch_invariant;
+  if (blocked) {
     k32_.resize(static_cast<size_t>(n_ctx_used * kvd));
     v32_.resize(static_cast<size_t>(n_ctx_used * kvd));
-    pool.parallel_for(n_ctx_used, 64, [&](int64_t j0, int64_t j1, int) {
-      for (int64_t j = j0; j < j1; ++j) {
-        fp16_to_fp32_row(kv.k(il, j), k32_.data() + j * kvd, kvd);
-        fp16_to_fp32_row(kv.v(il, j), v32_.data() + j * kvd, kvd);
-      }
-    });
-  }
-  if (blocked) {
+    pool.parallel_for(n_ctx_used, 64,
+                      [&](int64_t j0, int64_t j1, int) { kv.widen(il, j0, j1, k32_.data(), v32_.data()); });
     const int64_t n_blocks = (n_tokens + kAttnQueryBlock - 1) / kAttnQueryBlock;
     pool.parallel_for(n_blocks * s.n_head, 1, [&](int64_t item0, int64_t item1, int ti) {
       for (int64_t item = item0; item < item1; ++item) {
@@ -198,7 +209,7 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
             float M = -INFINITY, S = 0.0f;
             std::fill_n(acc, hd, 0.0f);
             for (int64_t j = 0; j < n_keys; ++j) {
-              fp16_to_fp32_row(kv.k(il, j) + hk * hd, kf.data(), hd);
+              fp16_to_fp32_row(kv.k(il, hk) + j * hd, kf.data(), hd);
               const float sc_j = kernels::dot_f32(qr.data(), kf.data(), hd) * scale;
               float ms = 1.0f, vs = 1.0f;
               if (sc_j > M) {
@@ -209,7 +220,7 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
               } else {
                 vs = std::exp(sc_j - M);
               }
-              fp16_to_fp32_row(kv.v(il, j) + hk * hd, kf.data(), hd);
+              fp16_to_fp32_row(kv.v(il, hk) + j * hd, kf.data(), hd);
               for (int64_t d = 0; d < hd; ++d) acc[d] = fp16_to_fp32(fp32_to_fp16(std::fma(kf[d], vs, acc[d])));
               S = S * ms + vs;
             }
@@ -218,42 +229,31 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
           }
           continue;
         }
-        auto key = [&](int64_t j) -> const float* {
-          if (widen) return k32_.data() + j * kvd + hk * hd;
-          fp16_to_fp32_row(kv.k(il, j) + hk * hd, kf.data(), hd);
-          return kf.data();
-        };
-        auto value = [&](int64_t j) -> const float* {
-          if (widen) return v32_.data() + j * kvd + hk * hd;
-          fp16_to_fp32_row(kv.v(il, j) + hk * hd, kf.data(), hd);
-          return kf.data();
-        };
-        float mx[kMaxRun];
         if (nh > kMaxRun) fail("attention: {} query heads per kv head exceed {}", nh, kMaxRun);
-        for (int g = 0; g < nh; ++g) mx[g] = -INFINITY;
-        for (int64_t j = 0; j < n_keys; ++j) {
-          const float* kj = key(j);
-          for (int g = 0; g < nh; ++g) {
-            const float v = kernels::dot_f32(q0 + g * hd, kj, hd) * scale;
-            sc.scores[static_cast<size_t>(g * n_ctx_used + j)] = v;
-            mx[g] = std::max(mx[g], v);
-          }
-        }
+        kernels::F16AttnRun run;
+        run.q = q0;
+        run.q_stride = hd;
+        run.nh = nh;
+        run.k = kv.k(il, hk);
+        run.v = kv.v(il, hk);
+        run.kv_stride = hd;
+        run.n = n_keys;
+        run.head_dim = hd;
+        run.scores = sc.scores.data();
+        run.scores_stride = n_ctx_used;
+        kernels::attn_scores_f16(run, scale);
         double sum[kMaxRun];
         for (int g = 0; g < nh; ++g) {
           float* scores = sc.scores.data() + g * n_ctx_used;
+          const float mx = *std::max_element(scores, scores + n_keys);
           sum[g] = 0.0;
           for (int64_t j = 0; j < n_keys; ++j) {
-            scores[j] = std::exp(scores[j] - mx[g]);
+            scores[j] = std::exp(scores[j] - mx);
             sum[g] += scores[j];
           }
         }
         std::fill_n(sc.acc.data(), nh * hd, 0.0f);
-        for (int64_t j = 0; j < n_keys; ++j) {
-          const float* vj = value(j);
-          for (int g = 0; g < nh; ++g)
-            kernels::axpy(sc.acc.data() + g * hd, sc.scores[static_cast<size_t>(g * n_ctx_used + j)], vj, hd);
-        }
+        kernels::attn_values_f16(run, sc.acc.data());
         for (int g = 0; g < nh; ++g) {
           const float inv = static_cast<float>(1.0 / sum[g]);
           for (int64_t d = 0; d < hd; ++d) o0[g * hd + d] = sc.acc[static_cast<size_t>(g * hd + d)] * inv;
