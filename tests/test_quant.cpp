@@ -110,11 +110,11 @@ TEST(QuantTraits, TableMatchesGgml) {
 
 TEST(QuantTraits, CpuFeaturesAreSane) {
   const CpuFeatures& f = cpu_features();
-  if (f.has_avx512_kernels()) EXPECT_TRUE(f.has_avx2_kernels());
+  if (f.has_avx512_kernels()) { EXPECT_TRUE(f.has_avx2_kernels()); }
   // The dispatched kernel is the best ISA's one.
   const DTypeTraits& tr = dtype_traits(DType::Q4_K);
   EXPECT_EQ(tr.vec_dot, quant::vec_dot_for_isa(DType::Q4_K, best_isa()));
-  if (best_isa() != Isa::Scalar) EXPECT_NE(tr.vec_dot, tr.vec_dot_ref);
+  if (best_isa() != Isa::Scalar) { EXPECT_NE(tr.vec_dot, tr.vec_dot_ref); }
 }
 
 // ---- SIMD vs reference ----------------------------------------------------------------------------
@@ -188,7 +188,7 @@ TEST(QuantRoundTrip, ErrorBoundsOnGaussianData) {
     }
     const double rel = std::sqrt(se / ss);
     EXPECT_LE(rel, b.max_rel_rmse) << tr.name;
-    if (b.t == DType::F32) EXPECT_EQ(rel, 0.0);
+    if (b.t == DType::F32) { EXPECT_EQ(rel, 0.0); }
     std::printf("[quant] %-5s relative RMSE %.3e (bound %.1e)\n", std::string(tr.name).c_str(), rel, b.max_rel_rmse);
   }
 }
