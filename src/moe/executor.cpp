@@ -1,6 +1,7 @@
 #include "moe/executor.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "kernels/ops.h"
@@ -140,30 +141,61 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
   const int64_t rows = row0_[n], n_ff = weights_[0].gate.rows;
   gate_.resize(static_cast<size_t>(rows * n_ff));
   up_.resize(static_cast<size_t>(rows * n_ff));
+  // A decoded token's experts all take the same single row: it is quantized once per activation type
+  // (the same bytes each expert would get), not once per expert.
+  bool one_token = rows == static_cast<int64_t>(n);
+  for (size_t i = 1; i < n && one_token; ++i) one_token = by_expert_[needed_[i]][0].first == by_expert_[needed_[0]][0].first;
   jobs_.clear();
+  // Buffers filled in this call, one per activation type (a fixed array: no allocation per token).
+  std::array<const kernels::ActBuffer*, 4> converted{};
+  size_t n_converted = 0;
+  auto remember = [&](const kernels::ActBuffer* a) {
+    if (n_converted < converted.size()) converted[n_converted++] = a;
+  };
   for (size_t i = 0; i < n; ++i) {
     const ExpertWeights& w = weights_[i];
     const int64_t m = row0_[i + 1] - row0_[i];
     const DType gate_act = dtype_traits(w.gate.type).vec_dot_type, up_act = dtype_traits(w.up.type).vec_dot_type;
     const float* xi = xg_.data() + row0_[i] * n_embd;
-    act_in_[i].convert(gate_act, xi, m, n_embd, n_embd);
-    const kernels::ActBuffer* up_in = &act_in_[i];
-    if (up_act != gate_act) {
-      act_up_[i].convert(up_act, xi, m, n_embd, n_embd);
-      up_in = &act_up_[i];
+    const kernels::ActBuffer* gate_in = nullptr;
+    const kernels::ActBuffer* up_in = nullptr;
+    if (one_token)
+      for (size_t c = 0; c < n_converted; ++c) {
+        if (!gate_in && converted[c]->type() == gate_act) gate_in = converted[c];
+        if (!up_in && converted[c]->type() == up_act) up_in = converted[c];
+      }
+    if (!gate_in) {
+      act_in_[i].convert(gate_act, xi, m, n_embd, n_embd);
+      gate_in = &act_in_[i];
+      remember(gate_in);
     }
-    jobs_.push_back({w.gate, &act_in_[i], gate_.data() + row0_[i] * n_ff, n_ff});
+    if (!up_in) {
+      if (up_act == gate_act) {
+        up_in = gate_in;
+      } else {
+        act_up_[i].convert(up_act, xi, m, n_embd, n_embd);
+        up_in = &act_up_[i];
+        remember(up_in);
+      }
+    }
+    jobs_.push_back({w.gate, gate_in, gate_.data() + row0_[i] * n_ff, n_ff});
     jobs_.push_back({w.up, up_in, up_.data() + row0_[i] * n_ff, n_ff});
   }
   kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
-  kernels::swiglu(gate_.data(), up_.data(), gate_.data(), rows * n_ff);
+  // SwiGLU and the down projections' activations, expert by expert across the pool (elementwise, so
+  // the same values as one pass over all rows).
+  pool.parallel_for(static_cast<int64_t>(n), 1, [&](int64_t i0, int64_t i1, int) {
+    for (int64_t ii = i0; ii < i1; ++ii) {
+      const size_t i = static_cast<size_t>(ii);
+      const int64_t m = row0_[i + 1] - row0_[i];
+      float* g = gate_.data() + row0_[i] * n_ff;
+      kernels::swiglu(g, up_.data() + row0_[i] * n_ff, g, m * n_ff);
+      act_down_[i].convert(dtype_traits(weights_[i].down.type).vec_dot_type, g, m, n_ff, n_ff);
+    }
+  });
   jobs_.clear();
-  for (size_t i = 0; i < n; ++i) {
-    const ExpertWeights& w = weights_[i];
-    const int64_t m = row0_[i + 1] - row0_[i];
-    act_down_[i].convert(dtype_traits(w.down.type).vec_dot_type, gate_.data() + row0_[i] * n_ff, m, n_ff, n_ff);
-    jobs_.push_back({w.down, &act_down_[i], down_.data() + row0_[i] * n_embd, n_embd});
-  }
+  for (size_t i = 0; i < n; ++i)
+    jobs_.push_back({weights_[i].down, &act_down_[i], down_.data() + row0_[i] * n_embd, n_embd});
   kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
   for (size_t i = 0; i < n; ++i) store.release(layer, needed_[i], weights_[i].tier);
 }
