@@ -183,6 +183,8 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
     const int64_t per_head_items = n_tokens * s.n_head_kv;
     const int runs = static_cast<int>(std::min<int64_t>(group, (min_items + per_head_items - 1) / per_head_items));
     const int run_len = (group + runs - 1) / runs;
+    // Checked here: a worker thread must not throw.
+    if (run_len > kMaxRun) fail("attention: {} query heads per kv head exceed {}", run_len, kMaxRun);
     for (auto& sc : attn_scratch_) {
       if (sc.scores.size() < static_cast<size_t>(run_len * n_ctx_used)) sc.scores.resize(static_cast<size_t>(run_len * n_ctx_used));
       sc.acc.resize(static_cast<size_t>(run_len * hd));
@@ -229,7 +231,6 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
           }
           continue;
         }
-        if (nh > kMaxRun) fail("attention: {} query heads per kv head exceed {}", nh, kMaxRun);
         kernels::F16AttnRun run;
         run.q = q0;
         run.q_stride = hd;

@@ -1,7 +1,6 @@
 #include "moe/executor.h"
 
 #include <algorithm>
-#include <array>
 #include <cstring>
 
 #include "kernels/ops.h"
@@ -141,42 +140,29 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
   const int64_t rows = row0_[n], n_ff = weights_[0].gate.rows;
   gate_.resize(static_cast<size_t>(rows * n_ff));
   up_.resize(static_cast<size_t>(rows * n_ff));
-  // A decoded token's experts all take the same single row: it is quantized once per activation type
-  // (the same bytes each expert would get), not once per expert.
+  // A decoded token's experts all take the same single row: the first expert's quantized activations
+  // serve every later expert whose weights want the same type (the same bytes it would compute).
   bool one_token = rows == static_cast<int64_t>(n);
   for (size_t i = 1; i < n && one_token; ++i) one_token = by_expert_[needed_[i]][0].first == by_expert_[needed_[0]][0].first;
   jobs_.clear();
-  // Buffers filled in this call, one per activation type (a fixed array: no allocation per token).
-  std::array<const kernels::ActBuffer*, 4> converted{};
-  size_t n_converted = 0;
-  auto remember = [&](const kernels::ActBuffer* a) {
-    if (n_converted < converted.size()) converted[n_converted++] = a;
-  };
   for (size_t i = 0; i < n; ++i) {
     const ExpertWeights& w = weights_[i];
     const int64_t m = row0_[i + 1] - row0_[i];
     const DType gate_act = dtype_traits(w.gate.type).vec_dot_type, up_act = dtype_traits(w.up.type).vec_dot_type;
     const float* xi = xg_.data() + row0_[i] * n_embd;
-    const kernels::ActBuffer* gate_in = nullptr;
-    const kernels::ActBuffer* up_in = nullptr;
-    if (one_token)
-      for (size_t c = 0; c < n_converted; ++c) {
-        if (!gate_in && converted[c]->type() == gate_act) gate_in = converted[c];
-        if (!up_in && converted[c]->type() == up_act) up_in = converted[c];
-      }
-    if (!gate_in) {
+    const bool reuse = one_token && i > 0;  // jobs_[0] / jobs_[1]: the first expert's gate / up
+    const kernels::ActBuffer* gate_in = &act_in_[i];
+    if (reuse && jobs_[0].act->type() == gate_act)
+      gate_in = jobs_[0].act;
+    else
       act_in_[i].convert(gate_act, xi, m, n_embd, n_embd);
-      gate_in = &act_in_[i];
-      remember(gate_in);
-    }
-    if (!up_in) {
-      if (up_act == gate_act) {
-        up_in = gate_in;
-      } else {
+    const kernels::ActBuffer* up_in = gate_in;
+    if (up_act != gate_act) {
+      up_in = &act_up_[i];
+      if (reuse && jobs_[1].act->type() == up_act)
+        up_in = jobs_[1].act;
+      else
         act_up_[i].convert(up_act, xi, m, n_embd, n_embd);
-        up_in = &act_up_[i];
-        remember(up_in);
-      }
     }
     jobs_.push_back({w.gate, gate_in, gate_.data() + row0_[i] * n_ff, n_ff});
     jobs_.push_back({w.up, up_in, up_.data() + row0_[i] * n_ff, n_ff});
