@@ -79,12 +79,7 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
                   static_cast<size_t>(n_embd) * sizeof(float));
   }
   evals_[0] = evals_[1] = acquires_[0] = acquires_[1] = 0;
-  bool all_ready = needed_.size() > 1;
-  for (size_t i = 0; i < needed_.size() && all_ready; ++i) all_ready = store.is_ready(layer, needed_[i], low_bit_ok_[i] != 0);
-  if (all_ready)
-    compute_fused(layer, n_embd, store, pool);
-  else
-    compute_one_by_one(layer, n_embd, store, pool);
+  compute_ready_first(layer, n_embd, store, pool);
   for (size_t i = 0; i < needed_.size(); ++i) {
     const auto& members = by_expert_[needed_[i]];
     for (size_t m = 0; m < members.size(); ++m) {
@@ -109,48 +104,67 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   }
 }
 
-void ExpertExecutor::compute_one_by_one(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool) {
-  for (size_t i = 0; i < needed_.size(); ++i) {
-    const int e = needed_[i];
-    const int64_t m = row0_[i + 1] - row0_[i];
-    ExpertWeights w = store.acquire(layer, e, low_bit_ok_[i] != 0);
-    swiglu_ffn(w.gate, w.up, w.down, xg_.data() + row0_[i] * n_embd, m, down_.data() + row0_[i] * n_embd, pool, ffn_);
-    store.release(layer, e, w.tier);
-    evals_[static_cast<int>(w.tier)] += static_cast<uint64_t>(m);
-    ++acquires_[static_cast<int>(w.tier)];
+// Experts already in memory are computed together while the store is still reading the others, so a
+// miss stalls only for the part of its read that outlasts that work; then whatever has arrived since,
+// and so on. With nothing ready, the first pending expert is waited for and computed alone: an
+// offloading store's budget holds one layer's worth of a decoded token's experts, not a whole prefill
+// batch's, so only experts already in memory are pinned together.
+void ExpertExecutor::compute_ready_first(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool) {
+  pending_.resize(needed_.size());
+  for (size_t i = 0; i < needed_.size(); ++i) pending_[i] = static_cast<int32_t>(i);
+  while (!pending_.empty()) {
+    batch_.clear();
+    size_t kept = 0;
+    for (const int32_t i : pending_) {
+      if (store.is_ready(layer, needed_[i], low_bit_ok_[i] != 0))
+        batch_.push_back(i);
+      else
+        pending_[kept++] = i;
+    }
+    pending_.resize(kept);
+    if (batch_.empty()) {
+      batch_.push_back(pending_.front());
+      pending_.erase(pending_.begin());
+    }
+    compute_fused(layer, n_embd, store, pool);
   }
 }
 
-// The same arithmetic as swiglu_ffn per expert (so bit-identical to compute_one_by_one), but the gate
-// and up products of all experts share one parallel region and the down products another: a decoded
-// token's experts are small matrices, and per-matrix regions left threads idle at every matrix's end.
+// The batch_ experts (positions in needed_) with the same arithmetic as swiglu_ffn per expert, so the
+// same bits whichever batch an expert lands in, but their gate and up products share one parallel
+// region and their down products another: a decoded token's experts are small matrices, and
+// per-matrix regions left threads idle at every matrix's end.
 void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool) {
-  const size_t n = needed_.size();
-  weights_.resize(n);
-  if (act_in_.size() < n) {
-    act_in_.resize(n);
-    act_up_.resize(n);
-    act_down_.resize(n);
+  const size_t n_needed = needed_.size();
+  weights_.resize(n_needed);
+  if (act_in_.size() < n_needed) {
+    act_in_.resize(n_needed);
+    act_up_.resize(n_needed);
+    act_down_.resize(n_needed);
   }
-  for (size_t i = 0; i < n; ++i) {
+  for (const int32_t i : batch_) {
     weights_[i] = store.acquire(layer, needed_[i], low_bit_ok_[i] != 0);
     evals_[static_cast<int>(weights_[i].tier)] += static_cast<uint64_t>(row0_[i + 1] - row0_[i]);
     ++acquires_[static_cast<int>(weights_[i].tier)];
   }
-  const int64_t rows = row0_[n], n_ff = weights_[0].gate.rows;
-  gate_.resize(static_cast<size_t>(rows * n_ff));
-  up_.resize(static_cast<size_t>(rows * n_ff));
-  // A decoded token's experts all take the same single row: the first expert's quantized activations
-  // serve every later expert whose weights want the same type (the same bytes it would compute).
-  bool one_token = rows == static_cast<int64_t>(n);
-  for (size_t i = 1; i < n && one_token; ++i) one_token = by_expert_[needed_[i]][0].first == by_expert_[needed_[0]][0].first;
+  const int64_t n_ff = weights_[batch_[0]].gate.rows;
+  gate_.resize(static_cast<size_t>(row0_[n_needed] * n_ff));
+  up_.resize(static_cast<size_t>(row0_[n_needed] * n_ff));
+  // A decoded token's experts all take the same single row: the batch's first expert's quantized
+  // activations serve every later expert whose weights want the same type (the same bytes it would
+  // compute).
+  const int32_t first_token = by_expert_[needed_[batch_[0]]][0].first;
+  bool one_token = true;
+  for (const int32_t i : batch_)
+    one_token = one_token && row0_[i + 1] - row0_[i] == 1 && by_expert_[needed_[i]][0].first == first_token;
   jobs_.clear();
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t b = 0; b < batch_.size(); ++b) {
+    const size_t i = static_cast<size_t>(batch_[b]);
     const ExpertWeights& w = weights_[i];
     const int64_t m = row0_[i + 1] - row0_[i];
     const DType gate_act = dtype_traits(w.gate.type).vec_dot_type, up_act = dtype_traits(w.up.type).vec_dot_type;
     const float* xi = xg_.data() + row0_[i] * n_embd;
-    const bool reuse = one_token && i > 0;  // jobs_[0] / jobs_[1]: the first expert's gate / up
+    const bool reuse = one_token && b > 0;  // jobs_[0] / jobs_[1]: the batch's first expert's gate / up
     const kernels::ActBuffer* gate_in = &act_in_[i];
     if (reuse && jobs_[0].act->type() == gate_act)
       gate_in = jobs_[0].act;
@@ -170,9 +184,9 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
   kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
   // SwiGLU and the down projections' activations, expert by expert across the pool (elementwise, so
   // the same values as one pass over all rows).
-  pool.parallel_for(static_cast<int64_t>(n), 1, [&](int64_t i0, int64_t i1, int) {
-    for (int64_t ii = i0; ii < i1; ++ii) {
-      const size_t i = static_cast<size_t>(ii);
+  pool.parallel_for(static_cast<int64_t>(batch_.size()), 1, [&](int64_t b0, int64_t b1, int) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const size_t i = static_cast<size_t>(batch_[static_cast<size_t>(b)]);
       const int64_t m = row0_[i + 1] - row0_[i];
       float* g = gate_.data() + row0_[i] * n_ff;
       kernels::swiglu(g, up_.data() + row0_[i] * n_ff, g, m * n_ff);
@@ -180,10 +194,10 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
     }
   });
   jobs_.clear();
-  for (size_t i = 0; i < n; ++i)
+  for (const int32_t i : batch_)
     jobs_.push_back({weights_[i].down, &act_down_[i], down_.data() + row0_[i] * n_embd, n_embd});
   kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
-  for (size_t i = 0; i < n; ++i) store.release(layer, needed_[i], weights_[i].tier);
+  for (const int32_t i : batch_) store.release(layer, needed_[i], weights_[i].tier);
 }
 
 }  // namespace moe

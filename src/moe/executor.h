@@ -63,15 +63,16 @@ class ExpertExecutor {
 
  private:
   // Computes needed_ experts' outputs into down_ (rows in needed_ order, each expert's tokens in
-  // by_expert_ order): one expert at a time, or all of them in two shared parallel regions.
-  void compute_one_by_one(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool);
+  // by_expert_ order), in batches of the experts the store has ready.
+  void compute_ready_first(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool);
+  // One batch: the batch_ experts in two shared parallel regions.
   void compute_fused(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool);
 
   std::vector<std::vector<std::pair<int32_t, int32_t>>> by_expert_;  // expert -> (token, slot)
   std::vector<float> xg_, down_, slots_;
   std::vector<int32_t> needed_;
+  std::vector<int32_t> pending_, batch_;  // compute_ready_first: positions in needed_
   std::vector<uint8_t> low_bit_ok_;  // per needed_ entry
-  FfnScratch ffn_;
   // compute_fused: per needed expert its weights, first row in down_, and activation buffers.
   std::vector<ExpertWeights> weights_;
   std::vector<int64_t> row0_, chunk_scratch_;
