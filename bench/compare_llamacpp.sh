@@ -77,6 +77,8 @@ bw = statistics.median(r["mem_bw_gbps"] for r in moe)
 tga, tgb = agg(moe, "tg_tok_s")[0], agg(lla, "tg_tok_s")[0]
 print(f"active bytes/token {act / 2**20:.1f} MiB; measured read bandwidth {bw:.1f} GB/s "
       f"-> decode roofline {bw * 1e9 / act:.1f} tok/s")
-print(f"roofline fraction: moe.cpp {act * tga / 1e9 / bw:.3f}, llama.cpp {act * tgb / 1e9 / bw:.3f}")
+print(f"roofline fraction against that median: moe.cpp {act * tga / 1e9 / bw:.3f}, llama.cpp {act * tgb / 1e9 / bw:.3f}")
+fr = agg(moe, "roofline_frac")
+print(f"moe.cpp's decode runs against the probe taken just before each: {fr[0]:.3f} [{fr[1]:.3f}, {fr[2]:.3f}]")
 PY
 echo "compare: raw results in $OUT" >&2

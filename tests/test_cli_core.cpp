@@ -123,5 +123,36 @@ TEST(CliCore, MemBudgetStreamsExpertsWithIdenticalResults) {
   for (const auto& f : {resident, streamed, stats, ids}) std::filesystem::remove(f);
 }
 
+// The keys external checks read from `moe bench --json`, resident and with experts streamed. The
+// bandwidth probe's buffer (here 256 MiB, far more than a tiny model and its scratch) must not show in
+// the peak RSS, and each decode run gets its own probe.
+TEST(CliCore, BenchJsonKeys) {
+  const std::string model = test::model_path("tiny-qwen3moe");
+  auto r = run_cli("bench -m " + model + " -t 2 -p 8 -n 4 -r 2 --bw-gib 0.25 --json 2>/dev/null");
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out);
+  for (const char* key : {"pp_tok_s", "tg_tok_s", "decode_gbps", "roofline_frac", "peak_rss_bytes", "ttft_ms",
+                          "active_bytes_per_token", "mem_bw_gbps"})
+    ASSERT_TRUE(j.contains(key)) << key;
+  EXPECT_GT(j["pp_tok_s"].get<double>(), 0.0);
+  EXPECT_GT(j["tg_tok_s"].get<double>(), 0.0);
+  EXPECT_GT(j["mem_bw_gbps"].get<double>(), 0.0);
+  EXPECT_LE(j["mem_bw_gbps_min"].get<double>(), j["mem_bw_gbps"].get<double>());
+  EXPECT_GT(j["roofline_frac"].get<double>(), 0.0);
+  EXPECT_LE(j["roofline_frac_min"].get<double>(), j["roofline_frac_max"].get<double>());
+  EXPECT_GT(j["peak_rss_bytes"].get<uint64_t>(), 0u);
+  EXPECT_LT(j["peak_rss_bytes"].get<uint64_t>(), 200ull << 20);
+  EXPECT_EQ(j["mode"], "resident");
+
+  r = run_cli("bench -m " + model + " -t 2 -p 8 -n 4 -r 1 --bw-gib 0 --offload-all --json 2>/dev/null");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["mode"], "offload");
+  for (const char* key : {"hit_rate", "bytes_read_per_token", "stall_frac"}) ASSERT_TRUE(j.contains(key)) << key;
+  EXPECT_GE(j["hit_rate"].get<double>(), 0.0);
+  EXPECT_LE(j["hit_rate"].get<double>(), 1.0);
+  EXPECT_EQ(j["mem_bw_probe"], "none");
+}
+
 }  // namespace
 }  // namespace moe

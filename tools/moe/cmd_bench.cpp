@@ -5,9 +5,14 @@
 //          (--depth D) after D random tokens were evaluated untimed
 //   ttft   prompt eval of p tokens + the first (greedy) sample, in ms
 //   decode_gbps   active bytes per token (Model::byte_report) * tg tok/s
-//   mem_bw_gbps   a streaming-read probe run here, with the same thread count (best of several passes)
-//   roofline_frac decode_gbps / mem_bw_gbps
-//   peak_rss      VmHWM (the mapped model pages we touched count, as they do for llama.cpp)
+//   mem_bw_gbps   a streaming-read probe run here, with the same thread count (best of 3 passes), just
+//                 before each timed decode run: the median of those probes
+//   roofline_frac each decode run's GB/s over the probe taken just before it: the median of those
+//                 ratios. Bandwidth on a shared machine swings by 2x within minutes, so a decode run is
+//                 compared with the bandwidth of its own moment, alternating, as performance.md asks of
+//                 every comparison. (Without a way to reset VmHWM, one probe after all runs instead.)
+//   peak_rss      VmHWM (the mapped model pages we touched count, as they do for llama.cpp), not
+//                 counting the probe's buffer
 // Every rate is the median of REPS repetitions, with min and max, after one untimed warm-up of each.
 #include <emmintrin.h>
 #include <sys/resource.h>
@@ -72,6 +77,8 @@ Stat stat_of(std::vector<double> v) {
 // Streaming read bandwidth: each thread sums its slice of a buffer far larger than the L3 with
 // independent SSE2 accumulators (enough loads in flight to saturate DRAM). Best of `passes`.
 double probe_read_bandwidth(ThreadPool& pool, size_t bytes, int passes) {
+  // The buffer is freed on return (a mapping this large goes back to the system), so the probe adds
+  // nothing to the RSS the timed runs see.
   bytes = bytes / (64 * 1024) * (64 * 1024);
   auto* buf = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));
   if (!buf) fail("bench: cannot allocate {} bytes for the bandwidth probe", bytes);
@@ -106,6 +113,15 @@ double probe_read_bandwidth(ThreadPool& pool, size_t bytes, int passes) {
   volatile uint64_t keep = sink[0];
   (void)keep;
   return best;
+}
+
+// Resets VmHWM to the current RSS (Linux's clear_refs "5"), so a freed probe buffer leaves no trace
+// in the peak. False where the kernel does not allow it.
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5" << std::flush;
+  return static_cast<bool>(f);
 }
 
 // Matmul FLOPs per token (2 per weight element of every matrix a token passes through; the k routed
@@ -230,14 +246,26 @@ int run_bench(const BenchArgs& a) {
   // Warm-up (untimed): pages the mapped weights in, sizes the scratch buffers.
   if (a.n_prompt > 0) run_pp(false);
   if (a.n_gen > 0) run_tg(false, std::min<int64_t>(a.n_gen, 4));
+  const size_t probe_bytes = static_cast<size_t>(a.bw_gib * (1 << 30));
+  // Probe just before each decode run when the probe's buffer can be kept out of the peak RSS.
+  const bool probe_each_rep = a.bw_gib > 0 && a.n_gen > 0 && reset_peak_rss();
+  uint64_t rss = peak_rss_bytes();  // load and warm-up
+  std::vector<double> bw_rep;
   for (int r = 0; r < a.reps; ++r) {
     if (a.n_prompt > 0) run_pp(true);
+    if (probe_each_rep) {
+      rss = std::max(rss, peak_rss_bytes());
+      bw_rep.push_back(probe_read_bandwidth(pool, probe_bytes, 3));
+      reset_peak_rss();
+    }
     if (a.n_gen > 0) run_tg(true, a.n_gen);
     if (!a.json) std::fprintf(stderr, "  rep %d/%d: pp %.2f tok/s, tg %.2f tok/s\n", r + 1, a.reps,
                               pp_rate.empty() ? 0.0 : pp_rate.back(), tg_rate.empty() ? 0.0 : tg_rate.back());
   }
-  const uint64_t rss = peak_rss_bytes();  // before the probe buffer exists
-  const double bw = a.bw_gib > 0 ? probe_read_bandwidth(pool, static_cast<size_t>(a.bw_gib * (1 << 30)), 5) : 0;
+  rss = std::max(rss, peak_rss_bytes());  // before any later probe buffer exists
+  if (a.bw_gib > 0 && !probe_each_rep) bw_rep.push_back(probe_read_bandwidth(pool, probe_bytes, 5));
+  const Stat bw_stat = stat_of(bw_rep);
+  const double bw = bw_stat.median;
 
   const Stat pp = stat_of(pp_rate), tg = stat_of(tg_rate), ttft = stat_of(ttft_ms);
   // Decoding at depth also reads the KV cache (fp16 K and V of every layer, for the mean context of the
@@ -247,6 +275,11 @@ int run_bench(const BenchArgs& a) {
                                      : 0.0;
   const double active = static_cast<double>(br.active_bytes_per_token) + kv_read;
   const double decode_gbps = active * tg.median / 1e9;
+  // Each decode run against the probe of its own moment, or all of them against the one probe.
+  std::vector<double> frac_rep;
+  for (size_t r = 0; r < tg_rate.size() && bw > 0; ++r)
+    frac_rep.push_back(active * tg_rate[r] / 1e9 / (probe_each_rep ? bw_rep[r] : bw));
+  const Stat frac = stat_of(frac_rep);
   const double flops_tok = matmul_flops_per_token(*model);
 
   nlohmann::ordered_json j;
@@ -276,8 +309,13 @@ int run_bench(const BenchArgs& a) {
   j["decode_gbps_min"] = active * tg.min / 1e9;
   j["decode_gbps_max"] = active * tg.max / 1e9;
   j["mem_bw_gbps"] = bw;
+  j["mem_bw_gbps_min"] = bw_stat.min;
+  j["mem_bw_gbps_max"] = bw_stat.max;
+  j["mem_bw_probe"] = probe_each_rep ? "before each decode run" : (bw > 0 ? "after all runs" : "none");
   j["roofline_tok_s"] = bw > 0 ? bw * 1e9 / active : 0.0;
-  j["roofline_frac"] = bw > 0 ? decode_gbps / bw : 0.0;
+  j["roofline_frac"] = frac.median;
+  j["roofline_frac_min"] = frac.min;
+  j["roofline_frac_max"] = frac.max;
   j["peak_rss_bytes"] = rss;
   j["load_s"] = load_s;
   j["mode"] = offload ? "offload" : "resident";
@@ -306,9 +344,10 @@ int run_bench(const BenchArgs& a) {
               human_bytes(static_cast<uint64_t>(active)).c_str(), human_bytes(br.active_bytes_per_token).c_str(),
               human_bytes(static_cast<uint64_t>(kv_read)).c_str(), (long long)a.depth);
   std::printf("decode GB/s      %.2f\n", decode_gbps);
-  std::printf("memory bw GB/s   %.2f (read probe, %d threads, %.2f GiB)\n", bw, n_threads, a.bw_gib);
-  std::printf("roofline         %.1f%% (bound %.2f tok/s)\n", 100.0 * (bw > 0 ? decode_gbps / bw : 0.0),
-              bw > 0 ? bw * 1e9 / active : 0.0);
+  std::printf("memory bw GB/s   %.2f  [min %.2f, max %.2f] (read probe %s, %d threads, %.2f GiB)\n", bw, bw_stat.min,
+              bw_stat.max, j["mem_bw_probe"].get<std::string>().c_str(), n_threads, a.bw_gib);
+  std::printf("roofline         %.1f%%  [min %.1f%%, max %.1f%%] (bound %.2f tok/s)\n", 100.0 * frac.median,
+              100.0 * frac.min, 100.0 * frac.max, bw > 0 ? bw * 1e9 / active : 0.0);
   std::printf("peak RSS         %s\n", human_bytes(rss).c_str());
   if (offload)
     std::printf("expert cache     %s, hit rate %.1f%%, %s read per token, stalled %.1f%% of decode, prediction "
