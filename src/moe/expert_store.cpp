@@ -126,7 +126,7 @@ BudgetedExpertStore::~BudgetedExpertStore() {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  io_cv_.notify_all();
   io_thread_.join();
 }
 
@@ -234,6 +234,7 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_o
         where_.erase(it);
         throw Error(msg);
       }
+      if (sl.state == SlotState::Loading && !waited) promote_locked(key);
       if (sl.state == SlotState::Ready) {
         if (waited) stats_.stall_seconds += std::chrono::duration<double>(Clock::now() - wait_start).count();
         if (sl.from_prefetch) {
@@ -255,15 +256,15 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_o
       if (evicted_for_speculation_.erase(key)) speculative_success_ *= 1.0 - kSpeculationEmaRate;
       const long slot = claim_slot_locked(key, tier, false, false);
       if (slot >= 0) {
-        queue_.push_front({key, static_cast<size_t>(slot)});
-        cv_.notify_all();
+        enqueue_needed_locked(key, static_cast<size_t>(slot));
+        io_cv_.notify_all();
       }
     }
     if (!waited) {
       waited = true;
       wait_start = Clock::now();
     }
-    cv_.wait(lock);
+    ready_cv_.wait(lock);
   }
 }
 
@@ -283,7 +284,7 @@ void BudgetedExpertStore::release(int layer, int expert, ExpertTier tier) {
   if (it == where_.end() || slots_[it->second].pins == 0)
     fail("expert store: release of layer {} expert {} that is not acquired", layer, expert);
   --slots_[it->second].pins;
-  cv_.notify_all();
+  ready_cv_.notify_all();
 }
 
 void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, bool speculative,
@@ -293,10 +294,16 @@ void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, boo
   for (int i = 0; i < n; ++i) {
     if (experts[i] < 0 || experts[i] >= n_expert_) continue;
     const ExpertKey full = key_of(layer, experts[i], ExpertTier::Full);
-    if (where_.count(full)) continue;  // the full copy serves any request
+    if (where_.count(full)) {  // the full copy serves any request
+      if (!speculative) promote_locked(full);
+      continue;
+    }
     const ExpertTier tier = has_low_ && low_bit_ok && low_bit_ok[i] ? ExpertTier::LowBit : ExpertTier::Full;
     const ExpertKey key = key_of(layer, experts[i], tier);
-    if (where_.count(key)) continue;
+    if (where_.count(key)) {
+      if (!speculative) promote_locked(key);
+      continue;
+    }
     // Loading an expert that a speculative load pushed out is that speculation's cost, whether a
     // demand miss or another hint brings it back (hints chasing each other through a tight pool).
     if (evicted_for_speculation_.erase(key)) speculative_success_ *= 1.0 - kSpeculationEmaRate;
@@ -306,11 +313,32 @@ void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, boo
       continue;
     }
     if (slot < 0) break;  // everything else is pinned or hinted: drop the rest of the hint
-    queue_.push_back({key, static_cast<size_t>(slot)});
-    if (speculative) ++stats_.prefetch_issued;
+    if (speculative) {
+      queue_.push_back({key, static_cast<size_t>(slot), false});
+      ++stats_.prefetch_issued;
+    } else {
+      enqueue_needed_locked(key, static_cast<size_t>(slot));
+    }
     queued = true;
   }
-  if (queued) cv_.notify_all();
+  if (queued) io_cv_.notify_all();
+}
+
+void BudgetedExpertStore::enqueue_needed_locked(ExpertKey key, size_t slot) {
+  auto pos = queue_.begin();
+  while (pos != queue_.end() && pos->needed_now) ++pos;
+  queue_.insert(pos, {key, slot, true});
+}
+
+void BudgetedExpertStore::promote_locked(ExpertKey key) {
+  for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+    if (it->key != key) continue;
+    if (it->needed_now) return;
+    const size_t slot = it->slot;
+    queue_.erase(it);
+    enqueue_needed_locked(key, slot);
+    return;
+  }
 }
 
 // Called only when no slot is free (a speculative hint may always take a free one). Evicting a cached
@@ -373,7 +401,7 @@ void BudgetedExpertStore::io_loop() {
     Job job;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      io_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
       if (stop_) return;
       job = queue_.front();
       queue_.pop_front();
@@ -386,7 +414,7 @@ void BudgetedExpertStore::io_loop() {
       slots_[job.slot].state = SlotState::Failed;
       slots_[job.slot].error = e.what();
     }
-    cv_.notify_all();
+    ready_cv_.notify_all();
   }
 }
 

@@ -184,7 +184,12 @@ class BudgetedExpertStore final : public ExpertStore {
   struct Job {
     ExpertKey key;
     size_t slot;
+    bool needed_now = false;  // a layer being computed waits for it (else: a hint for later layers)
   };
+  // Reads the computing layer waits for go before every hint for later layers, in the order asked
+  // (they sit at the queue's front); a queued hint that becomes needed moves up to join them.
+  void enqueue_needed_locked(ExpertKey key, size_t slot);
+  void promote_locked(ExpertKey key);
 
   // Keys: layer * key_stride_ + tier * n_expert_ + expert, so policies that decode the layer as
   // key / (their n_expert) see both copies of an expert in its layer.
@@ -213,7 +218,10 @@ class BudgetedExpertStore final : public ExpertStore {
   std::unordered_map<ExpertKey, size_t> where_;
   std::deque<Job> queue_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  // Two conditions, so that the compute threads' releases (8 per layer of a decoded token) do not wake
+  // the I/O thread, which would take a core from a compute thread each time on a 2-core machine.
+  std::condition_variable io_cv_;     // the I/O thread: a job was queued, or stop_
+  std::condition_variable ready_cv_;  // acquirers: a read finished, or a pin was released
   bool stop_ = false;
   ExpertStoreStats stats_;
   // Speculative prefetch pays only while it helps more than it hurts. Exponential moving average of
