@@ -136,6 +136,9 @@ TEST_P(FixtureModel, BatchedEqualsTokenByToken) {
   const auto inv_batched = batched_logits(*model, ids, 2, 512, invariant);
   EXPECT_EQ(inv_batched, batched_logits(*model, ids, 2, /*n_batch=*/1, invariant));
   EXPECT_EQ(inv_batched, batched_logits(*model, ids, 1, /*n_batch=*/7, invariant));
+  // One thread decoding: a token's experts (at least twice as many as threads) take the executor's
+  // single-region path, which must give the prefill's bits too (2 threads take it for top-4 models).
+  EXPECT_EQ(inv_batched, batched_logits(*model, ids, 1, /*n_batch=*/1, invariant));
 }
 
 TEST_P(FixtureModel, ThreadCountDoesNotChangeResults) {

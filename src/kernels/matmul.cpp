@@ -52,14 +52,14 @@ void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_s
   }
 }
 
-namespace {
-
 void check_operands(const MatrixRef& w, const ActBuffer& act) {
   if (act.n() != w.cols) fail("matmul: activation length {} != weight columns {}", act.n(), w.cols);
   if (act.type() != dtype_traits(w.type).vec_dot_type)
     fail("matmul: activations are {} but {} weights need {}", dtype_traits(act.type()).name,
          dtype_traits(w.type).name, dtype_traits(dtype_traits(w.type).vec_dot_type).name);
 }
+
+namespace {
 
 // Rows per chunk: a few tens of KB of weights, a multiple of 4 so chunks do not split the tile
 // kernels' row groups. Decoding one token streams each matrix once, and every chunk is a new stream that

@@ -57,6 +57,10 @@ struct MatmulJob {
 };
 void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::vector<int64_t>& chunk_scratch);
 
+// Throws unless act fits w (length, and w's vec_dot_type). matmul and matmul_batch check every job; a
+// fused region that calls matmul_rows checks its jobs first, since its workers must not throw.
+void check_operands(const MatrixRef& w, const ActBuffer& act);
+
 // Same, single-threaded, over rows [r0, r1) (building block for fused parallel regions).
 void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, int64_t r0, int64_t r1);
 

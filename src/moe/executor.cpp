@@ -1,8 +1,11 @@
 #include "moe/executor.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstring>
 
+#include "base/error.h"
 #include "kernels/ops.h"
 
 namespace moe {
@@ -181,23 +184,71 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
     jobs_.push_back({w.gate, gate_in, gate_.data() + row0_[i] * n_ff, n_ff});
     jobs_.push_back({w.up, up_in, up_.data() + row0_[i] * n_ff, n_ff});
   }
-  kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
-  // SwiGLU and the down projections' activations, expert by expert across the pool (elementwise, so
-  // the same values as one pass over all rows).
-  pool.parallel_for(static_cast<int64_t>(batch_.size()), 1, [&](int64_t b0, int64_t b1, int) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const size_t i = static_cast<size_t>(batch_[static_cast<size_t>(b)]);
-      const int64_t m = row0_[i + 1] - row0_[i];
-      float* g = gate_.data() + row0_[i] * n_ff;
-      kernels::swiglu(g, up_.data() + row0_[i] * n_ff, g, m * n_ff);
-      act_down_[i].convert(dtype_traits(weights_[i].down.type).vec_dot_type, g, m, n_ff, n_ff);
+  // SwiGLU and the down projections' activations of the batch's b-th expert (elementwise, so the same
+  // values whichever thread runs it).
+  auto activate = [&](size_t b) {
+    const size_t i = static_cast<size_t>(batch_[b]);
+    const int64_t m = row0_[i + 1] - row0_[i];
+    float* g = gate_.data() + row0_[i] * n_ff;
+    kernels::swiglu(g, up_.data() + row0_[i] * n_ff, g, m * n_ff);
+    act_down_[i].convert(dtype_traits(weights_[i].down.type).vec_dot_type, g, m, n_ff, n_ff);
+  };
+  const size_t nb = batch_.size();
+  for (const int32_t i : batch_)
+    if (weights_[i].down.cols != n_ff)
+      fail("expert {} of layer {}: down projection has {} columns, gate has {} rows", needed_[i], layer,
+           weights_[i].down.cols, n_ff);
+  if (one_token && nb >= 2 * static_cast<size_t>(pool.size())) {
+    compute_decode_dataflow(nb, n_embd, pool, activate);
+  } else {
+    kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
+    pool.parallel_for(static_cast<int64_t>(nb), 1, [&](int64_t b0, int64_t b1, int) {
+      for (int64_t b = b0; b < b1; ++b) activate(static_cast<size_t>(b));
+    });
+    jobs_.clear();
+    for (const int32_t i : batch_)
+      jobs_.push_back({weights_[i].down, &act_down_[i], down_.data() + row0_[i] * n_embd, n_embd});
+    kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
+  }
+  for (const int32_t i : batch_) store.release(layer, needed_[i], weights_[i].tier);
+}
+
+// A decoded token's experts in one parallel region instead of three. Tasks are handed out in order:
+// the gate and up products of every expert (jobs_, one whole matrix each), then every down product.
+// The thread that finishes the second of an expert's gate/up pair runs its SwiGLU at once, and a
+// down task waits for its expert's activations (by then usually long done, since every gate/up task
+// was claimed before any down task, and a claimed task is being run, so the wait always ends). With at
+// least twice as many experts as threads, matmul_batch would also have given each matrix one chunk, so
+// the bits are the same; what goes is two barriers per layer and the idle tails before them.
+template <class Activate>
+void ExpertExecutor::compute_decode_dataflow(size_t nb, int64_t n_embd, ThreadPool& pool, Activate& activate) {
+  for (size_t j = 0; j < jobs_.size(); ++j)
+    kernels::check_operands(jobs_[j].w, *jobs_[j].act);
+  if (!pair_state_ || pair_state_capacity_ < nb) {
+    pair_state_ = std::make_unique<std::atomic<int>[]>(nb);
+    pair_state_capacity_ = nb;
+  }
+  for (size_t b = 0; b < nb; ++b) pair_state_[b].store(0, std::memory_order_relaxed);
+  constexpr int kActivated = 3;  // 0, 1, 2: gate/up products done; 3: activations ready
+  pool.parallel_for(static_cast<int64_t>(3 * nb), 1, [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (t < static_cast<int64_t>(2 * nb)) {
+        const kernels::MatmulJob& j = jobs_[static_cast<size_t>(t)];
+        kernels::matmul_rows(j.w, *j.act, j.y, j.y_stride, 0, j.w.rows);
+        const size_t b = static_cast<size_t>(t / 2);
+        if (pair_state_[b].fetch_add(1, std::memory_order_acq_rel) == 1) {
+          activate(b);
+          pair_state_[b].store(kActivated, std::memory_order_release);
+        }
+        continue;
+      }
+      const size_t b = static_cast<size_t>(t) - 2 * nb;
+      while (pair_state_[b].load(std::memory_order_acquire) != kActivated) _mm_pause();
+      const size_t i = static_cast<size_t>(batch_[b]);
+      kernels::matmul_rows(weights_[i].down, act_down_[i], down_.data() + row0_[i] * n_embd, n_embd, 0,
+                           weights_[i].down.rows);
     }
   });
-  jobs_.clear();
-  for (const int32_t i : batch_)
-    jobs_.push_back({weights_[i].down, &act_down_[i], down_.data() + row0_[i] * n_embd, n_embd});
-  kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
-  for (const int32_t i : batch_) store.release(layer, needed_[i], weights_[i].tier);
 }
 
 }  // namespace moe

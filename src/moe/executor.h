@@ -4,6 +4,7 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "base/thread_pool.h"
@@ -65,8 +66,10 @@ class ExpertExecutor {
   // Computes needed_ experts' outputs into down_ (rows in needed_ order, each expert's tokens in
   // by_expert_ order), in batches of the experts the store has ready.
   void compute_ready_first(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool);
-  // One batch: the batch_ experts in two shared parallel regions.
+  // One batch: the batch_ experts in shared parallel regions.
   void compute_fused(int layer, int64_t n_embd, ExpertStore& store, ThreadPool& pool);
+  template <class Activate>
+  void compute_decode_dataflow(size_t nb, int64_t n_embd, ThreadPool& pool, Activate& activate);
 
   std::vector<std::vector<std::pair<int32_t, int32_t>>> by_expert_;  // expert -> (token, slot)
   std::vector<float> xg_, down_, slots_;
@@ -79,6 +82,8 @@ class ExpertExecutor {
   std::vector<kernels::ActBuffer> act_in_, act_up_, act_down_;
   std::vector<kernels::MatmulJob> jobs_;
   std::vector<float> gate_, up_;
+  std::unique_ptr<std::atomic<int>[]> pair_state_;  // compute_decode_dataflow: per expert of the batch
+  size_t pair_state_capacity_ = 0;
   uint64_t evals_[2] = {0, 0}, acquires_[2] = {0, 0};
   ExpertPrecision precision_;
   ExpertUseCounters* counters_ = nullptr;
