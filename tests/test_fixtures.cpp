@@ -126,10 +126,14 @@ TEST_P(FixtureModel, BatchedEqualsTokenByToken) {
   const auto one_by_one = batched_logits(*model, ids, 2, /*n_batch=*/1);
   const auto chunks = batched_logits(*model, ids, 1, /*n_batch=*/7);
   // By default batches attend with sgemm, whose fp32 summation order differs from decoding's; 8-bit
-  // activation rounding in quantized models amplifies that to at most ~2e-5 here.
+  // activation rounding in quantized models amplifies that to at most ~2e-5 here. Where a token's
+  // router is at a near-tie, the two orders can pick different experts: with the AVX2 kernels
+  // (MOE_ISA=avx2) that happens in tiny-qwen3moe-Q4_K_M and tiny-mixtral-Q4_K_M (NMSE 7e-5, 1-2 of 43-86
+  // top-1 picks), so agreement is asked of nearly every position. The bitwise check is
+  // --batch-invariant's, below.
   EXPECT_LE(nmse(one_by_one, batched), 1e-4);
   EXPECT_LE(nmse(chunks, batched), 1e-4);
-  EXPECT_EQ(test::top1_agreement(one_by_one, batched, V), 1.0);
+  EXPECT_GE(test::top1_agreement(one_by_one, batched, V), 0.97);
   // With --batch-invariant the batching does not change a single bit.
   ForwardOptions invariant;
   invariant.batch_invariant = true;
