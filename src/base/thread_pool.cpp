@@ -2,11 +2,6 @@
 
 namespace moe {
 namespace {
-inline void cpu_relax() {
-#if defined(__x86_64__)
-  __builtin_ia32_pause();
-#endif
-}
 // How long an idle worker spins before sleeping: about half a millisecond on current x86 cores
 // (pause is ~40-140 cycles), longer than the gap between the parallel regions of one token and short
 // enough not to burn a core between requests.

@@ -19,6 +19,14 @@
 
 namespace moe {
 
+// The spin-wait hint for loops that wait on another thread (the pool's own, and fused regions whose
+// tasks wait on each other).
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  __builtin_ia32_pause();
+#endif
+}
+
 class ThreadPool {
  public:
   explicit ThreadPool(int n_threads);

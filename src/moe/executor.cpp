@@ -1,7 +1,5 @@
 #include "moe/executor.h"
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstring>
 
@@ -243,7 +241,7 @@ void ExpertExecutor::compute_decode_dataflow(size_t nb, int64_t n_embd, ThreadPo
         continue;
       }
       const size_t b = static_cast<size_t>(t) - 2 * nb;
-      while (pair_state_[b].load(std::memory_order_acquire) != kActivated) _mm_pause();
+      while (pair_state_[b].load(std::memory_order_acquire) != kActivated) cpu_relax();
       const size_t i = static_cast<size_t>(batch_[b]);
       kernels::matmul_rows(weights_[i].down, act_down_[i], down_.data() + row0_[i] * n_embd, n_embd, 0,
                            weights_[i].down.rows);
