@@ -33,6 +33,28 @@ TEST(KernelOps, DotAndAxpyMatchScalarReference) {
   }
 }
 
+TEST(KernelOps, RowOpsMatchScalarReference) {
+  for (int64_t n : {1, 5, 16, 33, 100, 2048, 2051}) {
+    auto x = randn(n + 3, 11), w = randn(n, 12);
+    // rms_norm: the double sum of squares is added in another order, so the float mean may move by one
+    // rounding; the rest is the same float arithmetic.
+    for (const float* wp : {static_cast<const float*>(nullptr), static_cast<const float*>(w.data())}) {
+      auto y1 = x, y2 = x;
+      rms_norm(x.data(), wp, y1.data(), n, 1e-6f);
+      rms_norm_ref(x.data(), wp, y2.data(), n, 1e-6f);
+      for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y1[i], y2[i], 4e-7f * std::fabs(y2[i])) << n;
+      for (int64_t i = n; i < n + 3; ++i) EXPECT_EQ(y1[i], x[i]) << "wrote past the end, n=" << n;
+    }
+    // add and scale: elementwise, so bit for bit.
+    auto a1 = randn(n + 3, 13), a2 = a1;
+    add(a1.data(), x.data(), n);
+    add_ref(a2.data(), x.data(), n);
+    scale(a1.data(), -0.73f, n);
+    scale_ref(a2.data(), -0.73f, n);
+    for (int64_t i = 0; i < n + 3; ++i) EXPECT_EQ(a1[i], a2[i]) << n << " " << i;
+  }
+}
+
 TEST(KernelOps, RmsNormMatchesFormula) {
   const int64_t n = 300;
   auto x = randn(n, 4), w = randn(n, 5), y(x);

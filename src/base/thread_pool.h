@@ -46,22 +46,79 @@ class ThreadPool {
       fn(int64_t{0}, n, 0);
       return;
     }
-    struct Shared {
+    struct {
       alignas(64) std::atomic<int64_t> next{0};
-      alignas(64) std::atomic<int64_t> done{0};
-    } sh;
-    auto body = [&](int ti) {
+    } counter;
+    parallel_claims(n, [&](int64_t& begin, int64_t& end) {
+      begin = counter.next.fetch_add(grain, std::memory_order_relaxed);
+      end = std::min(n, begin + grain);
+      return begin < n;
+    }, fn);
+  }
+
+  // As parallel_for, but chunks shrink as the range runs out (guided self-scheduling): each claim takes
+  // a 1/(2 * threads) share of what is left, at least min_grain and a multiple of align (the last may
+  // be shorter). Early chunks stay long (one stream each for the hardware prefetcher) while the last
+  // ones are short, so no thread waits long at the end for another's big chunk. For work whose
+  // result does not depend on where chunks are cut (a decoded token's matrix rows).
+  template <class F>
+  void parallel_for_guided(int64_t n, int64_t min_grain, int64_t align, F&& fn) {
+    if (n <= 0) return;
+    if (n_threads_ == 1 || n <= min_grain) {
+      fn(int64_t{0}, n, 0);
+      return;
+    }
+    GuidedRange range(n, min_grain, align, n_threads_);
+    parallel_claims(n, [&](int64_t& begin, int64_t& end) { return range.claim(begin, end); }, fn);
+  }
+
+  // The claim rule of parallel_for_guided, for regions that mix it with other work.
+  class GuidedRange {
+   public:
+    GuidedRange(int64_t n, int64_t min_grain, int64_t align, int n_threads)
+        : n_(n), align_(std::max<int64_t>(1, align)), divisor_(2 * std::max(1, n_threads)) {
+      min_grain_ = std::max<int64_t>(align_, (std::max<int64_t>(1, min_grain) + align_ - 1) / align_ * align_);
+    }
+    bool claim(int64_t& begin, int64_t& end) {
+      int64_t b = next_.load(std::memory_order_relaxed);
       for (;;) {
-        const int64_t begin = sh.next.fetch_add(grain, std::memory_order_relaxed);
-        if (begin >= n) break;
-        const int64_t end = std::min(n, begin + grain);
+        if (b >= n_) return false;
+        int64_t size = std::max(min_grain_, (n_ - b) / divisor_);
+        size = (size + align_ - 1) / align_ * align_;
+        const int64_t e = std::min(n_, b + size);
+        if (next_.compare_exchange_weak(b, e, std::memory_order_relaxed)) {
+          begin = b;
+          end = e;
+          return true;
+        }
+      }
+    }
+
+   private:
+    alignas(64) std::atomic<int64_t> next_{0};
+    int64_t n_, align_, divisor_, min_grain_;
+  };
+
+  // The general form: every thread calls claim(begin, end) (which must be thread-safe) and runs
+  // fn(begin, end, ti) on each range it gets, until claim returns false; returns when the claimed
+  // ranges, n items in all, are done.
+  template <class Claim, class F>
+  void parallel_claims(int64_t n, Claim&& claim, F& fn) {
+    struct {
+      alignas(64) std::atomic<int64_t> done{0};
+    } progress;
+    auto body = [&](int ti) {
+      int64_t begin = 0, end = 0;
+      while (claim(begin, end)) {
         fn(begin, end, ti);
-        sh.done.fetch_add(end - begin, std::memory_order_release);
+        progress.done.fetch_add(end - begin, std::memory_order_release);
       }
     };
     using Body = decltype(body);
+    using Progress = decltype(progress);
     run_shared([](void* ctx, int ti) { (*static_cast<Body*>(ctx))(ti); }, &body,
-               [](void* ctx) { return static_cast<Shared*>(ctx)->done.load(std::memory_order_acquire); }, &sh, n);
+               [](void* ctx) { return static_cast<Progress*>(ctx)->done.load(std::memory_order_acquire); },
+               &progress, n);
   }
 
   // Calls fn(slot, n_threads) once for every slot in [0, n_threads): the classic "each thread takes

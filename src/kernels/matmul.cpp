@@ -61,38 +61,70 @@ void check_operands(const MatrixRef& w, const ActBuffer& act) {
 
 namespace {
 
-// Rows per chunk: a few tens of KB of weights, a multiple of 4 so chunks do not split the tile
-// kernels' row groups. Decoding one token streams each matrix once, and every chunk is a new stream that
-// the hardware prefetcher must pick up again: chunks are as large as balance allows. A lone matrix is
-// cut in two per thread (slack for imbalance); in a batch of at least twice as many matrices as threads
-// (a token's experts) each matrix is one chunk, which measured 5-9% faster than halves on Qwen3-30B-A3B
-// expert shapes (bench BM_ExpertDecode).
-int64_t row_grain(const MatrixRef& w, const ActBuffer& act, int n_threads, size_t n_jobs = 1) {
-  int64_t grain = std::max<int64_t>(4, static_cast<int64_t>(32768 / std::max<size_t>(1, w.row_bytes))) & ~int64_t{3};
-  if (act.n_tokens() == 1) {
-    const int64_t want_chunks = 2 * static_cast<int64_t>(n_threads);
-    const int64_t parts = std::max<int64_t>(1, (want_chunks + static_cast<int64_t>(n_jobs) - 1) / static_cast<int64_t>(n_jobs));
-    grain = std::max<int64_t>(grain, parts == 1 ? w.rows : (w.rows / parts) & ~int64_t{3});
-  }
-  return grain;
+// Rows per chunk of a batch of tokens: a few tens of KB of weights, a multiple of 4 so chunks do not
+// split the tile kernels' row groups.
+int64_t row_grain(const MatrixRef& w) {
+  return std::max<int64_t>(4, static_cast<int64_t>(32768 / std::max<size_t>(1, w.row_bytes))) & ~int64_t{3};
 }
 
 }  // namespace
 
+// The shortest chunk a decoded token's rows are cut into: about 64 KB of weights. Decoding streams each
+// matrix once and every chunk is a new stream for the hardware prefetcher to pick up, so chunks start
+// long (guided claims) and only the last ones, where threads would otherwise wait for each other, are
+// this short. Decode computes each row on its own (the single-token path of matmul_rows),
+// so the bits do not depend on where chunks are cut.
+int64_t decode_min_rows(size_t row_bytes) {
+  return std::max<int64_t>(4, static_cast<int64_t>(65536 / std::max<size_t>(1, row_bytes))) & ~int64_t{3};
+}
+
 void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, ThreadPool& pool) {
   check_operands(w, act);
-  pool.parallel_for(w.rows, row_grain(w, act, pool.size()),
+  if (act.n_tokens() == 1) {
+    pool.parallel_for_guided(w.rows, decode_min_rows(w.row_bytes), 4,
+                             [&](int64_t r0, int64_t r1, int) { matmul_rows(w, act, y, y_stride, r0, r1); });
+    return;
+  }
+  pool.parallel_for(w.rows, row_grain(w),
                     [&](int64_t r0, int64_t r1, int) { matmul_rows(w, act, y, y_stride, r0, r1); });
 }
 
 void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::vector<int64_t>& chunk_scratch) {
   // chunk_scratch: per job, the index of its first chunk (prefix sums), then the total.
   chunk_scratch.resize(n_jobs + 1);
+  bool one_token = true;
+  size_t max_row_bytes = 1;
+  for (size_t i = 0; i < n_jobs; ++i) {
+    one_token = one_token && jobs[i].act->n_tokens() == 1;
+    max_row_bytes = std::max(max_row_bytes, jobs[i].w.row_bytes);
+  }
+  if (one_token) {
+    // A decoded token: the jobs' rows laid end to end, cut by guided claims that may span jobs.
+    // chunk_scratch holds each job's first row in that order, then the total.
+    int64_t rows = 0;
+    for (size_t i = 0; i < n_jobs; ++i) {
+      check_operands(jobs[i].w, *jobs[i].act);
+      chunk_scratch[i] = rows;
+      rows += jobs[i].w.rows;
+    }
+    chunk_scratch[n_jobs] = rows;
+    pool.parallel_for_guided(rows, decode_min_rows(max_row_bytes), 4, [&](int64_t r0, int64_t r1, int) {
+      size_t i = static_cast<size_t>(std::upper_bound(chunk_scratch.begin(), chunk_scratch.end(), r0) -
+                                     chunk_scratch.begin()) - 1;
+      for (int64_t r = r0; r < r1; ++i) {
+        const MatmulJob& j = jobs[i];
+        const int64_t end = std::min(r1, chunk_scratch[i + 1]);
+        matmul_rows(j.w, *j.act, j.y, j.y_stride, r - chunk_scratch[i], end - chunk_scratch[i]);
+        r = end;
+      }
+    });
+    return;
+  }
   int64_t total = 0;
   for (size_t i = 0; i < n_jobs; ++i) {
     check_operands(jobs[i].w, *jobs[i].act);
     chunk_scratch[i] = total;
-    const int64_t g = row_grain(jobs[i].w, *jobs[i].act, pool.size(), n_jobs);
+    const int64_t g = row_grain(jobs[i].w);
     total += (jobs[i].w.rows + g - 1) / g;
   }
   chunk_scratch[n_jobs] = total;
@@ -101,7 +133,7 @@ void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::v
       const size_t i = static_cast<size_t>(std::upper_bound(chunk_scratch.begin(), chunk_scratch.end(), c) -
                                            chunk_scratch.begin()) - 1;
       const MatmulJob& j = jobs[i];
-      const int64_t g = row_grain(j.w, *j.act, pool.size(), n_jobs);
+      const int64_t g = row_grain(j.w);
       const int64_t r0 = (c - chunk_scratch[i]) * g;
       matmul_rows(j.w, *j.act, j.y, j.y_stride, r0, std::min(j.w.rows, r0 + g));
     }

@@ -45,10 +45,10 @@ class ActBuffer {
 // y[t * y_stride + r] = dot(W[r], act[t]) for all rows r and tokens t. act must be in W's vec_dot_type.
 void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, ThreadPool& pool);
 
-// Several independent matmuls in one parallel region (e.g. the gate and up matrices of all experts a
-// decoded token uses): rows of every job are chunked as matmul() would chunk them and all chunks are
-// handed out dynamically, so threads do not wait at the end of each small matrix. Bit-identical to
-// calling matmul() on each job.
+// Several independent matmuls in one parallel region (e.g. a layer's Q, K and V projections): rows of
+// every job are chunked as matmul() would chunk them (for a decoded token, the jobs' rows are laid end to
+// end and cut by guided claims) and all chunks are handed out dynamically, so threads do not wait at
+// the end of each small matrix. Bit-identical to calling matmul() on each job.
 struct MatmulJob {
   MatrixRef w;
   const ActBuffer* act = nullptr;
@@ -56,6 +56,10 @@ struct MatmulJob {
   int64_t y_stride = 0;
 };
 void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::vector<int64_t>& chunk_scratch);
+
+// The shortest chunk of rows a decoded token's matmuls hand out (guided claims start longer): a
+// multiple of 4 rows, about 64 KB of weights.
+int64_t decode_min_rows(size_t row_bytes);
 
 // Throws unless act fits w (length, and w's vec_dot_type). matmul and matmul_batch check every job; a
 // fused region that calls matmul_rows checks its jobs first, since its workers must not throw.

@@ -9,6 +9,13 @@
 namespace moe::kernels {
 
 void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
+  // Chosen once. A decoded token normalizes a few vectors per layer on one thread while the others
+  // wait, so the scalar loop's chain of dependent double adds (about 4 cycles per element) showed up.
+  static const auto impl = best_isa() == Isa::Avx512 ? rms_norm_avx512 : rms_norm_ref;
+  impl(x, w, y, n, eps);
+}
+
+void rms_norm_ref(const float* x, const float* w, float* y, int64_t n, float eps) {
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]) * x[i];
   const float mean = static_cast<float>(sum / static_cast<double>(n));
@@ -68,10 +75,20 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
 }
 
 void add(float* y, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+  static const auto impl = best_isa() == Isa::Avx512 ? add_avx512 : add_ref;
+  impl(y, x, n);
 }
 
 void scale(float* y, float s, int64_t n) {
+  static const auto impl = best_isa() == Isa::Avx512 ? scale_avx512 : scale_ref;
+  impl(y, s, n);
+}
+
+void add_ref(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+void scale_ref(float* y, float s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] *= s;
 }
 

@@ -6,7 +6,9 @@
 
 namespace moe::kernels {
 
-// y = x / sqrt(mean(x^2) + eps) * w   (w may be null). y may alias x.
+// y = x / sqrt(mean(x^2) + eps) * w   (w may be null). y may alias x. Best ISA: the sum of squares
+// (in double) is added in another order than rms_norm_ref's, which moves the float mean by at most
+// one rounding.
 void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps);
 
 // Rotary embedding of one head vector of length head_dim in place, rotating the first n_rot dims.
@@ -23,14 +25,20 @@ inline float silu(float x);
 // out[i] = silu(gate[i]) * up[i]
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 
-void add(float* y, const float* x, int64_t n);            // y += x
-void scale(float* y, float s, int64_t n);                 // y *= s
+void add(float* y, const float* x, int64_t n);            // y += x (best ISA, same bits)
+void scale(float* y, float s, int64_t n);                 // y *= s (best ISA, same bits)
 void axpy(float* y, float a, const float* x, int64_t n);  // y += a*x (best ISA)
 float dot_f32(const float* a, const float* b, int64_t n);  // best ISA
 // Plain scalar references, and the AVX-512 body (only call it where the CPU has AVX-512F).
 void axpy_ref(float* y, float a, const float* x, int64_t n);
 float dot_f32_ref(const float* a, const float* b, int64_t n);
+void rms_norm_ref(const float* x, const float* w, float* y, int64_t n, float eps);
+void add_ref(float* y, const float* x, int64_t n);
+void scale_ref(float* y, float s, int64_t n);
 void axpy_avx512(float* y, float a, const float* x, int64_t n);
+void rms_norm_avx512(const float* x, const float* w, float* y, int64_t n, float eps);
+void add_avx512(float* y, const float* x, int64_t n);
+void scale_avx512(float* y, float s, int64_t n);
 
 }  // namespace moe::kernels
 

@@ -88,7 +88,8 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
       const float wt = routing.weight(t, j);
       float* dst = slots_.data() + (static_cast<int64_t>(t) * k + j) * n_embd;
       const float* src = down_.data() + (row0_[i] + static_cast<int64_t>(m)) * n_embd;
-      for (int64_t c = 0; c < n_embd; ++c) dst[c] = src[c] * wt;
+      std::memcpy(dst, src, static_cast<size_t>(n_embd) * sizeof(float));
+      kernels::scale(dst, wt, n_embd);
     }
   }
   if (counters_) {
@@ -211,42 +212,74 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
   for (const int32_t i : batch_) store.release(layer, needed_[i], weights_[i].tier);
 }
 
-// A decoded token's experts in one parallel region instead of three. Tasks are handed out in order:
-// the gate and up products of every expert (jobs_, one whole matrix each), then every down product.
-// The thread that finishes the second of an expert's gate/up pair runs its SwiGLU at once, and a
-// down task waits for its expert's activations (by then usually long done, since every gate/up task
-// was claimed before any down task, and a claimed task is being run, so the wait always ends). With at
-// least twice as many experts as threads, matmul_batch would also have given each matrix one chunk, so
-// the bits are the same; what goes is two barriers per layer and the idle tails before them.
+// A decoded token's experts in one parallel region instead of three. Work is handed out in order: the
+// gate and up products of every expert (jobs_, one whole matrix per claim, one stream each), then the
+// down products' rows laid end to end and cut by guided claims, which shrink towards the end so that
+// neither thread waits long for the other's last piece. The thread that finishes the second of an
+// expert's gate/up pair runs its SwiGLU at once, and down rows wait for their expert's activations (by
+// then usually long done, since every gate/up task was claimed before any down row, and a claimed task
+// is being run, so the wait always ends). A decoded row is computed on its own whatever the chunk, so
+// the bits are those of separate matmuls; what goes is two barriers per layer and the idle tails before
+// them.
 template <class Activate>
 void ExpertExecutor::compute_decode_dataflow(size_t nb, int64_t n_embd, ThreadPool& pool, Activate& activate) {
+  size_t max_row_bytes = 1;
   for (size_t j = 0; j < jobs_.size(); ++j)
     kernels::check_operands(jobs_[j].w, *jobs_[j].act);
+  for (size_t b = 0; b < nb; ++b) {
+    const ExpertWeights& w = weights_[static_cast<size_t>(batch_[b])];
+    if (w.down.rows != n_embd) fail("expert down projection has {} rows, the model width is {}", w.down.rows, n_embd);
+    max_row_bytes = std::max(max_row_bytes, w.down.row_bytes);
+  }
   if (!pair_state_ || pair_state_capacity_ < nb) {
     pair_state_ = std::make_unique<std::atomic<int>[]>(nb);
     pair_state_capacity_ = nb;
   }
   for (size_t b = 0; b < nb; ++b) pair_state_[b].store(0, std::memory_order_relaxed);
   constexpr int kActivated = 3;  // 0, 1, 2: gate/up products done; 3: activations ready
-  pool.parallel_for(static_cast<int64_t>(3 * nb), 1, [&](int64_t t0, int64_t t1, int) {
-    for (int64_t t = t0; t < t1; ++t) {
-      if (t < static_cast<int64_t>(2 * nb)) {
-        const kernels::MatmulJob& j = jobs_[static_cast<size_t>(t)];
-        kernels::matmul_rows(j.w, *j.act, j.y, j.y_stride, 0, j.w.rows);
-        const size_t b = static_cast<size_t>(t / 2);
-        if (pair_state_[b].fetch_add(1, std::memory_order_acq_rel) == 1) {
-          activate(b);
-          pair_state_[b].store(kActivated, std::memory_order_release);
-        }
-        continue;
+  // Claims in one index space: [0, 2 nb) are gate/up matrices, then 2 nb + the down rows.
+  const int64_t n_pair_tasks = static_cast<int64_t>(2 * nb);
+  const int64_t down_rows = static_cast<int64_t>(nb) * n_embd;
+  struct {
+    alignas(64) std::atomic<int64_t> next{0};
+  } pair_tasks;
+  ThreadPool::GuidedRange down(down_rows, kernels::decode_min_rows(max_row_bytes), 4, pool.size());
+  auto claim = [&](int64_t& begin, int64_t& end) {
+    if (pair_tasks.next.load(std::memory_order_relaxed) < n_pair_tasks) {
+      const int64_t t = pair_tasks.next.fetch_add(1, std::memory_order_relaxed);
+      if (t < n_pair_tasks) {
+        begin = t;
+        end = t + 1;
+        return true;
       }
-      const size_t b = static_cast<size_t>(t) - 2 * nb;
+    }
+    if (!down.claim(begin, end)) return false;
+    begin += n_pair_tasks;
+    end += n_pair_tasks;
+    return true;
+  };
+  auto work = [&](int64_t t0, int64_t t1, int) {
+    if (t0 < n_pair_tasks) {
+      const kernels::MatmulJob& j = jobs_[static_cast<size_t>(t0)];
+      kernels::matmul_rows(j.w, *j.act, j.y, j.y_stride, 0, j.w.rows);
+      const size_t b = static_cast<size_t>(t0 / 2);
+      if (pair_state_[b].fetch_add(1, std::memory_order_acq_rel) == 1) {
+        activate(b);
+        pair_state_[b].store(kActivated, std::memory_order_release);
+      }
+      return;
+    }
+    for (int64_t r = t0 - n_pair_tasks, r1 = t1 - n_pair_tasks; r < r1;) {
+      const size_t b = static_cast<size_t>(r / n_embd);
+      const int64_t lo = r - static_cast<int64_t>(b) * n_embd;
+      const int64_t hi = std::min(r1 - static_cast<int64_t>(b) * n_embd, n_embd);
       while (pair_state_[b].load(std::memory_order_acquire) != kActivated) cpu_relax();
       const size_t i = static_cast<size_t>(batch_[b]);
-      kernels::matmul_rows(weights_[i].down, act_down_[i], down_.data() + row0_[i] * n_embd, n_embd, 0,
-                           weights_[i].down.rows);
+      kernels::matmul_rows(weights_[i].down, act_down_[i], down_.data() + row0_[i] * n_embd, n_embd, lo, hi);
+      r += hi - lo;
     }
-  });
+  };
+  pool.parallel_claims(n_pair_tasks + down_rows, claim, work);
 }
 
 }  // namespace moe
