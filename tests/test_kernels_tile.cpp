@@ -8,16 +8,20 @@
 //    sum |w_i * a_i| (exact integer block sums; only the float summation order across blocks differs).
 //  * matmul: identical bits for 1 and 2 threads, for one token (decode) and many (prefill), and equal
 //    to vec_dot per pair.
+//  * Thread pool: fixed and guided chunks cover every index once; guided chunks shrink and respect
+//    their floor and alignment.
 //  * Activation quantizers: byte-identical to the scalar ones on Gaussian data, on data built to hit
 //    rounding ties exactly (x * id = k + 0.5), on blocks whose largest |x| occurs with both signs (Q8_K
 //    keeps the first), on zero blocks, and with NaN / inf present.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <random>
 #include <vector>
 
@@ -126,6 +130,42 @@ TEST(QuantTile, MatmulIsIdenticalForAnyThreadCountAndTokenCount) {
   }
 }
 
+// A decoded token's batch is cut by guided claims that span jobs: every row must still be its own vec_dot.
+TEST(QuantTile, MatmulBatchOfOneTokenMatchesVecDotPerRow) {
+  const int64_t n = 512;
+  struct Spec {
+    DType t;
+    int64_t rows;
+  };
+  const Spec specs[] = {{DType::Q4_K, 1001}, {DType::Q6_K, 37}, {DType::Q8_0, 700}, {DType::Q4_K, 0}, {DType::Q6_K, 903}};
+  std::vector<Problem> problems;
+  std::vector<kernels::ActBuffer> acts(std::size(specs));
+  const std::vector<float> x = gaussian(n, 5);
+  for (size_t i = 0; i < std::size(specs); ++i) {
+    problems.push_back(make_problem(specs[i].t, n, std::max<int64_t>(1, specs[i].rows), 1, 11 + static_cast<uint32_t>(i)));
+    acts[i].convert(dtype_traits(specs[i].t).vec_dot_type, x.data(), 1, n, n);
+  }
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    std::vector<std::vector<float>> ys(std::size(specs));
+    std::vector<kernels::MatmulJob> jobs;
+    for (size_t i = 0; i < std::size(specs); ++i) {
+      ys[i].assign(static_cast<size_t>(specs[i].rows) + 1, -7.0f);
+      jobs.push_back({kernels::MatrixRef{problems[i].w.data(), specs[i].t, specs[i].rows, n, problems[i].wrb}, &acts[i],
+                      ys[i].data(), specs[i].rows});
+    }
+    std::vector<int64_t> scratch;
+    kernels::matmul_batch(jobs.data(), jobs.size(), pool, scratch);
+    for (size_t i = 0; i < std::size(specs); ++i) {
+      const DTypeTraits& tr = dtype_traits(specs[i].t);
+      for (int64_t r = 0; r < specs[i].rows; ++r)
+        ASSERT_EQ(bits(ys[i][r]), bits(tr.vec_dot(n, problems[i].w.data() + r * problems[i].wrb, acts[i].row(0))))
+            << tr.name << " job " << i << " row " << r << " threads " << threads;
+      ASSERT_EQ(ys[i][specs[i].rows], -7.0f) << "job " << i << " wrote past its rows";
+    }
+  }
+}
+
 // ---- activation quantizers ---------------------------------------------------------------------
 
 namespace {
@@ -216,6 +256,42 @@ TEST(ThreadPoolTest, ParallelForCoversEveryIndexOnce) {
     const std::function<void(int, int)> fn = [&](int ti, int nt) { mask.fetch_or(1 << ti); EXPECT_EQ(nt, threads); };
     pool.run(fn);
     EXPECT_EQ(mask.load(), (1 << threads) - 1);
+  }
+}
+
+TEST(ThreadPoolTest, GuidedChunksCoverEveryIndexOnceAndShrink) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int rep = 0; rep < 1000; ++rep) {
+      const int64_t n = 1 + (rep * 37) % 3001, min_grain = 1 + rep % 40, align = rep % 3 == 0 ? 4 : 1;
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      for (auto& h : hits) h.store(0);
+      std::mutex m;
+      std::vector<std::pair<int64_t, int64_t>> chunks;
+      pool.parallel_for_guided(n, min_grain, align, [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+        std::lock_guard<std::mutex> lock(m);
+        chunks.emplace_back(b, e);
+      });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "threads=" << threads << " rep=" << rep;
+      if (threads == 1 || n <= min_grain) {
+        ASSERT_EQ(chunks.size(), 1u);
+        continue;
+      }
+      std::sort(chunks.begin(), chunks.end());
+      const int64_t floor = (min_grain + align - 1) / align * align;
+      for (size_t c = 0; c < chunks.size(); ++c) {
+        const int64_t len = chunks[c].second - chunks[c].first;
+        ASSERT_EQ(chunks[c].first % align, 0) << "chunks start on align";
+        if (c + 1 < chunks.size()) {
+          ASSERT_GE(len, floor) << "only the last chunk may be shorter than min_grain";
+          // A share of what was left, so chunks never grow.
+          ASSERT_GE(len, chunks[c + 1].second - chunks[c + 1].first - align) << "rep=" << rep;
+        }
+      }
+      // The first claim takes 1/(2 threads) of the range, not all of it.
+      ASSERT_LE(chunks[0].second - chunks[0].first, std::max(floor, n / (2 * threads) + align));
+    }
   }
 }
 
