@@ -152,6 +152,16 @@ TEST(CliCore, BenchJsonKeys) {
   EXPECT_GE(j["hit_rate"].get<double>(), 0.0);
   EXPECT_LE(j["hit_rate"].get<double>(), 1.0);
   EXPECT_EQ(j["mem_bw_probe"], "none");
+  // Without --mem the pool holds every expert, and the preload filled it before anything was timed.
+  ASSERT_TRUE(j.contains("preload_s"));
+  EXPECT_GE(j["preload_s"].get<double>(), 0.0);
+  EXPECT_EQ(j["hit_rate"].get<double>(), 1.0);
+  EXPECT_EQ(j["bytes_read_per_token"].get<double>(), 0.0);
+
+  r = run_cli("bench -m " + model + " -t 2 -p 0 -n 4 -r 1 --bw-gib 0 --offload-all --no-preload --json 2>/dev/null");
+  ASSERT_EQ(r.status, 0) << r.out;
+  j = nlohmann::json::parse(r.out);
+  EXPECT_LT(j["preload_s"].get<double>(), 0.05) << "nothing to wait for";
 }
 
 }  // namespace

@@ -138,6 +138,67 @@ TEST(OffloadConcurrency, PinnedExpertsAreNeverEvictedOrCorrupted) {
   EXPECT_THROW(store.release(0, 0), Error);  // nothing pinned any more
 }
 
+// preload() fills only empty slots, in the order given, and never evicts; what it reads is the
+// expert's bytes, and acquiring a preloaded expert is a hit. Acquires racing a preload (promoting
+// queued preload reads) get correct bytes too.
+TEST(OffloadPreload, FillsEmptySlotsInOrderWithoutEvicting) {
+  auto resident = Model::load(test::model_path("tiny-qwen3moe"));
+  auto deferred = Model::load(test::model_path("tiny-qwen3moe"), gguf::DataAccess::Pread, true);
+  ResidentExpertStore truth(*resident);
+  const int L = resident->spec().n_layer, E = resident->spec().layers[0].moe.n_expert;
+  auto same_bytes = [&](const ExpertWeights& got, int l, int e) {
+    const ExpertWeights want = truth.acquire(l, e);
+    for (auto [g, w] : {std::pair{got.gate, want.gate}, {got.up, want.up}, {got.down, want.down}})
+      if (std::memcmp(g.data, w.data, w.row_bytes * static_cast<size_t>(w.rows)) != 0) return false;
+    return true;
+  };
+  std::vector<std::pair<int, int>> order;
+  for (int x = E - 1; x >= 0; --x)
+    for (int l = 0; l < L; ++l) order.emplace_back(l, x);
+
+  BudgetedExpertStore::Options so;
+  const size_t n_slots = 7;
+  so.pool_bytes = n_slots * BudgetedExpertStore::slot_bytes_for(deferred->expert_layout());
+  BudgetedExpertStore store(deferred->expert_layout(), so);
+  // One expert cached before the preload: it must stay.
+  ASSERT_TRUE(same_bytes(store.acquire(0, 0), 0, 0));
+  store.release(0, 0);
+  EXPECT_EQ(store.preload(order), n_slots - 1);
+  store.wait_preloaded();
+  EXPECT_EQ(store.stats().preload_loads, n_slots - 1);
+  EXPECT_TRUE(store.is_ready(0, 0, false)) << "preload evicted a cached expert";
+  for (size_t i = 0; i < n_slots - 1; ++i)
+    EXPECT_TRUE(store.is_ready(order[i].first, order[i].second, false)) << "order position " << i;
+  EXPECT_FALSE(store.is_ready(order[n_slots - 1].first, order[n_slots - 1].second, false));
+  EXPECT_EQ(store.preload(order), 0u) << "a full pool takes no preload";
+  store.reset_stats();
+  const auto [l1, e1] = order[3];
+  EXPECT_TRUE(same_bytes(store.acquire(l1, e1), l1, e1));
+  store.release(l1, e1);
+  const ExpertStoreStats st = store.stats();
+  EXPECT_EQ(st.hits[static_cast<size_t>(l1)], 1u);
+  EXPECT_EQ(st.bytes_read, 0u);
+
+  // A bigger pool preloading while two threads acquire: queued preload reads are promoted or served.
+  so.pool_bytes = 40 * BudgetedExpertStore::slot_bytes_for(deferred->expert_layout());
+  BudgetedExpertStore racing(deferred->expert_layout(), so);
+  racing.preload(order);
+  std::atomic<int> bad{0};
+  auto worker = [&](int seed) {
+    std::mt19937 rng(seed);
+    for (int it = 0; it < 60; ++it) {
+      const int l = static_cast<int>(rng() % L), e = static_cast<int>(rng() % E);
+      if (!same_bytes(racing.acquire(l, e), l, e)) ++bad;
+      racing.release(l, e);
+    }
+  };
+  std::thread a(worker, 7), b(worker, 8);
+  a.join();
+  b.join();
+  racing.wait_preloaded();
+  EXPECT_EQ(bad.load(), 0);
+}
+
 // Hints that only push needed experts out of a full pool (and are never used themselves) stop being
 // allowed to evict: the store drops them and counts them as throttled. Hints into free slots and the
 // data served are unaffected.

@@ -138,8 +138,8 @@ void BudgetedExpertStore::drop_buffer_locked(Slot& sl) {
 long BudgetedExpertStore::free_slot_locked(ExpertTier tier) {
   for (size_t i = 0; i < slots_.size(); ++i) {
     Slot& sl = slots_[i];
-    if (sl.state == SlotState::Failed && sl.from_prefetch) {
-      // A hint whose read failed: nobody waits on it, so reclaim the slot.
+    if (sl.state == SlotState::Failed && (sl.from_prefetch || sl.preloaded)) {
+      // A hint or preload whose read failed: nobody waits on it, so reclaim the slot.
       where_.erase(sl.key);
       sl.state = SlotState::Empty;
     }
@@ -204,6 +204,7 @@ long BudgetedExpertStore::claim_slot_locked(ExpertKey key, ExpertTier tier, bool
   sl.pins = 0;
   sl.from_prefetch = for_prefetch;
   sl.speculative = speculative;
+  sl.preloaded = false;
   where_[key] = static_cast<size_t>(slot);
   return slot;
 }
@@ -237,6 +238,7 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_o
       if (sl.state == SlotState::Loading && !waited) promote_locked(key);
       if (sl.state == SlotState::Ready) {
         if (waited) stats_.stall_seconds += std::chrono::duration<double>(Clock::now() - wait_start).count();
+        sl.preloaded = false;
         if (sl.from_prefetch) {
           if (sl.speculative) {
             ++stats_.prefetch_used;
@@ -256,7 +258,7 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_o
       if (evicted_for_speculation_.erase(key)) speculative_success_ *= 1.0 - kSpeculationEmaRate;
       const long slot = claim_slot_locked(key, tier, false, false);
       if (slot >= 0) {
-        enqueue_needed_locked(key, static_cast<size_t>(slot));
+        enqueue_needed_locked({key, static_cast<size_t>(slot), true});
         io_cv_.notify_all();
       }
     }
@@ -295,13 +297,13 @@ void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, boo
     if (experts[i] < 0 || experts[i] >= n_expert_) continue;
     const ExpertKey full = key_of(layer, experts[i], ExpertTier::Full);
     if (where_.count(full)) {  // the full copy serves any request
-      if (!speculative) promote_locked(full);
+      promote_locked(full, !speculative);
       continue;
     }
     const ExpertTier tier = has_low_ && low_bit_ok && low_bit_ok[i] ? ExpertTier::LowBit : ExpertTier::Full;
     const ExpertKey key = key_of(layer, experts[i], tier);
     if (where_.count(key)) {
-      if (!speculative) promote_locked(key);
+      promote_locked(key, !speculative);
       continue;
     }
     // Loading an expert that a speculative load pushed out is that speculation's cost, whether a
@@ -317,28 +319,73 @@ void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, boo
       queue_.push_back({key, static_cast<size_t>(slot), false});
       ++stats_.prefetch_issued;
     } else {
-      enqueue_needed_locked(key, static_cast<size_t>(slot));
+      enqueue_needed_locked({key, static_cast<size_t>(slot), true});
     }
     queued = true;
   }
   if (queued) io_cv_.notify_all();
 }
 
-void BudgetedExpertStore::enqueue_needed_locked(ExpertKey key, size_t slot) {
+void BudgetedExpertStore::enqueue_needed_locked(const Job& job) {
   auto pos = queue_.begin();
   while (pos != queue_.end() && pos->needed_now) ++pos;
-  queue_.insert(pos, {key, slot, true});
+  Job j = job;
+  j.needed_now = true;
+  queue_.insert(pos, j);
 }
 
-void BudgetedExpertStore::promote_locked(ExpertKey key) {
+void BudgetedExpertStore::promote_locked(ExpertKey key, bool needed_now) {
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
     if (it->key != key) continue;
-    if (it->needed_now) return;
-    const size_t slot = it->slot;
+    if (it->needed_now || !needed_now) return;
+    const Job job = *it;
     queue_.erase(it);
-    enqueue_needed_locked(key, slot);
+    enqueue_needed_locked(job);
     return;
   }
+  for (auto it = background_.begin(); it != background_.end(); ++it) {
+    if (it->key != key) continue;
+    const Job job = *it;
+    background_.erase(it);
+    if (needed_now)
+      enqueue_needed_locked(job);
+    else
+      queue_.push_back(job);
+    io_cv_.notify_all();
+    return;
+  }
+}
+
+size_t BudgetedExpertStore::preload(const std::vector<std::pair<int, int>>& layer_expert_order) {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t queued = 0;
+  for (const auto& [layer, expert] : layer_expert_order) {
+    if (layer < 0 || layer >= n_layer_ || expert < 0 || expert >= n_expert_) continue;
+    if (layouts_[0].n_expert_used[static_cast<size_t>(layer)] == 0) continue;  // a dense layer
+    const ExpertKey key = key_of(layer, expert, ExpertTier::Full);
+    if (where_.count(key)) continue;
+    const long slot = free_slot_locked(ExpertTier::Full);
+    if (slot < 0) break;  // full: preloading never evicts
+    Slot& sl = slots_[static_cast<size_t>(slot)];
+    sl.key = key;
+    sl.state = SlotState::Loading;
+    sl.pins = 0;
+    sl.from_prefetch = sl.speculative = false;
+    sl.preloaded = true;
+    where_[key] = static_cast<size_t>(slot);
+    Job job{key, static_cast<size_t>(slot)};
+    job.preload = true;
+    background_.push_back(job);
+    ++preload_pending_;
+    ++queued;
+  }
+  if (queued) io_cv_.notify_all();
+  return queued;
+}
+
+void BudgetedExpertStore::wait_preloaded() {
+  std::unique_lock<std::mutex> lock(mu_);
+  ready_cv_.wait(lock, [&] { return preload_pending_ == 0 || stop_; });
 }
 
 // Called only when no slot is free (a speculative hint may always take a free one). Evicting a cached
@@ -387,6 +434,7 @@ void BudgetedExpertStore::load_into(const Job& job) {
   sl.views = {refs[0], refs[1], refs[2], tier};
   sl.state = SlotState::Ready;
   policy_->on_insert(job.key);
+  if (job.preload) ++stats_.preload_loads;
   stats_.bytes_read += bytes;
   stats_.read_seconds += dt;
   ++stats_.loads;
@@ -401,10 +449,11 @@ void BudgetedExpertStore::io_loop() {
     Job job;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      io_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      io_cv_.wait(lock, [&] { return stop_ || !queue_.empty() || !background_.empty(); });
       if (stop_) return;
-      job = queue_.front();
-      queue_.pop_front();
+      std::deque<Job>& from = queue_.empty() ? background_ : queue_;
+      job = from.front();
+      from.pop_front();
     }
     try {
       load_into(job);
@@ -413,6 +462,10 @@ void BudgetedExpertStore::io_loop() {
       std::lock_guard<std::mutex> lock(mu_);
       slots_[job.slot].state = SlotState::Failed;
       slots_[job.slot].error = e.what();
+    }
+    if (job.preload) {
+      std::lock_guard<std::mutex> lock(mu_);
+      --preload_pending_;
     }
     ready_cv_.notify_all();
   }

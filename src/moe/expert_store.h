@@ -119,6 +119,7 @@ struct ExpertStoreStats {
   uint64_t prefetch_used = 0;     // of those, acquired before being evicted
   uint64_t prefetch_wasted = 0;   // evicted without being used
   uint64_t prefetch_throttled = 0;  // speculative hints dropped rather than evict (see prefetch())
+  uint64_t preload_loads = 0;       // experts read by preload() (also counted in loads and bytes_read)
 };
 
 // Keeps experts in a pool of aligned slots under a byte budget, loading misses from the GGUF file
@@ -152,6 +153,15 @@ class BudgetedExpertStore final : public ExpertStore {
   bool has_low_bit() const override { return has_low_; }
   bool is_ready(int layer, int expert, bool low_bit_ok) override;
 
+  // Fills the pool's empty slots in the background with these experts' full copies, in order, until
+  // the pool is full (nothing is evicted). The I/O thread reads them only when no other read waits:
+  // demand reads and hints always go first, and an acquire or hint of a queued expert moves it up.
+  // Moves the reads, and the first touch of the pool's memory, off the first tokens' path (on a VM a
+  // first touch of fresh memory costs about as much as the disk read). Returns how many were queued.
+  size_t preload(const std::vector<std::pair<int, int>>& layer_expert_order);
+  // Blocks until every preload() read has finished (e.g. before a benchmark times decoding).
+  void wait_preloaded();
+
   // How many full-precision experts the pool holds (and the size of their slots).
   size_t n_slots() const { return n_full_slots_; }
   uint64_t slot_bytes() const { return slot_bytes_[0]; }
@@ -178,6 +188,7 @@ class BudgetedExpertStore final : public ExpertStore {
     int pins = 0;
     bool from_prefetch = false;  // loaded by a hint and not yet acquired
     bool speculative = false;    // that hint was a prediction
+    bool preloaded = false;      // filled by preload() and not yet acquired
     std::string error;           // why the load failed (state Failed)
     ExpertWeights views;
   };
@@ -185,11 +196,14 @@ class BudgetedExpertStore final : public ExpertStore {
     ExpertKey key;
     size_t slot;
     bool needed_now = false;  // a layer being computed waits for it (else: a hint for later layers)
+    bool preload = false;     // queued by preload() (counted in preload_pending_ until read)
   };
   // Reads the computing layer waits for go before every hint for later layers, in the order asked
   // (they sit at the queue's front); a queued hint that becomes needed moves up to join them.
-  void enqueue_needed_locked(ExpertKey key, size_t slot);
-  void promote_locked(ExpertKey key);
+  void enqueue_needed_locked(const Job& job);
+  // A queued read becomes needed now (to the front group), or for a hint moves from the preload
+  // queue to the hint queue.
+  void promote_locked(ExpertKey key, bool needed_now = true);
 
   // Keys: layer * key_stride_ + tier * n_expert_ + expert, so policies that decode the layer as
   // key / (their n_expert) see both copies of an expert in its layer.
@@ -217,6 +231,8 @@ class BudgetedExpertStore final : public ExpertStore {
   std::vector<Slot> slots_;  // fixed size (never reallocated: the I/O thread reads into them)
   std::unordered_map<ExpertKey, size_t> where_;
   std::deque<Job> queue_;
+  std::deque<Job> background_;  // preload() reads: only when queue_ is empty
+  size_t preload_pending_ = 0;  // preload() reads not finished yet
   mutable std::mutex mu_;
   // Two conditions, so that the compute threads' releases (8 per layer of a decoded token) do not wake
   // the I/O thread, which would take a core from a compute thread each time on a 2-core machine.

@@ -131,6 +131,18 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
     so.low_bit = std::move(lb.layout);
   }
   auto store = std::make_unique<BudgetedExpertStore>(e->model_->expert_layout(), so);
+  if (o.preload && !low_bit) {
+    // With no routing statistics every expert is as likely as any other: take them layer by layer in
+    // turn, so that each layer gets the same share of the pool. Not with low-bit copies: a full copy
+    // in the pool serves every request for its expert, so preloaded full copies would stand in for the
+    // low-bit copies the precision thresholds ask for.
+    const ExpertLayout& layout = e->model_->expert_layout();
+    std::vector<std::pair<int, int>> order;
+    for (int x = 0; x < layout.n_expert; ++x)
+      for (int l = 0; l < layout.n_layer(); ++l)
+        if (layout.n_expert_used[static_cast<size_t>(l)] > 0) order.emplace_back(l, x);
+    store->preload(order);
+  }
   e->budgeted_ = store.get();
   e->store_ = std::move(store);
   return e;

@@ -29,6 +29,10 @@ struct EngineOptions {
   // faster decode, bit-identical results. Off: the file's layout is used as is.
   bool repack = true;
   DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
+  // When streaming: fill the expert pool in the background from the start (every layer's experts in
+  // turn, until it is full), so the first tokens find experts cached instead of cold slots. Not with
+  // low-bit copies (see Engine::open).
+  bool preload = true;
   // Low-bit copies of the experts (a side file from `moe quantize-experts`); "" = none. Resident: the
   // side file is mapped too (its bytes count against the budget). Streaming: the copies are read into
   // the expert pool on demand. When they are used is up to the forward options (ExpertPrecision).
