@@ -6,7 +6,10 @@
 #   bench/offload_vs_llamacpp.sh MODEL LIMIT... (bytes or with G/M suffix, e.g. 3G 2G)
 #   env: THREADS (2), P (16 prompt tokens), N (32 decode steps), HEADROOM (150M: the part of the limit
 #        left to the process itself, libraries and page-cache churn; moe gets --mem LIMIT-HEADROOM),
-#        MOE_BIN, NLC_DIR, OUT (keep the JSON lines)
+#        MOE_BIN, NLC_DIR, OUT (keep the JSON lines), LLAMA_WARM (1: llama.cpp first reads the whole
+#        file inside its cgroup, so its page cache starts as full as the limit allows; the default is
+#        llama.cpp as it runs, from a cold page cache), MOE_PRELOAD (1: moe bench --preload, which
+#        fills the expert pool before timing; the preload_s column)
 # Prints a markdown table: tok/s of both, the ratio, peak memory of the cgroup, hit rate and bytes
 # read per token for moe.
 set -euo pipefail
@@ -34,8 +37,12 @@ for limit in "$@"; do
     echo "offload: $engine under $limit" >&2
     if [[ $engine == moe ]]; then
       cmd=("$MOE_BIN" bench -m "$MODEL" -t "$THREADS" -p "$P" -n "$N" -r 1 --bw-gib 0 --mem "$mem" --json)
+      if [[ ${MOE_PRELOAD:-0} == 1 ]]; then cmd+=(--preload); fi
     else
       cmd=("$LLAMA_BIN" "$MODEL" "$THREADS" "$P" "$N")
+      if [[ ${LLAMA_WARM:-0} == 1 ]]; then
+        cmd=(bash -c 'cat "$1" > /dev/null; shift; exec "$@"' _ "$MODEL" "${cmd[@]}")
+      fi
     fi
     rc=0
     "$HERE/run_in_cgroup.sh" "moe-offload-$engine" "$lb" "${cmd[@]}" > "$OUT/$engine.$limit.json" \
@@ -49,14 +56,15 @@ python3 - "$OUT/results.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 by = {(r["limit"], r["engine"]): r for r in rows}
-print("| limit | moe tg tok/s | llama.cpp tg tok/s | ratio | moe cgroup peak | llama.cpp cgroup peak | moe hit rate | moe MiB read/token | moe stall |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| limit | moe tg tok/s | llama.cpp tg tok/s | ratio | moe cgroup peak | llama.cpp cgroup peak | moe hit rate | moe MiB read/token | moe stall | moe preload s |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for limit in dict.fromkeys(r["limit"] for r in rows):
     m, l = by[(limit, "moe")], by[(limit, "llama")]
     mt = m.get("tg_tok_s", 0.0) if m["rc"] == 0 else 0.0
     lt = l.get("tg_tok_s", 0.0) if l["rc"] == 0 else 0.0
     ratio = f"{mt / lt:.1f}x" if lt > 0 else ("llama.cpp failed (rc %d)" % l["rc"])
     print(f"| {limit} | {mt:.2f} | {lt:.2f} | {ratio} | {m['cgroup_peak'] / 2**30:.2f} GiB | {l['cgroup_peak'] / 2**30:.2f} GiB | "
-          f"{m.get('hit_rate', float('nan')):.3f} | {m.get('bytes_read_per_token', 0) / 2**20:.1f} | {m.get('stall_frac', float('nan')):.2f} |")
+          f"{m.get('hit_rate', float('nan')):.3f} | {m.get('bytes_read_per_token', 0) / 2**20:.1f} | {m.get('stall_frac', float('nan')):.2f} | "
+          f"{m.get('preload_s', 0):.1f} |")
 PY
 echo "raw results: $OUT/results.jsonl" >&2

@@ -144,7 +144,7 @@ TEST(CliCore, BenchJsonKeys) {
   EXPECT_LT(j["peak_rss_bytes"].get<uint64_t>(), 200ull << 20);
   EXPECT_EQ(j["mode"], "resident");
 
-  r = run_cli("bench -m " + model + " -t 2 -p 8 -n 4 -r 1 --bw-gib 0 --offload-all --json 2>/dev/null");
+  r = run_cli("bench -m " + model + " -t 2 -p 8 -n 4 -r 1 --bw-gib 0 --offload-all --preload --json 2>/dev/null");
   ASSERT_EQ(r.status, 0) << r.out;
   j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["mode"], "offload");
@@ -158,7 +158,7 @@ TEST(CliCore, BenchJsonKeys) {
   EXPECT_EQ(j["hit_rate"].get<double>(), 1.0);
   EXPECT_EQ(j["bytes_read_per_token"].get<double>(), 0.0);
 
-  r = run_cli("bench -m " + model + " -t 2 -p 0 -n 4 -r 1 --bw-gib 0 --offload-all --no-preload --json 2>/dev/null");
+  r = run_cli("bench -m " + model + " -t 2 -p 0 -n 4 -r 1 --bw-gib 0 --offload-all --json 2>/dev/null");
   ASSERT_EQ(r.status, 0) << r.out;
   j = nlohmann::json::parse(r.out);
   EXPECT_LT(j["preload_s"].get<double>(), 0.05) << "nothing to wait for";

@@ -109,7 +109,6 @@ std::unique_ptr<Engine> streamed(const std::string& path, const std::string& low
   EngineOptions o = resident_opts(low_bit);
   o.force_offload = true;
   o.cache_policy = policy;
-  o.preload = false;  // these tests count the reads that routing asks for
   if (slots > 0) {
     auto probe = Engine::open(path, o);
     o.mem_bytes = probe->plan().weights_resident + probe->plan().kv_bytes + probe->plan().buffer_bytes +

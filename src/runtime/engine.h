@@ -30,9 +30,12 @@ struct EngineOptions {
   bool repack = true;
   DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
   // When streaming: fill the expert pool in the background from the start (every layer's experts in
-  // turn, until it is full), so the first tokens find experts cached instead of cold slots. Not with
-  // low-bit copies (see Engine::open).
-  bool preload = true;
+  // turn, until it is full), so that later tokens find experts cached instead of cold slots. Off by
+  // default: while it runs it competes with the first tokens for the disk and, on a VM, for the cores
+  // (a first touch of fresh memory costs about as much as the read), which halved a short `moe run`'s
+  // decode speed; it pays where the engine waits anyway (a server before its first request, a
+  // benchmark before timing). Not with low-bit copies (see Engine::open).
+  bool preload = false;
   // Low-bit copies of the experts (a side file from `moe quantize-experts`); "" = none. Resident: the
   // side file is mapped too (its bytes count against the budget). Streaming: the copies are read into
   // the expert pool on demand. When they are used is up to the forward options (ExpertPrecision).

@@ -13,8 +13,8 @@
 //                 every comparison. (Without a way to reset VmHWM, one probe after all runs instead.)
 //   peak_rss      VmHWM (the mapped model pages we touched count, as they do for llama.cpp), not
 //                 counting the probe's buffer
-//   preload_s     streaming (--mem): how long the expert pool's background fill still ran after the model
-//                 loaded; waited for before anything is timed (--no-preload: 0, the pool starts empty)
+//   preload_s     streaming with --preload: how long the expert pool's background fill still ran after
+//                 the model loaded; waited for before anything is timed (0 without --preload)
 // Every rate is the median of REPS repetitions, with min and max, after one untimed warm-up of each.
 #include <emmintrin.h>
 #include <sys/resource.h>
@@ -177,9 +177,9 @@ int run_bench(const BenchArgs& a) {
   Session session(*model, engine->store(), n_ctx, forward_options(a.engine, *engine, false));
   // Expert-store counters accumulated over the timed decode runs only.
   BudgetedExpertStore* offload = engine->offload_store();
-  // Streaming: the pool's background fill (EngineOptions::preload) finishes before anything is timed,
-  // so that it neither competes with the timed runs for the cores and the disk nor counts in their
-  // bytes read. Reported as preload_s.
+  // Streaming with --preload: the pool's background fill finishes before anything is timed, so that it
+  // neither competes with the timed runs for the cores and the disk nor counts in their bytes read.
+  // Reported as preload_s.
   double preload_s = 0;
   if (offload) {
     const auto t_preload = Clock::now();
@@ -368,8 +368,8 @@ int run_bench(const BenchArgs& a) {
                 human_bytes(static_cast<uint64_t>(j["bytes_read_per_token"].get<double>())).c_str(),
                 100 * j["stall_frac"].get<double>(), 100 * j["prediction_precision"].get<double>(),
                 100 * j["prediction_recall"].get<double>());
-  if (offload)
-    std::printf("pool preload     %.2f s after load (untimed; --no-preload starts with an empty pool)\n", preload_s);
+  if (offload && a.engine.preload)
+    std::printf("pool preload     %.2f s after load (untimed)\n", preload_s);
   return 0;
 }
 

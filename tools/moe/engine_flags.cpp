@@ -33,9 +33,9 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
                 "Keep Q4_K weights in the file's layout instead of repacking them for the AVX-512 VBMI kernels "
                 "(same results, slower decode; for comparisons)");
   sub->add_flag("--offload-all", f.offload_all, "Stream experts from disk even if the model fits in --mem");
-  sub->add_flag("--no-preload", f.no_preload,
-                "When streaming, start with an empty expert pool instead of filling it in the background from "
-                "the start");
+  sub->add_flag("--preload", f.preload,
+                "When streaming, fill the expert pool in the background from the start instead of only on demand "
+                "(competes with the first tokens for disk and cores; `bench` waits for it before timing)");
   sub->add_flag("--stats", f.stats, "Print expert-store statistics to stderr at the end");
   sub->add_flag("--batch-invariant", f.batch_invariant,
                 "Attend in prompt batches with decoding's per-token arithmetic, so logits are bit-identical however "
@@ -95,7 +95,7 @@ std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& 
   o.mmap = f.mmap;
   o.repack = !f.no_repack;
   o.force_offload = f.offload_all;
-  o.preload = !f.no_preload;
+  o.preload = f.preload;
   expert_precision(f);  // bad thresholds are reported before anything is loaded
   o.low_bit_path = f.lowbit;
   try {

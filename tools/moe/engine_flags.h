@@ -23,7 +23,7 @@ struct EngineFlags {
   bool mmap = false;
   bool no_repack = false;
   bool offload_all = false;     // stream experts even when everything fits (testing/benchmarks)
-  bool no_preload = false;      // streaming: leave the expert pool empty at start
+  bool preload = false;         // streaming: fill the expert pool in the background from the start
   bool stats = false;
   bool batch_invariant = false;  // prompt batches attend like token-by-token decoding (bit-identical)
   std::string stats_json;
