@@ -4,6 +4,8 @@
 //  * work is claimed in chunks, and a region completes when its chunks are done, not when every
 //    worker has checked in: a worker that another process keeps off its core is simply not waited for
 //    (on a loaded 2-core machine that is the difference between 2x and 1/10x speed);
+//  * chunks can also shrink towards the end of a range (parallel_for_guided), so that the last ones,
+//    which decide when a region ends, are short;
 //  * the caller only touches the mutex / condition variable when a worker actually went to sleep;
 //  * run() and parallel_for() are templates over the callable, so no std::function is built per call.
 #pragma once
