@@ -106,7 +106,7 @@ void check_low_bit_layout(const ExpertLayout& full, const ExpertLayout& low);
 
 struct ExpertStoreStats {
   // Per layer. A hit is an acquire whose expert was cached or already being read because of a
-  // prediction; a miss had to be read because this step was routed to it (possibly overlapped with
+  // prediction or a preload(); a miss had to be read because this step was routed to it (possibly overlapped with
   // compute by the executor's read-ahead).
   std::vector<uint64_t> hits, misses;
   uint64_t bytes_read = 0;         // both tiers

@@ -181,7 +181,7 @@ int run_bench(const BenchArgs& a) {
   // neither competes with the timed runs for the cores and the disk nor counts in their bytes read.
   // Reported as preload_s.
   double preload_s = 0;
-  if (offload) {
+  if (offload && a.engine.preload) {
     const auto t_preload = Clock::now();
     offload->wait_preloaded();
     preload_s = seconds_since(t_preload);
