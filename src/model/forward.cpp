@@ -134,7 +134,7 @@ const float* f32(const WeightView& v) { return reinterpret_cast<const float*>(v.
 
 }  // namespace
 
-void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool) {
+void ForwardPass::attention(int il, int64_t n_tokens, ThreadPool& pool) {
   const ModelSpec& s = model_.spec();
   const LayerWeights& lw = model_.layer(il);
   const int64_t hd = s.head_dim, qd = s.q_dim(), kvd = s.kv_dim();
@@ -149,162 +149,204 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
 
   const bool neox = s.rope_style == RopeStyle::Neox;
   rope_cs_.resize(static_cast<size_t>(s.n_rot));
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    float* q = q_.data() + t * qd;
-    float* k = k_.data() + t * kvd;
-    if (s.qk_norm == QkNorm::PerHead) {
-      for (int h = 0; h < s.n_head; ++h) kernels::rms_norm(q + h * hd, f32(lw[Role::AttnQNorm]), q + h * hd, hd, s.rms_eps);
-      for (int h = 0; h < s.n_head_kv; ++h)
-        kernels::rms_norm(k + h * hd, f32(lw[Role::AttnKNorm]), k + h * hd, hd, s.rms_eps);
-    } else if (s.qk_norm == QkNorm::Full) {
-      kernels::rms_norm(q, f32(lw[Role::AttnQNorm]), q, qd, s.rms_eps);
-      kernels::rms_norm(k, f32(lw[Role::AttnKNorm]), k, kvd, s.rms_eps);
+  for (const StepSpan& sp : spans_)
+    for (int64_t i = 0; i < sp.in.n_tokens; ++i) {
+      const int64_t t = sp.row0 + i, pos = sp.in.pos0 + i;
+      float* q = q_.data() + t * qd;
+      float* k = k_.data() + t * kvd;
+      if (s.qk_norm == QkNorm::PerHead) {
+        for (int h = 0; h < s.n_head; ++h) kernels::rms_norm(q + h * hd, f32(lw[Role::AttnQNorm]), q + h * hd, hd, s.rms_eps);
+        for (int h = 0; h < s.n_head_kv; ++h)
+          kernels::rms_norm(k + h * hd, f32(lw[Role::AttnKNorm]), k + h * hd, hd, s.rms_eps);
+      } else if (s.qk_norm == QkNorm::Full) {
+        kernels::rms_norm(q, f32(lw[Role::AttnQNorm]), q, qd, s.rms_eps);
+        kernels::rms_norm(k, f32(lw[Role::AttnKNorm]), k, kvd, s.rms_eps);
+      }
+      kernels::rope_angles(rope_cs_.data(), s.n_rot, pos, s.rope_base, s.rope_freq_scale);
+      for (int h = 0; h < s.n_head; ++h) kernels::rope_apply(q + h * hd, rope_cs_.data(), s.n_rot, neox);
+      for (int h = 0; h < s.n_head_kv; ++h) kernels::rope_apply(k + h * hd, rope_cs_.data(), s.n_rot, neox);
+      sp.in.kv->store(il, pos, k, v_.data() + t * kvd);
     }
-    kernels::rope_angles(rope_cs_.data(), s.n_rot, pos0 + t, s.rope_base, s.rope_freq_scale);
-    for (int h = 0; h < s.n_head; ++h) kernels::rope_apply(q + h * hd, rope_cs_.data(), s.n_rot, neox);
-    for (int h = 0; h < s.n_head_kv; ++h) kernels::rope_apply(k + h * hd, rope_cs_.data(), s.n_rot, neox);
-    kv.store(il, pos0 + t, k, v_.data() + t * kvd);
-  }
 
-  // Causal attention over the fp16 cache, one (token, head) pair per work item.
   att_.resize(static_cast<size_t>(n_tokens * qd));
-  const int group = s.n_head / s.n_head_kv;
-  const float scale = s.kq_scale();
-  const int64_t n_ctx_used = pos0 + n_tokens;
-  // llama.cpp's CPU flash attention has two paths; in compat mode we keep both, so decoding gives its
-  // exact tokens: batches of fewer than 64 queries round Q to fp16 and accumulate V in fp16 with an
-  // online softmax; larger batches work in fp32 throughout (our default everywhere).
-  const bool fp16_path = options_.llama_compat_attention && n_tokens < kAttnTileQ;
   if (attn_scratch_.size() < static_cast<size_t>(pool.size())) attn_scratch_.resize(static_cast<size_t>(pool.size()));
   for (auto& sc : attn_scratch_) {
-    if (sc.scores.size() < static_cast<size_t>(n_ctx_used)) sc.scores.resize(static_cast<size_t>(n_ctx_used));
     sc.kf.resize(static_cast<size_t>(hd));
     sc.acc.resize(static_cast<size_t>(hd));
     sc.qr.resize(static_cast<size_t>(hd));
   }
-  // A batch (unless batch invariance is asked for) widens the layer's fp16 cache to fp32 once (exact)
-  // and attends in blocks of queries per head, each block two sgemm calls that read the keys and values
-  // once. A decoded token (and a batch-invariant batch, so that it matches decoding bit for bit) reads
-  // the fp16 cache directly, once per run of query heads that share a kv head.
-  const bool blocked = n_tokens > 1 && !fp16_path && !options_.batch_invariant;
-  if (blocked) {
-    k32_.resize(static_cast<size_t>(n_ctx_used * kvd));
-    v32_.resize(static_cast<size_t>(n_ctx_used * kvd));
-    pool.parallel_for(n_ctx_used, 64,
-                      [&](int64_t j0, int64_t j1, int) { kv.widen(il, j0, j1, k32_.data(), v32_.data()); });
-    const int64_t n_blocks = (n_tokens + kAttnQueryBlock - 1) / kAttnQueryBlock;
-    pool.parallel_for(n_blocks * s.n_head, 1, [&](int64_t item0, int64_t item1, int ti) {
-      for (int64_t item = item0; item < item1; ++item) {
-        const int h = static_cast<int>(item % s.n_head);
-        const int64_t t0 = (item / s.n_head) * kAttnQueryBlock;
-        kernels::CausalBlock b;
-        b.q = q_.data() + t0 * qd + h * hd;
-        b.q_stride = qd;
-        b.k = k32_.data() + (h / group) * hd;
-        b.v = v32_.data() + (h / group) * hd;
-        b.kv_stride = kvd;
-        b.m = std::min(kAttnQueryBlock, n_tokens - t0);
-        b.n_past = pos0 + t0;
-        b.head_dim = hd;
-        b.scale = scale;
-        b.out = att_.data() + t0 * qd + h * hd;
-        b.out_stride = qd;
-        kernels::causal_attention_block(b, attn_scratch_[static_cast<size_t>(ti)].scores);
-      }
-    });
-  } else {
-    // Work items are (token, kv head, run of that kv head's query heads): each key and value is widened
-    // from fp16 once for the whole run instead of once per query head (8 times per key on Qwen3-30B-A3B).
-    // The arithmetic of every head is unchanged, so results do not depend on how heads are grouped.
-    const int64_t min_items = 2 * static_cast<int64_t>(pool.size());
-    const int64_t per_head_items = n_tokens * s.n_head_kv;
-    const int runs = static_cast<int>(std::min<int64_t>(group, (min_items + per_head_items - 1) / per_head_items));
-    const int run_len = (group + runs - 1) / runs;
-    // Checked here: a worker thread must not throw.
-    if (run_len > kMaxRun) fail("attention: {} query heads per kv head exceed {}", run_len, kMaxRun);
-    for (auto& sc : attn_scratch_) {
-      if (sc.scores.size() < static_cast<size_t>(run_len * n_ctx_used)) sc.scores.resize(static_cast<size_t>(run_len * n_ctx_used));
-      sc.acc.resize(static_cast<size_t>(run_len * hd));
-    }
-    pool.parallel_for(per_head_items * runs, 1, [&](int64_t item0, int64_t item1, int ti) {
-      AttnScratch& sc = attn_scratch_[static_cast<size_t>(ti)];
-      std::vector<float>& kf = sc.kf;
-      std::vector<float>& qr = sc.qr;
-      for (int64_t item = item0; item < item1; ++item) {
-        const int64_t t = item / (s.n_head_kv * runs);
-        const int hk = static_cast<int>(item / runs % s.n_head_kv);
-        const int h0 = hk * group + static_cast<int>(item % runs) * run_len;
-        const int nh = std::min(run_len, (hk + 1) * group - h0);
-        if (nh <= 0) continue;
-        const int64_t n_keys = pos0 + t + 1;
-        const float* q0 = q_.data() + t * qd + static_cast<int64_t>(h0) * hd;
-        float* o0 = att_.data() + t * qd + static_cast<int64_t>(h0) * hd;
-        if (fp16_path) {
-          for (int g = 0; g < nh; ++g) {
-            const float* q = q0 + g * hd;
-            float* o = o0 + g * hd;
-            float* acc = sc.acc.data();
-            for (int64_t d = 0; d < hd; ++d) qr[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
-            float M = -INFINITY, S = 0.0f;
-            std::fill_n(acc, hd, 0.0f);
-            for (int64_t j = 0; j < n_keys; ++j) {
-              fp16_to_fp32_row(kv.k(il, hk) + j * hd, kf.data(), hd);
-              const float sc_j = kernels::dot_f32(qr.data(), kf.data(), hd) * scale;
-              float ms = 1.0f, vs = 1.0f;
-              if (sc_j > M) {
-                const float m_old = M;
-                M = sc_j;
-                ms = std::exp(m_old - M);
-                for (int64_t d = 0; d < hd; ++d) acc[d] = fp16_to_fp32(fp32_to_fp16(acc[d] * ms));
-              } else {
-                vs = std::exp(sc_j - M);
-              }
-              fp16_to_fp32_row(kv.v(il, hk) + j * hd, kf.data(), hd);
-              for (int64_t d = 0; d < hd; ++d) acc[d] = fp16_to_fp32(fp32_to_fp16(std::fma(kf[d], vs, acc[d])));
-              S = S * ms + vs;
-            }
-            const float inv = S == 0.0f ? 0.0f : 1.0f / S;
-            for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] * inv;
-          }
-          continue;
-        }
-        kernels::F16AttnRun run;
-        run.q = q0;
-        run.q_stride = hd;
-        run.nh = nh;
-        run.k = kv.k(il, hk);
-        run.v = kv.v(il, hk);
-        run.kv_stride = hd;
-        run.n = n_keys;
-        run.head_dim = hd;
-        run.scores = sc.scores.data();
-        run.scores_stride = n_ctx_used;
-        kernels::attn_scores_f16(run, scale);
-        double sum[kMaxRun];
-        for (int g = 0; g < nh; ++g) {
-          float* scores = sc.scores.data() + g * n_ctx_used;
-          const float mx = *std::max_element(scores, scores + n_keys);
-          sum[g] = 0.0;
-          for (int64_t j = 0; j < n_keys; ++j) {
-            scores[j] = std::exp(scores[j] - mx);
-            sum[g] += scores[j];
-          }
-        }
-        std::fill_n(sc.acc.data(), nh * hd, 0.0f);
-        kernels::attn_values_f16(run, sc.acc.data());
-        for (int g = 0; g < nh; ++g) {
-          const float inv = static_cast<float>(1.0 / sum[g]);
-          for (int64_t d = 0; d < hd; ++d) o0[g * hd + d] = sc.acc[static_cast<size_t>(g * hd + d)] * inv;
-        }
-      }
-    });
+  bool any_rows = false;
+  for (size_t i = 0; i < spans_.size(); ++i) {
+    if (spans_[i].blocked) attend_blocked(il, i, pool);
+    else any_rows = true;
   }
+  if (any_rows) attend_rows(il, pool);
   tmp_.resize(static_cast<size_t>(n_tokens * s.n_embd));
   project(lw[Role::AttnOut], att_.data(), n_tokens, tmp_.data(), pool);
   add_bias(tmp_.data(), lw[Role::AttnOutBias], n_tokens, s.n_embd);
 }
 
-void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) {
+// A batch (unless batch invariance is asked for) widens the layer's fp16 cache to fp32 once (exact) and
+// attends in blocks of queries per head, each block two sgemm calls that read the keys and values once.
+// Blocks start at the span's first row, so a prompt evaluated in chunks whose starts are multiples of
+// kAttnQueryBlock attends in the same blocks, with the same bits, as in one batch.
+void ForwardPass::attend_blocked(int il, size_t span, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  const StepSpan& sp = spans_[span];
+  KvCache& kv = *sp.in.kv;
+  const int64_t hd = s.head_dim, qd = s.q_dim(), kvd = s.kv_dim();
+  const int64_t n_tokens = sp.in.n_tokens, pos0 = sp.in.pos0, row0 = sp.row0;
+  const int group = s.n_head / s.n_head_kv;
+  const float scale = s.kq_scale();
+  const int64_t n_ctx_used = pos0 + n_tokens;
+  for (auto& sc : attn_scratch_)
+    if (sc.scores.size() < static_cast<size_t>(n_ctx_used)) sc.scores.resize(static_cast<size_t>(n_ctx_used));
+  k32_.resize(static_cast<size_t>(n_ctx_used * kvd));
+  v32_.resize(static_cast<size_t>(n_ctx_used * kvd));
+  pool.parallel_for(n_ctx_used, 64, [&](int64_t j0, int64_t j1, int) { kv.widen(il, j0, j1, k32_.data(), v32_.data()); });
+  const int64_t n_blocks = (n_tokens + kAttnQueryBlock - 1) / kAttnQueryBlock;
+  pool.parallel_for(n_blocks * s.n_head, 1, [&](int64_t item0, int64_t item1, int ti) {
+    for (int64_t item = item0; item < item1; ++item) {
+      const int h = static_cast<int>(item % s.n_head);
+      const int64_t t0 = (item / s.n_head) * kAttnQueryBlock;
+      kernels::CausalBlock b;
+      b.q = q_.data() + (row0 + t0) * qd + h * hd;
+      b.q_stride = qd;
+      b.k = k32_.data() + (h / group) * hd;
+      b.v = v32_.data() + (h / group) * hd;
+      b.kv_stride = kvd;
+      b.m = std::min(kAttnQueryBlock, n_tokens - t0);
+      b.n_past = pos0 + t0;
+      b.head_dim = hd;
+      b.scale = scale;
+      b.out = att_.data() + (row0 + t0) * qd + h * hd;
+      b.out_stride = qd;
+      kernels::causal_attention_block(b, attn_scratch_[static_cast<size_t>(ti)].scores);
+    }
+  });
+}
+
+// Rows that attend one by one: decoded tokens (and batch-invariant batches, so that they match decoding
+// bit for bit) read their fp16 cache directly, once per run of query heads sharing a kv head. The rows of
+// every such span of the step, each with its own cache and position, share one parallel region.
+void ForwardPass::attend_rows(int il, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  const int64_t hd = s.head_dim, qd = s.q_dim();
+  const int group = s.n_head / s.n_head_kv;
+  const float scale = s.kq_scale();
+  row_list_.clear();
+  row_kv_.clear();
+  row_keys_.clear();
+  std::vector<uint8_t> row_fp16;
+  int64_t max_keys = 0;
+  bool any_fp16 = false;
+  for (const StepSpan& sp : spans_) {
+    if (sp.blocked) continue;
+    for (int64_t i = 0; i < sp.in.n_tokens; ++i) {
+      row_list_.push_back(static_cast<int32_t>(sp.row0 + i));
+      row_kv_.push_back(sp.in.kv);
+      row_keys_.push_back(sp.in.pos0 + i + 1);
+      max_keys = std::max(max_keys, sp.in.pos0 + i + 1);
+      any_fp16 = any_fp16 || sp.fp16;
+    }
+  }
+  if (any_fp16) {
+    for (const StepSpan& sp : spans_)
+      if (!sp.blocked) row_fp16.insert(row_fp16.end(), static_cast<size_t>(sp.in.n_tokens), sp.fp16 ? 1 : 0);
+  }
+  const int64_t n_rows = static_cast<int64_t>(row_list_.size());
+  // Work items are (row, kv head, run of that kv head's query heads): each key and value is widened
+  // from fp16 once for the whole run instead of once per query head (8 times per key on Qwen3-30B-A3B).
+  // The arithmetic of every head is unchanged, so results do not depend on how heads are grouped.
+  const int64_t min_items = 2 * static_cast<int64_t>(pool.size());
+  const int64_t per_head_items = n_rows * s.n_head_kv;
+  const int runs = static_cast<int>(std::min<int64_t>(group, (min_items + per_head_items - 1) / per_head_items));
+  const int run_len = (group + runs - 1) / runs;
+  // Checked here: a worker thread must not throw.
+  if (run_len > kMaxRun) fail("attention: {} query heads per kv head exceed {}", run_len, kMaxRun);
+  for (auto& sc : attn_scratch_) {
+    if (sc.scores.size() < static_cast<size_t>(run_len * max_keys)) sc.scores.resize(static_cast<size_t>(run_len * max_keys));
+    sc.acc.resize(static_cast<size_t>(run_len * hd));
+  }
+  pool.parallel_for(per_head_items * runs, 1, [&](int64_t item0, int64_t item1, int ti) {
+    AttnScratch& sc = attn_scratch_[static_cast<size_t>(ti)];
+    std::vector<float>& kf = sc.kf;
+    std::vector<float>& qr = sc.qr;
+    for (int64_t item = item0; item < item1; ++item) {
+      const int64_t r = item / (s.n_head_kv * runs);
+      const int64_t t = row_list_[static_cast<size_t>(r)];
+      KvCache& kv = *row_kv_[static_cast<size_t>(r)];
+      const int hk = static_cast<int>(item / runs % s.n_head_kv);
+      const int h0 = hk * group + static_cast<int>(item % runs) * run_len;
+      const int nh = std::min(run_len, (hk + 1) * group - h0);
+      if (nh <= 0) continue;
+      const int64_t n_keys = row_keys_[static_cast<size_t>(r)];
+      const float* q0 = q_.data() + t * qd + static_cast<int64_t>(h0) * hd;
+      float* o0 = att_.data() + t * qd + static_cast<int64_t>(h0) * hd;
+      if (!row_fp16.empty() && row_fp16[static_cast<size_t>(r)]) {
+        // llama.cpp's CPU flash attention for batches of fewer than 64 queries: Q rounded to fp16, V
+        // accumulated in fp16 with an online softmax.
+        for (int g = 0; g < nh; ++g) {
+          const float* q = q0 + g * hd;
+          float* o = o0 + g * hd;
+          float* acc = sc.acc.data();
+          for (int64_t d = 0; d < hd; ++d) qr[d] = fp16_to_fp32(fp32_to_fp16(q[d]));
+          float M = -INFINITY, S = 0.0f;
+          std::fill_n(acc, hd, 0.0f);
+          for (int64_t j = 0; j < n_keys; ++j) {
+            fp16_to_fp32_row(kv.k(il, hk) + j * hd, kf.data(), hd);
+            const float sc_j = kernels::dot_f32(qr.data(), kf.data(), hd) * scale;
+            float ms = 1.0f, vs = 1.0f;
+            if (sc_j > M) {
+              const float m_old = M;
+              M = sc_j;
+              ms = std::exp(m_old - M);
+              for (int64_t d = 0; d < hd; ++d) acc[d] = fp16_to_fp32(fp32_to_fp16(acc[d] * ms));
+            } else {
+              vs = std::exp(sc_j - M);
+            }
+            fp16_to_fp32_row(kv.v(il, hk) + j * hd, kf.data(), hd);
+            for (int64_t d = 0; d < hd; ++d) acc[d] = fp16_to_fp32(fp32_to_fp16(std::fma(kf[d], vs, acc[d])));
+            S = S * ms + vs;
+          }
+          const float inv = S == 0.0f ? 0.0f : 1.0f / S;
+          for (int64_t d = 0; d < hd; ++d) o[d] = acc[d] * inv;
+        }
+        continue;
+      }
+      kernels::F16AttnRun run;
+      run.q = q0;
+      run.q_stride = hd;
+      run.nh = nh;
+      run.k = kv.k(il, hk);
+      run.v = kv.v(il, hk);
+      run.kv_stride = hd;
+      run.n = n_keys;
+      run.head_dim = hd;
+      run.scores = sc.scores.data();
+      run.scores_stride = max_keys;
+      kernels::attn_scores_f16(run, scale);
+      double sum[kMaxRun];
+      for (int g = 0; g < nh; ++g) {
+        float* scores = sc.scores.data() + g * max_keys;
+        const float mx = *std::max_element(scores, scores + n_keys);
+        sum[g] = 0.0;
+        for (int64_t j = 0; j < n_keys; ++j) {
+          scores[j] = std::exp(scores[j] - mx);
+          sum[g] += scores[j];
+        }
+      }
+      std::fill_n(sc.acc.data(), nh * hd, 0.0f);
+      kernels::attn_values_f16(run, sc.acc.data());
+      for (int g = 0; g < nh; ++g) {
+        const float inv = static_cast<float>(1.0 / sum[g]);
+        for (int64_t d = 0; d < hd; ++d) o0[g * hd + d] = sc.acc[static_cast<size_t>(g * hd + d)] * inv;
+      }
+    }
+  });
+}
+
+void ForwardPass::ffn(int il, int64_t n_tokens, ThreadPool& pool) {
   const ModelSpec& s = model_.spec();
   const LayerSpec& L = s.layers[il];
   const LayerWeights& lw = model_.layer(il);
@@ -465,25 +507,70 @@ void ForwardPass::predict_next_layer_transition(int il, int64_t n_tokens) {
 
 void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool,
                       float* logits, bool all_logits) {
-  const ModelSpec& s = model_.spec();
   if (n_tokens <= 0) return;
-  if (pos0 < 0 || pos0 + n_tokens > kv.n_ctx())
-    fail("context full: positions [{}, {}) exceed the context size {}", pos0, pos0 + n_tokens, kv.n_ctx());
+  SeqSpan span;
+  span.kv = &kv;
+  span.tokens = tokens;
+  span.n_tokens = n_tokens;
+  span.pos0 = pos0;
+  span.seq_id = seq_id_;
+  span.logits = logits;
+  span.all_logits = all_logits;
+  run(&span, 1, pool);
+}
+
+void ForwardPass::run(const SeqSpan* spans, size_t n_spans, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  // Check everything before any cache is written: a rejected step leaves every sequence as it was.
+  spans_.clear();
+  int64_t n_tokens = 0;
+  for (size_t i = 0; i < n_spans; ++i) {
+    const SeqSpan& in = spans[i];
+    if (in.n_tokens <= 0) continue;
+    if (!in.kv || !in.tokens) fail("forward step: span {} has no KV cache or no tokens", i);
+    if (in.pos0 < 0 || in.pos0 + in.n_tokens > in.kv->n_ctx())
+      fail("context full: positions [{}, {}) exceed the context size {}", in.pos0, in.pos0 + in.n_tokens,
+           in.kv->n_ctx());
+    for (const StepSpan& o : spans_)
+      if (o.in.kv == in.kv) fail("forward step: two spans share one KV cache");
+    for (int64_t t = 0; t < in.n_tokens; ++t)
+      if (in.tokens[t] < 0 || in.tokens[t] >= s.n_vocab)
+        fail("token id {} at position {} is outside the vocabulary [0, {})", in.tokens[t], in.pos0 + t, s.n_vocab);
+    StepSpan sp;
+    sp.in = in;
+    sp.row0 = n_tokens;
+    // llama.cpp's CPU flash attention has two paths; in compat mode we keep both, so decoding gives its
+    // exact tokens: batches of fewer than 64 queries round Q to fp16 and accumulate V in fp16 with an
+    // online softmax; larger batches work in fp32 throughout (our default everywhere).
+    sp.fp16 = options_.llama_compat_attention && in.n_tokens < kAttnTileQ;
+    sp.blocked = in.n_tokens > 1 && !sp.fp16 && !options_.batch_invariant;
+    spans_.push_back(sp);
+    n_tokens += in.n_tokens;
+  }
+  if (n_tokens == 0) return;
   const int64_t d = s.n_embd;
   x_.resize(static_cast<size_t>(n_tokens * d));
   xn_.resize(static_cast<size_t>(n_tokens * d));
 
+  const int32_t* ids = spans_.front().in.tokens;
+  if (spans_.size() > 1) {
+    step_ids_.resize(static_cast<size_t>(n_tokens));
+    for (const StepSpan& sp : spans_) std::copy_n(sp.in.tokens, sp.in.n_tokens, step_ids_.begin() + sp.row0);
+    ids = step_ids_.data();
+  }
   step_positions_.resize(static_cast<size_t>(n_tokens));
-  step_seq_ids_.assign(static_cast<size_t>(n_tokens), seq_id_);
-  for (int64_t t = 0; t < n_tokens; ++t) step_positions_[static_cast<size_t>(t)] = pos0 + t;
-  step_ = {tokens, step_positions_.data(), step_seq_ids_.data(), n_tokens};
+  step_seq_ids_.resize(static_cast<size_t>(n_tokens));
+  for (const StepSpan& sp : spans_)
+    for (int64_t i = 0; i < sp.in.n_tokens; ++i) {
+      step_positions_[static_cast<size_t>(sp.row0 + i)] = sp.in.pos0 + i;
+      step_seq_ids_[static_cast<size_t>(sp.row0 + i)] = sp.in.seq_id;
+    }
+  step_ = {ids, step_positions_.data(), step_seq_ids_.data(), n_tokens};
 
   const WeightView& emb = model_.global(Role::TokenEmbd);
   const DTypeTraits& emb_tr = dtype_traits(emb.type);
   for (int64_t t = 0; t < n_tokens; ++t) {
-    const int32_t id = tokens[t];
-    if (id < 0 || id >= s.n_vocab) fail("token id {} at position {} is outside the vocabulary [0, {})", id, pos0 + t, s.n_vocab);
-    emb_tr.dequantize(emb.row(id), x_.data() + t * d, d);
+    emb_tr.dequantize(emb.row(ids[t]), x_.data() + t * d, d);
     if (s.embedding_scale != 0.0f) kernels::scale(x_.data() + t * d, s.embedding_scale, d);
   }
   for (ForwardObserver* o : observers_) o->on_step_begin(step_);
@@ -492,13 +579,13 @@ void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvC
     const LayerWeights& lw = model_.layer(il);
     for (int64_t t = 0; t < n_tokens; ++t)
       kernels::rms_norm(x_.data() + t * d, f32(lw[Role::AttnNorm]), xn_.data() + t * d, d, s.rms_eps);
-    attention(il, n_tokens, pos0, kv, pool);
+    attention(il, n_tokens, pool);
     if (s.residual_scale != 0.0f) kernels::scale(tmp_.data(), s.residual_scale, n_tokens * d);
     kernels::add(x_.data(), tmp_.data(), n_tokens * d);
 
     for (int64_t t = 0; t < n_tokens; ++t)
       kernels::rms_norm(x_.data() + t * d, f32(lw[Role::FfnNorm]), xn_.data() + t * d, d, s.rms_eps);
-    ffn(il, n_tokens, pos0, pool);
+    ffn(il, n_tokens, pool);
     if (s.residual_scale != 0.0f) kernels::scale(tmp_.data(), s.residual_scale, n_tokens * d);
     kernels::add(x_.data(), tmp_.data(), n_tokens * d);
   }
@@ -506,13 +593,35 @@ void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvC
   if (needs_.final_hidden)
     for (ForwardObserver* o : observers_) o->on_final_hidden(step_, x_.data(), d);
 
-  const int64_t first = all_logits ? 0 : n_tokens - 1;
-  const int64_t n_out = n_tokens - first;
-  for (int64_t t = first; t < n_tokens; ++t)
-    kernels::rms_norm(x_.data() + t * d, f32(model_.global(Role::OutputNorm)), xn_.data() + (t - first) * d, d,
-                      s.rms_eps);
-  project(model_.global(Role::Output), xn_.data(), n_out, logits, pool);
-  if (s.logit_scale != 0.0f) kernels::scale(logits, 1.0f / s.logit_scale, n_out * s.n_vocab);
+  // The rows whose logits are wanted, normalized into consecutive rows of xn_ and projected together.
+  int64_t n_out = 0;
+  for (const StepSpan& sp : spans_) {
+    if (!sp.in.logits) continue;
+    const int64_t first = sp.in.all_logits ? 0 : sp.in.n_tokens - 1;
+    for (int64_t i = first; i < sp.in.n_tokens; ++i, ++n_out)
+      kernels::rms_norm(x_.data() + (sp.row0 + i) * d, f32(model_.global(Role::OutputNorm)), xn_.data() + n_out * d, d,
+                        s.rms_eps);
+  }
+  if (n_out > 0) {
+    // One span writes straight into its output; several gather theirs first.
+    const bool direct = spans_.size() == 1;
+    float* out = direct ? spans_.front().in.logits : nullptr;
+    if (!direct) {
+      out_logits_.resize(static_cast<size_t>(n_out * s.n_vocab));
+      out = out_logits_.data();
+    }
+    project(model_.global(Role::Output), xn_.data(), n_out, out, pool);
+    if (s.logit_scale != 0.0f) kernels::scale(out, 1.0f / s.logit_scale, n_out * s.n_vocab);
+    if (!direct) {
+      const float* src = out;
+      for (const StepSpan& sp : spans_) {
+        if (!sp.in.logits) continue;
+        const int64_t rows = sp.in.all_logits ? sp.in.n_tokens : 1;
+        std::copy_n(src, rows * s.n_vocab, sp.in.logits);
+        src += rows * s.n_vocab;
+      }
+    }
+  }
   for (ForwardObserver* o : observers_) o->on_step_end(step_);
 }
 

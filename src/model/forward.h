@@ -85,6 +85,18 @@ struct PredictionStats {
   double recall() const { return actual ? double(correct) / double(actual) : 0.0; }
 };
 
+// One sequence's rows in a batched step (a server step mixing requests): its tokens at positions
+// [pos0, pos0 + n_tokens) of its own KV cache, which holds [0, pos0).
+struct SeqSpan {
+  KvCache* kv = nullptr;
+  const int32_t* tokens = nullptr;
+  int64_t n_tokens = 0;
+  int64_t pos0 = 0;
+  int32_t seq_id = 0;       // reported to observers for these rows
+  float* logits = nullptr;  // null: none wanted; else [n_tokens][n_vocab] (all_logits) or the last row's [n_vocab]
+  bool all_logits = false;
+};
+
 class ForwardPass : private ExpertOutputSink {
  public:
   ForwardPass(const Model& model, ExpertStore& store, ForwardOptions options = {});
@@ -93,6 +105,14 @@ class ForwardPass : private ExpertOutputSink {
   // Writes logits for every token ([n_tokens][n_vocab]) if all_logits, else for the last one only.
   void run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool, float* logits,
            bool all_logits);
+
+  // Several sequences in one step: the matmuls, routing and experts run over all rows together (a
+  // step reads each expert it needs once), attention once per sequence over its own rows and cache.
+  // Every row's numbers are those it gets in a step of its own span alone: everything but attention
+  // is computed row by row (matmul outputs are vec_dot's bits for any token count, activations are
+  // quantized per row, experts are summed per token in slot order), and a span attends exactly as
+  // run() over the same rows would. Spans must use distinct caches.
+  void run(const SeqSpan* spans, size_t n_spans, ThreadPool& pool);
 
   // Observers (model/forward_observer.h), called in the order added. set_observer replaces them all
   // with one (nullptr: none). An observer's needs() are read when it is added.
@@ -106,8 +126,12 @@ class ForwardPass : private ExpertOutputSink {
   void reset_prediction_stats() { pred_stats_ = {}; }
 
  private:
-  void attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);
-  void ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
+  void attention(int il, int64_t n_tokens, ThreadPool& pool);
+  // Causal attention of span s's rows in blocks of queries (sgemm), or of rows attending one by one
+  // straight from their fp16 caches (all per-row spans of the step in one parallel region).
+  void attend_blocked(int il, size_t s, ThreadPool& pool);
+  void attend_rows(int il, ThreadPool& pool);
+  void ffn(int il, int64_t n_tokens, ThreadPool& pool);
   void project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
   // Several projections of the same input in one parallel region (one per decoded token and matrix
   // cost a barrier each); x is converted once per activation type the weights need.
@@ -130,6 +154,19 @@ class ForwardPass : private ExpertOutputSink {
   std::vector<ForwardObserver*> observers_;
   ObserverNeeds needs_;  // the union of the observers' needs
   int32_t seq_id_ = 0;
+  // The step's spans: each one's first row, and whether it attends in blocks of queries.
+  struct StepSpan {
+    SeqSpan in;
+    int64_t row0 = 0;
+    bool blocked = false;
+    bool fp16 = false;  // llama.cpp's fp16 small-batch numerics (llama_compat_attention)
+  };
+  std::vector<StepSpan> spans_;
+  std::vector<int64_t> row_keys_;      // attend_rows: per row, the keys it sees (0: not a per-row row)
+  std::vector<KvCache*> row_kv_;       // attend_rows: per row, its cache
+  std::vector<int32_t> row_list_;      // attend_rows: the rows that attend one by one
+  std::vector<int32_t> step_ids_;      // the step's token ids when it has several spans
+  std::vector<float> out_logits_;      // several spans: their logit rows before they are copied out
   // The step being run, as observers see it.
   StepTokens step_;
   std::vector<int64_t> step_positions_;
