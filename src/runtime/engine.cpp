@@ -57,7 +57,8 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   MemoryPlan p;
   const Model::ByteReport r = m.byte_report();
   p.weights_total = r.total;
-  p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx);
+  if (o.n_seq < 1) fail("engine: {} sequences: at least one is needed", o.n_seq);
+  p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx) * static_cast<uint64_t>(o.n_seq);
   p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch, o.n_ctx);
   const uint64_t experts = r.by_placement[static_cast<size_t>(Placement::Expert)];
   const bool fits =

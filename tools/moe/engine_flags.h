@@ -39,8 +39,10 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f);
 // --temp, --top-k, --top-p, --seed (shared by run and chat).
 void add_sampling_flags(CLI::App* sub, SamplerParams& p);
 
-// Opens the model under the budget. Vocabulary-only files get an error saying so.
-std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch);
+// Opens the model under the budget. Vocabulary-only files get an error saying so. n_seq: KV caches of
+// n_ctx each (a server's slots).
+std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
+                                    int n_seq = 1);
 
 // The precision-tier thresholds of the flags; throws on a bad combination (a threshold without
 // --lowbit or the reverse, W < 0, S > W).
