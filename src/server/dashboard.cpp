@@ -34,32 +34,36 @@ const std::string& dashboard_html() {
  <div class="tile"><div class="v" id="gen">–</div><div class="k">tokens generated</div></div>
 </div>
 <div class="panel"><h2>Expert load per layer (share of each layer's routed tokens, last interval)</h2>
- <canvas id="heat" width="960" height="320"></canvas>
- <div class="legend" id="heatlegend">rows: MoE layers, columns: experts; brighter = more tokens</div></div>
-<div class="panel"><h2>Throughput (tok/s, last 2 minutes)</h2><canvas id="spark" width="960" height="120"></canvas></div>
+ <canvas id="heat" width="1200" height="120"></canvas>
+ <div class="legend" id="heatlegend">rows: MoE layers, columns: experts; colour: the expert's share of the layer's routed
+ tokens, from none (dark blue) through the uniform share 1/E (red-brown) to 3/E or more (yellow)</div></div>
+<div class="panel"><h2>Throughput (tok/s, last 2 minutes)</h2><canvas id="spark" width="1200" height="120"></canvas></div>
 <script>
 "use strict";
 const $ = id => document.getElementById(id);
 let prev = null, heat = null, history = [];
 const body = document.body;
-function color(v) {  // 0..1 -> dark blue .. yellow
+function color(v) {  // 0 .. 1: dark blue, red, yellow
   const t = Math.max(0, Math.min(1, v));
-  const r = Math.round(255 * Math.min(1, 2 * t)), g = Math.round(40 + 200 * t), b = Math.round(90 + 80 * (1 - t));
-  return `rgb(${r},${g},${b})`;
+  const stops = [[27, 42, 74], [217, 83, 79], [242, 225, 78]];
+  const f = t < 0.5 ? t / 0.5 : (t - 0.5) / 0.5, a = stops[t < 0.5 ? 0 : 1], b = stops[t < 0.5 ? 1 : 2];
+  return `rgb(${a.map((x, i) => Math.round(x + (b[i] - x) * f)).join(",")})`;
 }
 function drawHeat(layers, nExpert) {
   const c = $("heat"), x = c.getContext("2d");
   const rows = layers.length, cols = nExpert;
   const lab = 56, top = 4, cw = Math.max(2, Math.floor((c.width - lab - 8) / cols));
-  const ch = Math.max(4, Math.min(24, Math.floor((c.height - top - 18) / rows)));
+  const ch = Math.max(6, Math.min(28, Math.floor(400 / Math.max(1, rows))));
+  const h = top + rows * ch + 18;
+  if (c.height !== h) c.height = h;
   x.fillStyle = "#182028"; x.fillRect(0, 0, c.width, c.height);
-  x.font = "11px system-ui,sans-serif"; x.fillStyle = "#8b98a8";
+  x.font = "11px system-ui,sans-serif";
   for (let r = 0; r < rows; ++r) {
-    let mx = 0;
-    for (let e = 0; e < cols; ++e) mx = Math.max(mx, heat[r][e]);
-    x.fillStyle = "#8b98a8"; x.fillText("layer " + layers[r], 2, top + r * ch + ch - 3);
+    x.fillStyle = "#8b98a8";
+    if (ch >= 10 || r % 2 === 0) x.fillText("layer " + layers[r], 2, top + r * ch + Math.min(ch, 14) - 3);
     for (let e = 0; e < cols; ++e) {
-      x.fillStyle = color(mx > 0 ? heat[r][e] / mx : 0);
+      // A uniform router gives each expert 1/E of the layer's tokens: that is a third of the scale.
+      x.fillStyle = color(heat[r][e] * cols / 3);
       x.fillRect(lab + e * cw, top + r * ch, cw - (cw > 3 ? 1 : 0), ch - 1);
     }
   }

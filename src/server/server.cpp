@@ -261,6 +261,11 @@ struct Server::Impl {
       }
     }
     p.n_prompts = prompts.size();
+    const size_t capacity = static_cast<size_t>(sched.options().slots) + sched.options().max_queue;
+    if (p.seqs.size() > capacity)
+      throw bad_request(fmt::format("{} choices can never run here: the server has {} slots and a queue of {}",
+                                    p.seqs.size(), sched.options().slots, sched.options().max_queue),
+                        "n");
     return p;
   }
 

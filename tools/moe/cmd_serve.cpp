@@ -1,8 +1,10 @@
 // `moe serve`: the OpenAI-compatible server (src/server/) over continuous batching (runtime/batch_scheduler).
 // Binds to loopback unless --host says otherwise. SIGINT/SIGTERM stop it: open streams end, queued and
 // running sequences are cancelled.
-#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 #include <thread>
@@ -44,13 +46,22 @@ std::string model_id_for(const std::string& path) {
   return base;
 }
 
+// SIGINT/SIGTERM write a byte to this pipe (any thread may take the signal: libraries start threads of
+// their own before main), and a watcher thread stops the server when it reads one.
+int g_stop_pipe[2] = {-1, -1};
+
+void on_stop_signal(int) {
+  const char c = 1;
+  [[maybe_unused]] const ssize_t n = write(g_stop_pipe[1], &c, 1);
+}
+
 int run_serve(const ServeArgs& a) {
-  // Signals go to one thread that stops the server (every other thread inherits the blocked mask).
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  if (pipe(g_stop_pipe) != 0) fail("serve: cannot create a pipe for signals");
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   const int slots = a.slots > 0 ? a.slots : a.parallel;
@@ -115,13 +126,14 @@ int run_serve(const ServeArgs& a) {
   std::fflush(stderr);
 
   std::thread waiter([&] {
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
+    char c = 0;
+    while (read(g_stop_pipe[0], &c, 1) < 0 && errno == EINTR) {
+    }
     srv.stop();
   });
   srv.listen();
   // listen() also ends when it fails; wake the waiter if no signal did.
-  pthread_kill(waiter.native_handle(), SIGTERM);
+  on_stop_signal(0);
   waiter.join();
   sched.reset();  // cancels what is left before the server's sinks go
   std::fprintf(stderr, "moe serve: stopped\n");
