@@ -203,7 +203,7 @@ TEST_P(LowBitMerged, AllLowBitStreamedEqualsResidentMergedModel) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, LowBitMerged,
                          ::testing::Values("tiny-qwen3moe", "tiny-mixtral-Q4_K_M", "tiny-deepseekmoe",
-                                           "tiny-qwen2moe"),
+                                           "tiny-qwen2moe", "tiny-deepseek2-v3", "tiny-gptoss"),
                          moe::test::FixtureParamName());
 
 // Between the extremes: an expert is full precision when any of its tokens weighs W or more.

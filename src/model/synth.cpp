@@ -98,6 +98,20 @@ ModelSpec make_moe_shape(int n_layer, int64_t n_embd, int n_head, int n_head_kv,
   return s;
 }
 
+void set_mla(ModelSpec& s, int64_t q_lora, int64_t kv_lora, int64_t qk_nope, int64_t qk_rope, int64_t v_head) {
+  s.mla = {q_lora, kv_lora, qk_nope, qk_rope, v_head};
+  s.n_head_kv = 1;
+  s.head_dim = kv_lora + qk_rope;
+  s.head_dim_v = kv_lora;
+  s.n_rot = qk_rope;
+}
+
+void set_yarn(ModelSpec& s, float factor, int64_t n_ctx_orig) {
+  s.rope_freq_scale = 1.0f / factor;
+  s.yarn.ext_factor = 1.0f;
+  s.yarn.n_ctx_orig = n_ctx_orig;
+}
+
 void write_synth_model(const std::string& path, const SynthConfig& cfg,
                        const std::function<void(uint64_t, uint64_t)>& progress) {
   const ArchDescriptor* arch = find_arch(cfg.arch);

@@ -30,7 +30,7 @@ namespace {
 
 struct SynthArgs {
   std::string out, shape, type = "Q4_K_M", arch, name;
-  int layers = 0, experts = -1, top_k = 0, heads = 0, kv_heads = 0, dense_lead = 0, shared = 0;
+  int layers = 0, experts = -1, top_k = 0, heads = 0, kv_heads = 0, dense_lead = -1, shared = 0;
   int64_t embd = 0, ff = 0, head_dim = 0, vocab = 0, ff_dense = 0;
   uint64_t seed = 1;
   int64_t unique_rows = 0;
@@ -47,23 +47,8 @@ struct NamedShape {
 };
 
 constexpr const char* kShapeNames =
-    "olmoe-1b-7b, qwen3-30b-a3b, mixtral-8x7b, deepseek-moe-16b, deepseek-v2-lite, gpt-oss-20b, glm-4.5-air";
-
-// MLA attention in the layout current converters write: one kv head whose key is the latent plus the
-// rope key and whose value is the latent.
-void set_mla(ModelSpec& s, int64_t q_lora, int64_t kv_lora, int64_t nope, int64_t rope, int64_t v_head) {
-  s.mla = {q_lora, kv_lora, nope, rope, v_head};
-  s.n_head_kv = 1;
-  s.head_dim = kv_lora + rope;
-  s.head_dim_v = kv_lora;
-  s.n_rot = rope;
-}
-
-void set_yarn(ModelSpec& s, float factor, int64_t n_ctx_orig) {
-  s.rope_freq_scale = 1.0f / factor;
-  s.yarn.ext_factor = 1.0f;
-  s.yarn.n_ctx_orig = n_ctx_orig;
-}
+    "olmoe-1b-7b, qwen3-30b-a3b, mixtral-8x7b, deepseek-moe-16b, deepseek-v2-lite, deepseek-v3, gpt-oss-20b, "
+    "glm-4.5-air";
 
 // Keeps the first n layers (the shape's dense lead and window pattern stay as they are).
 void keep_layers(ModelSpec& s, int n) {
@@ -104,6 +89,24 @@ NamedShape named_shape(const std::string& name) {
     s.spec.n_ctx_train = 163840;
     set_yarn(s.spec, 40.0f, 4096);
     s.spec.yarn.log_mul = 0.707f;  // mscale_all_dim (and mscale) 0.707
+  } else if (name == "deepseek-v3") {
+    // DeepSeek-V3 / R1 (Kimi-K2 has the same layout with 384 experts): MLA with q low-rank 1536, kv_lora 512,
+    // 128 heads; 3 dense layers (ff 18432); 256 experts top-8 of ff 2048 + 1 shared, sigmoid with a
+    // selection bias, 8 groups of which 4 are kept, renorm, scale 2.5; YaRN x40 from 4096.
+    s.arch = "deepseek2";
+    s.spec = make_moe_shape(61, 7168, 128, 1, 512 + 64, 256, 8, 2048, 129280, 3, 18432, 1, 2048);
+    set_mla(s.spec, 1536, 512, 128, 64, 128);
+    s.spec.n_ctx_train = 163840;
+    set_yarn(s.spec, 40.0f, 4096);
+    s.spec.yarn.log_mul = 1.0f;  // mscale_all_dim 1
+    for (auto& L : s.spec.layers) {
+      L.moe.gating = Gating::Sigmoid;
+      L.moe.has_selection_bias = true;
+      L.moe.n_group = 8;
+      L.moe.topk_group = 4;
+      L.moe.norm_topk = true;
+      L.moe.route_scale = 2.5f;
+    }
   } else if (name == "gpt-oss-20b") {
     // gpt-oss-20b: 24 layers of 64 q / 8 kv heads of 64, sinks, a 128-token window on even layers, 32 experts
     // top-4 of ff 2880 with biases, clamped SwiGLU, YaRN x32 from 4096.
@@ -192,6 +195,25 @@ TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
   return p;
 }
 
+// The shape's MoE layout with another number of leading dense layers (before --layers cuts it).
+void set_dense_lead(ModelSpec& s, int n_dense) {
+  if (n_dense < 0) return;
+  LayerSpec dense, moe;
+  bool has_dense = false;
+  for (const LayerSpec& L : s.layers) {
+    if (L.is_moe) moe = L;
+    else dense = L, has_dense = true;
+  }
+  if (!moe.is_moe) fail("--dense-lead: the shape has no MoE layer");
+  if (!has_dense) dense.n_ff_dense = moe.moe.n_ff_exp * 4;
+  for (int il = 0; il < s.n_layer; ++il) {
+    const int64_t swa = s.layers[il].n_swa;
+    s.layers[il] = il < n_dense ? dense : moe;
+    s.layers[il].is_moe = il >= n_dense;
+    s.layers[il].n_swa = swa;
+  }
+}
+
 // A named shape with some dimensions changed (small models of a real shape for tests). Flags left at
 // their defaults keep the shape's value.
 void apply_overrides(ModelSpec& s, const SynthArgs& a) {
@@ -241,6 +263,7 @@ int run_synth(const SynthArgs& a) {
   NamedShape ns;
   if (!a.shape.empty()) {
     ns = named_shape(a.shape);
+    set_dense_lead(ns.spec, a.dense_lead);
     keep_layers(ns.spec, a.layers);  // --layers N: a smaller (or larger) model of the same shape
     apply_overrides(ns.spec, a);
   } else {
@@ -251,7 +274,7 @@ int run_synth(const SynthArgs& a) {
     const int64_t hd = a.head_dim > 0 ? a.head_dim : a.embd / a.heads;
     ns.arch = a.arch.empty() ? "qwen3moe" : a.arch;
     const int k = a.top_k > 0 ? a.top_k : std::min(a.experts, 8);
-    ns.spec = make_moe_shape(a.layers, a.embd, a.heads, kv, hd, a.experts, k, a.ff, a.vocab, a.dense_lead,
+    ns.spec = make_moe_shape(a.layers, a.embd, a.heads, kv, hd, a.experts, k, a.ff, a.vocab, std::max(a.dense_lead, 0),
                              a.ff_dense, a.shared, a.ff * a.shared);
     ns.spec.name = "synth-custom";
   }
