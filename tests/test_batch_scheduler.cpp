@@ -149,7 +149,8 @@ TEST_P(SchedulerGreedy, ConcurrentEqualsAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SchedulerGreedy,
-                         ::testing::Values("tiny-qwen3moe-Q4_K_M", "tiny-olmoe", "tiny-qwen2moe", "tiny-deepseekmoe"),
+                         ::testing::Values("tiny-qwen3moe-Q4_K_M", "tiny-olmoe", "tiny-qwen2moe", "tiny-deepseekmoe",
+                                           "tiny-gptoss", "tiny-deepseek2-lite"),
                          test::FixtureParamName());
 
 TEST(Scheduler, StreamedExpertsEqualAlone) {

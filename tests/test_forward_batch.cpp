@@ -132,7 +132,9 @@ TEST_P(ForwardBatch, RowsEqualTheirSpansAlone) {
   ThreadPool pool(2);
   const std::vector<Plan> plans = make_plans(model->spec().n_vocab);
   // The other numerics on two families (the attention paths they change are shared by all).
-  const bool all_modes = GetParam() == "tiny-qwen3moe-Q4_K_M" || GetParam() == "tiny-olmoe";
+  const bool all_modes =
+      GetParam() == "tiny-qwen3moe-Q4_K_M" || GetParam() == "tiny-olmoe" || GetParam() == "tiny-gptoss" ||
+      GetParam() == "tiny-deepseek2-lite";
   for (int mode = 0; mode < (all_modes ? 3 : 1); ++mode) {
     ForwardOptions o;
     o.batch_invariant = mode == 1;
@@ -147,7 +149,9 @@ TEST_P(ForwardBatch, RowsEqualTheirSpansAlone) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ForwardBatch,
                          ::testing::Values("tiny-qwen3moe", "tiny-qwen3moe-Q4_K_M", "tiny-qwen2moe", "tiny-olmoe",
-                                           "tiny-deepseekmoe", "tiny-mixtral-Q8_0", "tiny-granitemoe"),
+                                           "tiny-deepseekmoe", "tiny-mixtral-Q8_0", "tiny-granitemoe",
+                                           // sliding-window rings and sinks; MLA's latent cache (both layouts)
+                                           "tiny-gptoss", "tiny-deepseek2-lite", "tiny-deepseek2-v3", "tiny-glm4moe"),
                          test::FixtureParamName());
 
 // With 1, 2 and 3 threads the mixed step gives the same bits (work items never change the arithmetic).
@@ -210,7 +214,7 @@ TEST(ForwardBatch, SynthShapes) {
 // A prompt in chunks whose starts are multiples of 64 attends in the same query blocks as in one
 // batch: bit-identical logits (the server's chunked prefill equals `moe run`'s single batch).
 TEST(ForwardBatch, AlignedChunksEqualOneBatch) {
-  for (const char* name : {"tiny-qwen3moe", "tiny-qwen3moe-Q4_K_M", "tiny-olmoe"}) {
+  for (const char* name : {"tiny-qwen3moe", "tiny-qwen3moe-Q4_K_M", "tiny-olmoe", "tiny-gptoss", "tiny-deepseek2-lite"}) {
     auto model = Model::load(test::model_path(name));
     ResidentExpertStore store(*model);
     ThreadPool pool(2);
