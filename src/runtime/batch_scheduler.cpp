@@ -94,6 +94,15 @@ class BatchScheduler::StepObserver final : public ForwardObserver {
   void on_routing(const MoeLayerRouting& v) override {
     const StepTokens& t = *v.tokens;
     const Routing& rt = *v.routing;
+    if (s_.pure_decode_) {
+      distinct_.clear();
+      for (int64_t r = 0; r < t.n_tokens; ++r)
+        for (int j = 0; j < rt.k; ++j)
+          if (rt.id(r, j) >= 0) distinct_.push_back(rt.id(r, j));
+      std::sort(distinct_.begin(), distinct_.end());
+      s_.step_distinct_ += static_cast<uint64_t>(std::unique(distinct_.begin(), distinct_.end()) - distinct_.begin());
+      ++s_.step_moe_layers_;
+    }
     const int32_t n_expert = static_cast<int32_t>(s_.engine_.model().expert_layout().n_expert);
     for (int64_t r = 0; r < t.n_tokens; ++r) {
       Active* a = active(t.seq_ids[r]);
@@ -120,6 +129,7 @@ class BatchScheduler::StepObserver final : public ForwardObserver {
   }
   BatchScheduler& s_;
   std::vector<int64_t> trace_row_;
+  std::vector<int32_t> distinct_;
 };
 
 BatchScheduler::BatchScheduler(Engine& engine, const Tokenizer* tok, ForwardOptions fo, ThreadPool& pool,
@@ -384,6 +394,8 @@ bool BatchScheduler::step() {
     a.next_experts.clear();
   }
   std::fill(step_hit_.begin(), step_hit_.end(), int8_t{-1});
+  pure_decode_ = !decoders.empty() && spans.size() == decoders.size();
+  step_distinct_ = step_moe_layers_ = 0;
   const auto t0 = Clock::now();
   try {
     forward_.run(spans.data(), spans.size(), pool_);
@@ -427,6 +439,13 @@ bool BatchScheduler::step() {
     std::lock_guard<std::mutex> lock(sig_->mu);
     ++stats_.steps;
     stats_.step_seconds += dt;
+    if (pure_decode_) {
+      ++stats_.decode_steps;
+      stats_.decode_step_rows += decode_rows;
+      stats_.decode_step_seconds += dt;
+      stats_.decode_step_distinct_experts += step_distinct_;
+      stats_.decode_step_moe_layers += step_moe_layers_;
+    }
     stats_.decode_rows += decode_rows;
     stats_.prompt_tokens += prompt_rows;
     const auto now = Clock::now();

@@ -155,6 +155,13 @@ struct SchedulerStats {
   uint64_t decode_rows = 0;       // decoded rows (tokens evaluated one per sequence and step)
   uint64_t finished[4] = {0, 0, 0, 0};  // by FinishReason
   double step_seconds = 0;        // time spent in forward steps
+  // Steps that only decoded (no prompt rows): their rows, time, and over their MoE layers the distinct
+  // experts each layer used (what a step must read) and the number of (step, layer) pairs.
+  uint64_t decode_steps = 0;
+  uint64_t decode_step_rows = 0;
+  double decode_step_seconds = 0;
+  uint64_t decode_step_distinct_experts = 0;
+  uint64_t decode_step_moe_layers = 0;
   double recent_tok_s = 0;        // emitted tokens per second over the last few seconds
   double recent_prompt_tok_s = 0; // prompt tokens per second over the same window
 };
@@ -208,6 +215,8 @@ class BatchScheduler {
   std::vector<float> biased_;  // sample(): logits plus logit_bias
   std::vector<std::pair<float, int32_t>> top_scratch_;
   std::vector<int8_t> step_hit_;  // per (layer, expert) of the step: -1 not acquired, 0 miss, 1 hit
+  bool pure_decode_ = false;      // the step being run has no prompt rows
+  uint64_t step_distinct_ = 0, step_moe_layers_ = 0;  // counted by the step observer for that step
 
   // sig_->mu guards the queue, stop_ and stats_.
   std::shared_ptr<SchedulerSignal> sig_;

@@ -530,6 +530,17 @@ struct Server::Impl {
     out += fmt::format("moe_step_seconds_total {:.6f}\n", s.step_seconds);
     metric("moe_decode_rows_total", "counter", "Tokens decoded (one row per sequence and step).");
     out += fmt::format("moe_decode_rows_total {}\n", s.decode_rows);
+    metric("moe_decode_steps_total", "counter", "Steps that only decoded (no prompt rows).");
+    out += fmt::format("moe_decode_steps_total {}\n", s.decode_steps);
+    metric("moe_decode_step_rows_total", "counter", "Tokens decoded in those steps.");
+    out += fmt::format("moe_decode_step_rows_total {}\n", s.decode_step_rows);
+    metric("moe_decode_step_seconds_total", "counter", "Time spent in those steps.");
+    out += fmt::format("moe_decode_step_seconds_total {:.6f}\n", s.decode_step_seconds);
+    metric("moe_decode_step_distinct_experts_total", "counter",
+           "Distinct experts per MoE layer of those steps, summed (what the steps had to read).");
+    out += fmt::format("moe_decode_step_distinct_experts_total {}\n", s.decode_step_distinct_experts);
+    metric("moe_decode_step_moe_layers_total", "counter", "(step, MoE layer) pairs of those steps.");
+    out += fmt::format("moe_decode_step_moe_layers_total {}\n", s.decode_step_moe_layers);
     metric("moe_sequences_finished_total", "counter", "Sequences finished, by reason.");
     for (int r = 0; r < 4; ++r)
       out += fmt::format("moe_sequences_finished_total{{reason=\"{}\"}} {}\n", finish_reason_name(static_cast<FinishReason>(r)),
