@@ -27,6 +27,10 @@ class Session {
   // Drops the context after position n (keeps [0, n)).
   void truncate(int64_t n) { n_past_ = std::min(n_past_, n); }
   ForwardPass& forward() { return forward_; }
+  // The session's routing policy (moe/routing_policy.h); it applies to the tokens evaluated after the
+  // call. Throws when the policy does not fit the model.
+  void set_routing_policy(const RoutingPolicy& policy) { forward_.set_routing_policy(policy); }
+  const RoutingPolicy& routing_policy() const { return forward_.routing_policy(); }
   const Model& model() const { return model_; }
   size_t kv_bytes() const { return kv_.bytes(); }
 
