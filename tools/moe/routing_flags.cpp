@@ -114,7 +114,7 @@ RoutingPolicy routing_policy_from_flags(const RoutingFlags& f, double skip_below
     return p;
   }
   RoutingPolicy p;
-  if (f.experts != 0) {
+  if (f.experts != -1) {
     if (f.experts < 1) fail("--experts {}: must be at least 1", f.experts);
     p.experts = f.experts;
   }

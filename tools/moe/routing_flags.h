@@ -12,7 +12,7 @@
 namespace moe::cli {
 
 struct RoutingFlags {
-  int experts = 0;
+  int experts = -1;  // -1 = not given
   std::string experts_per_layer;
   double top_p = -1;
   int top_p_max_k = 0;
