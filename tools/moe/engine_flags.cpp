@@ -92,7 +92,8 @@ void add_sampling_flags(CLI::App* sub, SamplerParams& p) {
   sub->add_option("--seed", p.seed, "Sampling seed");
 }
 
-std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch) {
+std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
+                                    int experts_per_token) {
   EngineOptions o;
   if (!f.mem.empty()) o.mem_bytes = parse_size(f.mem, "--mem");
   o.n_ctx = n_ctx;
@@ -106,6 +107,7 @@ std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& 
   o.low_bit_path = f.lowbit;
   const RoutingPolicy policy = routing_policy(f);
   o.experts_per_token = policy_max_experts(policy);
+  if (o.experts_per_token >= 0) o.experts_per_token = std::max(o.experts_per_token, experts_per_token);
   for (const LayerExpert& m : policy.mask_experts) o.preload_exclude.emplace_back(m.layer, m.expert);
   try {
     return Engine::open(path, o);
@@ -127,6 +129,9 @@ ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_
   fo.precision = expert_precision(f);
   fo.expert_use = &engine.expert_use();
   fo.routing = routing_policy(f);
+  if (!fo.routing.remix_refs.empty() && !f.routing.remix_supported)
+    fail("re-mixing (--remix, or 'remix' in --routing-policy) is computed from a prompt by `moe run`; this command "
+         "does not support it");
   fo.routing_use = &engine.routing_use();
   RoutingPlan(fo.routing, routing_shape(engine.model().spec()));  // errors name the layer, expert and flag
   const std::string predictor = resolved_predictor(f);

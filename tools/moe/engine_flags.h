@@ -42,7 +42,10 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f);
 void add_sampling_flags(CLI::App* sub, SamplerParams& p);
 
 // Opens the model under the budget. Vocabulary-only files get an error saying so.
-std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch);
+// experts_per_token: plan buffers and the expert pool for at least this many experts per token (beyond
+// what the routing flags need; e.g. `run --k-list`).
+std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
+                                    int experts_per_token = 0);
 
 // The precision-tier thresholds of the flags; throws on a bad combination (a threshold without
 // --lowbit or the reverse, W < 0, S > W).

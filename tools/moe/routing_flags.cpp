@@ -74,6 +74,7 @@ void add_routing_flags(CLI::App* sub, RoutingFlags& f) {
 }
 
 void add_remix_flags(CLI::App* sub, RoutingFlags& f) {
+  f.remix_supported = true;
   auto mark = [&f](CLI::Option* o) {
     o->each([&f](const std::string&) { f.any_flag = true; });
     return o;

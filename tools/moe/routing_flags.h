@@ -36,6 +36,7 @@ struct RoutingFlags {
   int remix_layers = 0;
   int remix_neighbors = 3;
   bool any_flag = false;  // any routing flag other than --routing-policy was given
+  bool remix_supported = false;  // the command computes re-mixed scores (add_remix_flags)
 };
 
 void add_routing_flags(CLI::App* sub, RoutingFlags& f);
