@@ -430,3 +430,28 @@ TEST(RoutingLabCli, StatsReportExpertsPerTokenAndSavings) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+TEST(RoutingLabCli, BenchCountsTheExpertsThePolicyRoutes) {
+  auto bench = [](const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"bench", "-m", test::model_path("tiny-qwen3moe"), "-p", "8", "-n", "4", "-r", "1",
+                                     "--bw-gib", "0", "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const auto r = test::run_cli(args);
+    EXPECT_EQ(r.status, 0) << r.err;
+    return nlohmann::json::parse(r.out);
+  };
+  const auto def = bench({}), four = bench({"--experts", "4"});
+  EXPECT_EQ(def["experts_per_token"].get<double>(), 2.0);
+  EXPECT_EQ(four["experts_per_token"].get<double>(), 4.0);
+  EXPECT_EQ(four["routing_policy"]["experts"].get<int>(), 4);
+  // Two more experts per token in each of the 2 MoE layers: 4 more experts' bytes per token.
+  auto model = Model::load(test::model_path("tiny-qwen3moe"));
+  const uint64_t per_expert = model->byte_report().bytes_per_expert_max;
+  EXPECT_EQ(four["weight_bytes_per_token"].get<uint64_t>(), def["weight_bytes_per_token"].get<uint64_t>() + 4 * per_expert);
+}
+
+}  // namespace
+}  // namespace moe
