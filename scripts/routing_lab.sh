@@ -323,7 +323,7 @@ for d in domains:
     def sx(x): return L + (x - x0) / (x1 - x0) * (W - L - 10)
     def sy(y): return H - B - (min(y, y1) - y0) / (y1 - y0) * (H - B - 10)
     g = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="11">' % (W, H),
-         '<text x="%d" y="14" font-weight="bold">%s</text>' % (L, d),
+         '<text x="%d" y="14" font-weight="bold">%s</text>' % (L + 40, d),
          '<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="black"/>' % (L, H - B, W - 10, H - B),
          '<line x1="%d" y1="10" x2="%d" y2="%d" stroke="black"/>' % (L, L, H - B)]
     for k in range(1, int(x1) + 1):
