@@ -95,7 +95,7 @@ int run_serve(const ServeArgs& a) {
 
   ThreadPool pool(resolve_threads(a.threads));
   // Every slot's KV cache and a step's rows (prompt chunk + decoded tokens) count against --mem.
-  auto engine = open_engine(a.model, a.engine, n_ctx, a.step_tokens + a.parallel, slots);
+  auto engine = open_engine(a.model, a.engine, n_ctx, a.step_tokens + a.parallel, /*experts_per_token=*/0, slots);
   server::LiveExpertLoad load(engine->model().spec());
   SchedulerOptions so;
   so.slots = slots;
