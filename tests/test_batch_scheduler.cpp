@@ -68,9 +68,11 @@ std::vector<int32_t> random_prompt(int64_t n, int64_t n_vocab, uint32_t seed) {
 }
 
 // Greedy decoding the way `moe run --temp 0` does it: the prompt in one batch, then token by token.
-std::vector<int32_t> greedy_alone(Engine& e, const std::vector<int32_t>& prompt, int n, int64_t n_ctx) {
+std::vector<int32_t> greedy_alone(Engine& e, const std::vector<int32_t>& prompt, int n, int64_t n_ctx,
+                                  const RoutingPolicy& policy = {}) {
   ThreadPool pool(2);
   Session s(e.model(), e.store(), n_ctx);
+  s.set_routing_policy(policy);
   std::vector<float> logits = s.eval(prompt, pool);
   std::vector<int32_t> out;
   for (int i = 0; i < n; ++i) {
@@ -184,6 +186,81 @@ TEST(Scheduler, StreamedExpertsEqualAlone) {
     EXPECT_GT(u.store_hits + u.store_misses, 0u);
     EXPECT_GE(u.store_hit_rate(), 0.0);
     EXPECT_LE(u.store_hit_rate(), 1.0);
+  }
+}
+
+// Per-sequence routing policies (a request's `moe` object): sequences routed under different policies
+// share steps, and each gives the tokens it gives alone under its policy (`moe run` with the same
+// routing flags); experts per token follow each sequence's own policy. Policies asking for more experts
+// than the server planned for are refused.
+TEST(Scheduler, PerSequenceRoutingPolicies) {
+  for (const char* name : {"tiny-qwen3moe-Q4_K_M", "tiny-deepseek2-lite"}) {
+    auto e = Engine::open(test::model_path(name), EngineOptions{});
+    const ModelSpec& spec = e->model().spec();
+    int first_moe = 0, last_moe = 0, k = 0, n_expert = 0;
+    for (int il = spec.n_layer - 1; il >= 0; --il)
+      if (spec.layers[il].is_moe) {
+        first_moe = il;
+        k = spec.layers[il].moe.n_expert_used;
+        n_expert = spec.layers[il].moe.n_expert;
+      }
+    for (int il = 0; il < spec.n_layer; ++il)
+      if (spec.layers[il].is_moe) last_moe = il;
+    std::vector<RoutingPolicy> policies(6);
+    policies[1].experts = 1;
+    policies[2].top_p = 0.5;
+    policies[2].top_p_max_k = k + 1;
+    policies[3].mask_experts = {{first_moe, 0}, {last_moe, 1}, {last_moe, 2}};
+    policies[4].steer = {{first_moe, 3, 4.0, true}};
+    policies[5].random_drop = 0.4;
+    policies[5].random_seed = 11;
+    const int64_t nv = spec.n_vocab;
+    const int64_t lengths[] = {90, 9, 70, 33, 64, 20};
+    std::vector<std::vector<int32_t>> prompts, refs;
+    for (size_t i = 0; i < policies.size(); ++i) {
+      prompts.push_back(random_prompt(lengths[i], nv, 70 + static_cast<uint32_t>(i)));
+      refs.push_back(greedy_alone(*e, prompts.back(), 10, 256, policies[i]));
+    }
+    // The policies do change the tokens (else this test could not tell them apart).
+    EXPECT_NE(greedy_alone(*e, prompts[1], 10, 256), refs[1]) << name;
+    ThreadPool pool(2);
+    SchedulerOptions o = opts(6, 6, 64);
+    o.max_experts = k + 1;  // top_p_max_k above
+    BatchScheduler sched(*e, nullptr, ForwardOptions{}, pool, o);
+    std::vector<std::shared_ptr<Collect>> sinks;
+    for (size_t i = 0; i < policies.size(); ++i) {
+      SequenceRequest r;
+      r.prompt = prompts[i];
+      r.max_tokens = 10;
+      if (i > 0) r.routing = sched.compile_routing(policies[i]);
+      sinks.push_back(std::make_shared<Collect>());
+      sched.submit({r}, {sinks.back()});
+    }
+    for (size_t i = 0; i < policies.size(); ++i) {
+      ASSERT_TRUE(sinks[i]->wait());
+      EXPECT_EQ(sinks[i]->ids, refs[i]) << name << ": policy " << policies[i].to_json().dump()
+                                        << " in a shared step differs from alone";
+    }
+    EXPECT_DOUBLE_EQ(sinks[0]->result.usage.experts_per_token(), k) << name;
+    EXPECT_DOUBLE_EQ(sinks[1]->result.usage.experts_per_token(), 1.0) << name;
+    EXPECT_LE(sinks[2]->result.usage.experts_per_token(), k + 1.0) << name;
+    EXPECT_LT(sinks[5]->result.usage.experts_per_token(), k) << name;
+    // More experts than planned for: refused unless the scheduler may use any number.
+    RoutingPolicy wide;
+    wide.experts = n_expert;
+    RoutingPolicy open_top_p;
+    open_top_p.top_p = 0.9;
+    if (n_expert > k) {
+      EXPECT_THROW(sched.compile_routing(wide), Error) << name;
+      EXPECT_THROW(sched.compile_routing(open_top_p), Error) << name;
+    }
+    RoutingPolicy bad_mask;
+    bad_mask.mask_experts = {{first_moe, n_expert}};
+    EXPECT_THROW(sched.compile_routing(bad_mask), Error) << name;
+    o.max_experts = -1;
+    BatchScheduler any(*e, nullptr, ForwardOptions{}, pool, o);
+    EXPECT_NO_THROW(any.compile_routing(wide)) << name;
+    EXPECT_NO_THROW(any.compile_routing(open_top_p)) << name;
   }
 }
 

@@ -153,6 +153,69 @@ TEST(ServerHttp, GreedyEqualsMoeRun) {
   }
 }
 
+// A request's `moe` object routes its tokens: greedy completions under per-request policies, four at once
+// (each with another policy, sharing steps), equal `moe run` with the same routing flags; moe_usage and
+// traces follow the request's policy; policies that do not fit the model or the plan are 400s.
+TEST(ServerHttp, PerRequestRoutingEqualsMoeRunFlags) {
+  const int n = 16;
+  struct Case {
+    json moe;
+    std::vector<std::string> flags;
+  };
+  const std::vector<Case> cases = {
+      {{{"experts", 1}}, {"--experts", "1"}},
+      {{{"top_p", 0.5}, {"top_p_max_k", 2}}, {"--route-top-p", "0.5", "--route-top-p-max-k", "2"}},
+      {{{"mask_experts", {{0, 1}, {1, 2}, {2, 3}}}}, {"--mask-experts", "0:1,1:2,2:3"}},
+      {json::object(), {}},
+  };
+  std::vector<std::string> want;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    std::vector<std::string> args = {"run", "-m", default_model(), "-p", kPrompts[i], "-n", std::to_string(n), "--temp", "0"};
+    args.insert(args.end(), cases[i].flags.begin(), cases[i].flags.end());
+    const test::CliResult r = test::run_cli(args);
+    ASSERT_EQ(r.status, 0) << r.err;
+    want.push_back(r.out);
+  }
+  EXPECT_NE(want[0], moe_run_text(kPrompts[0], n));  // the policy changes the text
+  TestServer ts(default_model(), sched_opts(4));
+  std::vector<std::future<json>> got;
+  for (size_t i = 0; i < cases.size(); ++i)
+    got.push_back(std::async(std::launch::async, [&, i] {
+      json body = {{"prompt", kPrompts[i]}, {"max_tokens", n}, {"temperature", 0}};
+      if (!cases[i].moe.empty()) body["moe"] = cases[i].moe;
+      body["moe"]["trace"] = true;
+      auto r = ts.post("/v1/completions", body);
+      return r && r->status == 200 ? json::parse(r->body) : json{{"error", r ? r->body : "no response"}};
+    }));
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const json j = got[i].get();
+    ASSERT_FALSE(j.contains("error")) << j.dump();
+    EXPECT_EQ(j["choices"][0]["text"], want[i]) << "moe " << cases[i].moe.dump();
+    EXPECT_EQ(j["moe_usage"]["routing_policy"], cases[i].moe) << j["moe_usage"].dump();
+    const double ept = j["moe_usage"]["experts_per_token"].get<double>();
+    if (i == 0) EXPECT_DOUBLE_EQ(ept, 1.0);
+    if (i == 1) EXPECT_LE(ept, 2.0);
+    if (i == 3) EXPECT_DOUBLE_EQ(ept, 2.0);
+    for (const json& t : j["choices"][0]["moe_trace"]["tokens"]) {
+      if (i == 0) EXPECT_EQ(t["experts"]["0"].size(), 1u);
+      if (i == 2) {
+        for (const json& pair : t["experts"]["0"]) EXPECT_NE(pair[0], 1);
+        for (const json& pair : t["experts"]["2"]) EXPECT_NE(pair[0], 3);
+      }
+    }
+  }
+  auto c = ts.client();
+  const std::string m = R"("prompt": "x", "max_tokens": 2, )";
+  // All 8 experts: more than the server planned for (the model's 2 without --max-experts).
+  expect_error(c.Post("/v1/completions", "{" + m + R"("moe": {"experts": 8}})", "application/json"), 400, "",
+               "moe.experts");
+  expect_error(c.Post("/v1/completions", "{" + m + R"("moe": {"top_p": 0.9}})", "application/json"), 400, "", "moe.top_p");
+  expect_error(c.Post("/v1/completions", "{" + m + R"("moe": {"mask_experts": [[0, 8]]}})", "application/json"), 400, "",
+               "moe.mask_experts");
+  expect_error(c.Post("/v1/completions", "{" + m + R"("moe": {"experts": "2"}})", "application/json"), 400, "",
+               "moe.experts");
+}
+
 TEST(ServerHttp, ChatStreamingUsageAndTrace) {
   TestServer ts(default_model(), sched_opts(2));
   const json msgs = json::array({{{"role", "user"}, {"content", "Who begat Enoch?"}}});

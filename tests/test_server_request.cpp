@@ -57,7 +57,7 @@ TEST(ServerRequest, ChatFields) {
   ASSERT_EQ(r.logit_bias.size(), 2u);
   EXPECT_TRUE(r.moe.present);
   EXPECT_TRUE(r.moe.trace);
-  EXPECT_TRUE(r.moe.policy.empty());
+  EXPECT_FALSE(r.moe.policy.has_value());
 }
 
 TEST(ServerRequest, CompletionPrompts) {
@@ -135,13 +135,48 @@ TEST(ServerRequest, MalformedBodies) {
   expect_bad(Endpoint::Completion, R"({"prompt": ["a", "b", "c"], "n": 50})", "n");
 }
 
-// The moe object keeps its policy keys for the routing policy to check (server.cpp), apart from trace.
+// The moe object: trace, and the routing lab's policy in its strict JSON form (moe/routing_policy.h).
+// Unknown keys, wrong types and values out of range are 400s naming the key; C3PO re-mixing (which reads
+// files on the server) is refused.
 TEST(ServerRequest, MoeObject) {
-  const ParsedRequest r = parse_request(Endpoint::Completion, R"({"prompt": "x", "moe": {"trace": false, "k": 3}})");
-  EXPECT_TRUE(r.moe.present);
+  const ParsedRequest t = parse_request(Endpoint::Completion, R"({"prompt": "x", "moe": {"trace": true}})");
+  EXPECT_TRUE(t.moe.present);
+  EXPECT_TRUE(t.moe.trace);
+  EXPECT_FALSE(t.moe.policy.has_value());
+  const ParsedRequest r = parse_request(
+      Endpoint::Completion,
+      R"({"prompt": "x", "moe": {"trace": false, "top_p": 0.6, "top_p_max_k": 4, "mask_experts": [[0, 1]],
+          "steer": [{"layer": 1, "expert": 2, "factor": 3.0}]}})");
   EXPECT_FALSE(r.moe.trace);
-  ASSERT_TRUE(r.moe.policy.contains("k"));
-  EXPECT_EQ(r.moe.policy.size(), 1u);
+  ASSERT_TRUE(r.moe.policy.has_value());
+  EXPECT_DOUBLE_EQ(r.moe.policy->top_p, 0.6);
+  EXPECT_EQ(r.moe.policy->top_p_max_k, 4);
+  ASSERT_EQ(r.moe.policy->mask_experts.size(), 1u);
+  EXPECT_EQ(r.moe.policy->mask_experts[0].expert, 1);
+  ASSERT_EQ(r.moe.policy->steer.size(), 1u);
+  EXPECT_DOUBLE_EQ(r.moe.policy->steer[0].factor, 3.0);
+  EXPECT_EQ(parse_request(Endpoint::Chat, R"({"messages": [{"role": "user", "content": "x"}], "moe": {"experts": 3}})")
+                .moe.policy->experts,
+            3);
+  const std::string m = R"("prompt": "x")";
+  expect_bad(Endpoint::Completion, "{" + m + R"(, "moe": {"k": 3}})", "moe.k", "unknown key");
+  expect_bad(Endpoint::Completion, "{" + m + R"(, "moe": {"experts": "3"}})", "moe.experts", "integer");
+  expect_bad(Endpoint::Completion, "{" + m + R"(, "moe": {"experts": 0}})", "moe.experts");
+  expect_bad(Endpoint::Completion, "{" + m + R"(, "moe": {"top_p": 1.5}})", "moe.top_p");
+  expect_bad(Endpoint::Completion, "{" + m + R"(, "moe": {"top_p_max_k": 2}})", "moe.top_p_max_k", "needs top_p");
+  expect_bad(Endpoint::Completion, "{" + m + R"(, "moe": {"mask_experts": [[0, 1], [0, 1]]}})", "moe.mask_experts");
+  expect_bad(Endpoint::Completion, "{" + m + R"(, "moe": {"remix": {"refs": "/etc/passwd", "layers": 1}}})",
+             "moe.remix", "not available per request");
+}
+
+TEST(ServerRequest, MoeParamFromPolicyErrors) {
+  EXPECT_EQ(moe_param("routing policy: unknown key 'nope' (known: experts)"), "moe.nope");
+  EXPECT_EQ(moe_param("routing policy: 'top_p' = 2 is out of range [0, 1]"), "moe.top_p");
+  EXPECT_EQ(moe_param("routing policy: unknown key 'sinkhorn.x' (known: eps)"), "moe.sinkhorn.x");
+  EXPECT_EQ(moe_param("top_p_max_k (--route-top-p-max-k) 2 needs top_p (--route-top-p)"), "moe.top_p_max_k");
+  EXPECT_EQ(moe_param("steer (--steer): 1:2 is given twice"), "moe.steer");
+  EXPECT_EQ(moe_param("routing policy: a 'steer' entry lacks 'factor': {}"), "moe.steer");
+  EXPECT_EQ(moe_param("Something else entirely"), "moe");
 }
 
 }  // namespace

@@ -143,6 +143,7 @@ BatchScheduler::BatchScheduler(Engine& engine, const Tokenizer* tok, ForwardOpti
     fail("scheduler: --step-tokens {} must be a positive multiple of {}", opts_.step_tokens, kChunkAlign);
   if (opts_.n_ctx < 2) fail("scheduler: a context of {} positions per slot is too small", opts_.n_ctx);
   if (opts_.max_wait < 1) fail("scheduler: --max-wait {} must be at least 1", opts_.max_wait);
+  default_plan_ = std::make_shared<const RoutingPlan>(forward_.routing_plan());
   slots_.resize(static_cast<size_t>(opts_.slots));
   for (Slot& s : slots_) {
     s.kv = std::make_unique<KvCache>(engine.model().spec(), opts_.n_ctx);
@@ -172,6 +173,27 @@ BatchScheduler::~BatchScheduler() {
   }
   thread_.join();
   if (BudgetedExpertStore* st = engine_.offload_store()) st->set_acquire_listener(nullptr);
+}
+
+std::shared_ptr<const RoutingPlan> BatchScheduler::compile_routing(const RoutingPolicy& policy) const {
+  const ModelSpec& spec = model().spec();
+  int model_k = 0;
+  for (const LayerSpec& L : spec.layers)
+    if (L.is_moe) model_k = std::max(model_k, L.moe.n_expert_used);
+  if (opts_.max_experts >= 0) {
+    const int limit = std::max(model_k, opts_.max_experts);
+    const int need = policy_max_experts(policy);
+    // Errors start with the policy key that asks for the experts (a server names it as the parameter).
+    if (need < 0)
+      fail("top_p: without top_p_max_k it may select every expert, but this server plans for at most {} experts per "
+           "token (moe serve --max-experts)",
+           limit);
+    if (need > limit) {
+      const char* key = policy.top_p >= 0 ? "top_p_max_k" : policy.experts == need ? "experts" : "experts_per_layer";
+      fail("{}: {} experts per token, but this server plans for at most {} (moe serve --max-experts)", key, need, limit);
+    }
+  }
+  return std::make_shared<const RoutingPlan>(policy, routing_shape(spec));
 }
 
 std::vector<std::shared_ptr<SequenceHandle>> BatchScheduler::submit(std::vector<SequenceRequest> reqs,
@@ -393,6 +415,19 @@ bool BatchScheduler::step() {
     a.step_keys.clear();
     a.next_experts.clear();
   }
+  // Each span's rows route under its sequence's policy; a step where all use the default routes as one.
+  row_policies_.clear();
+  bool own_policy = false;
+  for (size_t s = 0; s < spans.size(); ++s) own_policy |= slots_[span_slot[s]].seq->req.routing != nullptr;
+  if (own_policy) {
+    int64_t row = 0;
+    for (size_t s = 0; s < spans.size(); ++s) {
+      const auto& plan = slots_[span_slot[s]].seq->req.routing;
+      row_policies_.push_back({row, row + spans[s].n_tokens, plan ? plan : default_plan_});
+      row += spans[s].n_tokens;
+    }
+  }
+  forward_.set_row_policies(row_policies_);
   std::fill(step_hit_.begin(), step_hit_.end(), int8_t{-1});
   pure_decode_ = !decoders.empty() && spans.size() == decoders.size();
   step_distinct_ = step_moe_layers_ = 0;

@@ -48,6 +48,9 @@ struct SchedulerOptions {
   size_t max_queue = 64;      // sequences waiting for a slot; a submit beyond it is refused
   SchedulePolicy policy = SchedulePolicy::Fcfs;
   int max_wait = 4;           // expert policy: steps a decoding sequence may be passed over
+  // Most experts per token a sequence's own routing policy may select (the engine's buffers and expert
+  // pool are planned for it): 0 = the model's k, -1 = any number.
+  int max_experts = 0;
 };
 
 // What one sequence asks for.
@@ -60,6 +63,9 @@ struct SequenceRequest {
   int top_logprobs = -1;                      // < 0: no log-probabilities; else the chosen token's and this many more
   std::vector<std::pair<int32_t, float>> logit_bias;  // added to the logits before sampling
   bool trace = false;                         // record the routing of every evaluated token
+  // The sequence's routing policy, compiled by compile_routing(); null: the scheduler's own (the
+  // ForwardOptions' policy). Each step routes every sequence's rows under its own policy.
+  std::shared_ptr<const RoutingPlan> routing;
 };
 
 struct TokenLogprob {
@@ -179,6 +185,10 @@ class BatchScheduler {
   // ids outside the vocabulary).
   std::vector<std::shared_ptr<SequenceHandle>> submit(std::vector<SequenceRequest> reqs,
                                                       std::vector<std::shared_ptr<SequenceSink>> sinks);
+  // A routing policy for SequenceRequest::routing: checked against the model (errors name the layer,
+  // expert and setting) and against SchedulerOptions::max_experts.
+  std::shared_ptr<const RoutingPlan> compile_routing(const RoutingPolicy& policy) const;
+  const RoutingPolicy& default_routing() const { return default_plan_->policy(); }
   SchedulerStats stats() const;
   const SchedulerOptions& options() const { return opts_; }
   const Model& model() const { return engine_.model(); }
@@ -208,6 +218,8 @@ class BatchScheduler {
   ThreadPool& pool_;
   SchedulerOptions opts_;
   ForwardPass forward_;
+  std::shared_ptr<const RoutingPlan> default_plan_;  // the forward options' policy
+  std::vector<RowPolicy> row_policies_;              // step(): each span's rows under its policy
   std::unique_ptr<StepObserver> step_observer_;
   std::vector<Slot> slots_;
   uint64_t step_no_ = 0;

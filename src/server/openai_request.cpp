@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <regex>
 
 #include "base/error.h"
 
@@ -218,13 +219,37 @@ std::vector<std::pair<int32_t, float>> get_logit_bias(const json& v) {
   return out;
 }
 
+}  // namespace
+
+std::string moe_param(const std::string& message) {
+  // The routing lab's errors name the key first: "routing policy: unknown key 'k' (...)", "routing policy:
+  // 'top_p' must be ...", "routing policy: a 'steer' entry ..." or "top_p (--route-top-p) ...".
+  static const std::regex quoted(R"(^routing policy: (?:unknown key |a )?'([A-Za-z_][A-Za-z0-9_.]*)')");
+  static const std::regex leading(R"(^([a-z_]+(?:\.[a-z_]+)?)[ :(])");
+  std::smatch m;
+  if (std::regex_search(message, m, quoted) || std::regex_search(message, m, leading)) return "moe." + m[1].str();
+  return "moe";
+}
+
+namespace {
+
 MoeControls get_moe(const json& v) {
   if (!v.is_object()) wrong_type(v, "object", "moe");
   MoeControls m;
   m.present = true;
+  json policy = json::object();
   for (const auto& [key, value] : v.items()) {
     if (key == "trace") m.trace = get_bool(value, "moe.trace");
-    else m.policy[key] = value;
+    else if (key == "remix")  // C3PO reads reference files named by the policy: not a client's to choose
+      throw bad_request("'moe.remix' is not available per request (it reads reference files on the server)",
+                        "moe.remix");
+    else policy[key] = value;
+  }
+  if (policy.empty()) return m;
+  try {
+    m.policy = RoutingPolicy::from_json(policy);
+  } catch (const std::exception& e) {
+    throw bad_request(fmt::format("Invalid 'moe' object: {}", e.what()), moe_param(e.what()));
   }
   return m;
 }

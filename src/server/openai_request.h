@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "moe/routing_policy.h"
 #include "tokenizer/chat_template.h"
 
 namespace moe::server {
@@ -39,12 +40,17 @@ nlohmann::json error_body(const ApiError& e);
 
 enum class Endpoint { Chat, Completion };
 
-// moe.cpp's per-request controls: the routing policy (moe/routing_policy.h's JSON form) and traces.
+// moe.cpp's per-request controls: the routing policy (moe/routing_policy.h's JSON form, parsed strictly:
+// an unknown key, a wrong type or a value out of range is a 400) and traces.
 struct MoeControls {
   bool present = false;
-  nlohmann::json policy = nlohmann::json::object();  // the keys other than "trace"
+  std::optional<RoutingPolicy> policy;  // the keys other than "trace"; none: the server's own policy
   bool trace = false;
 };
+
+// The request parameter a routing-policy error is about ("moe.top_p"), from the error's text; "moe"
+// when it names none.
+std::string moe_param(const std::string& message);
 
 struct ParsedRequest {
   Endpoint endpoint = Endpoint::Chat;

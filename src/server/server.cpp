@@ -220,11 +220,13 @@ struct Server::Impl {
       if (id >= n_vocab)
         throw bad_request(fmt::format("token id {} in logit_bias is outside the vocabulary [0, {})", id, n_vocab),
                           "logit_bias");
-    if (pr.moe.present && !pr.moe.policy.empty()) {
-      // The routing lab's policy keys land with the routing policy (moe/routing_policy.h); until then
-      // the only key is trace, and any other is refused rather than ignored.
-      throw bad_request(fmt::format("unknown key '{}' in 'moe' (known: trace)", pr.moe.policy.begin().key()),
-                        "moe." + pr.moe.policy.begin().key());
+    std::shared_ptr<const RoutingPlan> routing;
+    if (pr.moe.policy) {
+      try {
+        routing = sched.compile_routing(*pr.moe.policy);
+      } catch (const Error& e) {
+        throw bad_request(fmt::format("Invalid 'moe' object: {}", e.what()), moe_param(e.what()));
+      }
     }
     std::random_device rd;
     const uint64_t seed0 = pr.seed ? *pr.seed : (static_cast<uint64_t>(rd()) << 32) ^ rd();
@@ -256,6 +258,7 @@ struct Server::Impl {
         s.top_logprobs = pr.top_logprobs;
         s.logit_bias = pr.logit_bias;
         s.trace = pr.moe.trace;
+        s.routing = routing;
         p.seqs.push_back(std::move(s));
         p.echo_prefix.push_back(pr.echo ? prompt_text[pi] : std::string());
       }
@@ -300,7 +303,8 @@ struct Server::Impl {
       meta.model = opts.model_id;
       meta.endpoint = ep;
       const int fd = connection_fd(req);
-      json policy = pr.moe.policy;
+      // moe_usage names the policy the request's tokens were routed under.
+      json policy = (pr.moe.policy ? *pr.moe.policy : sched.default_routing()).to_json();
       if (pr.stream) {
         stream(res, st, meta, pr, p.echo_prefix, n_choices, p.n_prompts, fd, policy, t0);
         return;

@@ -56,6 +56,13 @@ assert.equal(finish, chat.choices[0].finish_reason);
 assert.deepEqual(usage, chat.usage, "the last chunk carries usage");
 ok("chat.completions.create stream");
 
+// moe.cpp's per-request routing policy travels as an extra body field; moe_usage reports what it did.
+const one = await client.chat.completions.create({ model: "test-model", messages, max_tokens: 8, temperature: 0,
+                                                   moe: { experts: 1 } });
+assert.equal(one.moe_usage.experts_per_token, 1);
+assert.deepEqual(one.moe_usage.routing_policy, { experts: 1 });
+ok("chat.completions.create with moe.experts = 1");
+
 // Completions: text, n choices, logprobs, streaming.
 const comp = await client.completions.create({ model: "test-model", prompt: "def main(", max_tokens: 10, temperature: 0,
                                                logprobs: 2 });

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 
+#include <algorithm>
 #include <cstdio>
 #include <thread>
 
@@ -34,6 +35,7 @@ struct ServeArgs {
   int64_t step_tokens = 128;
   int queue = 64;
   int max_wait = 4;
+  int max_experts = 0;  // experts per token a request's routing policy may use; 0 = the model's k, -1 = all
   int threads = 0;
   int http_threads = 0;
   bool log_requests = false;
@@ -95,7 +97,8 @@ int run_serve(const ServeArgs& a) {
 
   ThreadPool pool(resolve_threads(a.threads));
   // Every slot's KV cache and a step's rows (prompt chunk + decoded tokens) count against --mem.
-  auto engine = open_engine(a.model, a.engine, n_ctx, a.step_tokens + a.parallel, /*experts_per_token=*/0, slots);
+  // Buffers and the expert pool are planned for the most experts per token a request may ask for.
+  auto engine = open_engine(a.model, a.engine, n_ctx, a.step_tokens + a.parallel, a.max_experts, slots);
   server::LiveExpertLoad load(engine->model().spec());
   SchedulerOptions so;
   so.slots = slots;
@@ -105,6 +108,9 @@ int run_serve(const ServeArgs& a) {
   so.max_queue = static_cast<size_t>(a.queue);
   so.policy = a.schedule == "expert" ? SchedulePolicy::ExpertAware : SchedulePolicy::Fcfs;
   so.max_wait = a.max_wait;
+  // What open_engine planned for: the routing flags' policy and --max-experts, whichever is more.
+  const int flags_max = policy_max_experts(routing_policy(a.engine));
+  so.max_experts = a.max_experts < 0 || flags_max < 0 ? -1 : std::max(a.max_experts, flags_max);
   auto sched = std::make_unique<BatchScheduler>(*engine, tok.get(), forward_options(a.engine, *engine, false), pool,
                                                 so, std::vector<ForwardObserver*>{&load});
   server::ServerOptions sv;
@@ -167,6 +173,10 @@ void register_serve(CLI::App& app, CommandSet& cmds) {
       ->check(CLI::IsMember({"fcfs", "expert"}));
   sub->add_option("--max-wait", args->max_wait, "--schedule expert: steps a sequence may be passed over")
       ->check(CLI::Range(1, 1 << 20));
+  sub->add_option("--max-experts", args->max_experts,
+                  "Most experts per token a request's routing policy (its 'moe' object) may select: buffers and the "
+                  "expert pool are planned for it; 0 = the model's k (or the routing flags'), -1 = every expert")
+      ->check(CLI::Range(-1, 1 << 16));
   sub->add_option("-t,--threads", args->threads, "Compute threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("--http-threads", args->http_threads, "HTTP worker threads (0 = slots + queue + 8)")
       ->check(CLI::Range(0, 1 << 16));
