@@ -352,6 +352,7 @@ void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) 
     if (options_.predictor == PrefetchPredictor::Transition) predict_next_layer_transition(il, n_tokens);
     else predict_next_layer(il, n_tokens, pool);
   }
+  if (needs_.lookahead && !observers_.empty()) report_lookahead(il, n_tokens, pool);
   executor_.run(il, ms, xn_.data(), n_tokens, d, routing_, store_, pool, tmp_.data(),
                 needs_.expert_outputs && !observers_.empty() ? this : nullptr);
   if (needs_.moe_io && !observers_.empty()) obs_routed_.assign(tmp_.begin(), tmp_.begin() + n_tokens * d);
@@ -382,6 +383,25 @@ void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) 
   }
 }
 
+void ForwardPass::report_lookahead(int il, int64_t n_tokens, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  int next = il + 1;
+  while (next < s.n_layer && !s.layers[next].is_moe) ++next;
+  if (next >= s.n_layer) return;
+  const LayerWeights& nw = model_.layer(next);
+  const int E = s.layers[next].moe.n_expert;
+  obs_lookahead_.resize(static_cast<size_t>(n_tokens * E));
+  project(nw[Role::Router], xn_.data(), n_tokens, obs_lookahead_.data(), pool);
+  MoeLayerLookahead view;
+  view.layer = il;
+  view.next_layer = next;
+  view.tokens = &step_;
+  view.n_expert = E;
+  view.logits = obs_lookahead_.data();
+  view.selection_bias = nw[Role::RouterBias] ? f32(nw[Role::RouterBias]) : nullptr;
+  for (ForwardObserver* o : observers_) o->on_lookahead(view);
+}
+
 void ForwardPass::predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool) {
   const ModelSpec& s = model_.spec();
   int next = il + 1;
@@ -396,14 +416,9 @@ void ForwardPass::predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool)
   const int want = std::min(nm.n_expert, nm.n_expert_used + options_.lookahead_margin);
   predicted_.assign(static_cast<size_t>(n_tokens), {});
   hint_.clear();
-  std::vector<int32_t> order(nm.n_expert);
+  std::vector<int32_t> order;
   for (int64_t t = 0; t < n_tokens; ++t) {
-    // Softmax and sigmoid are monotonic, so ranking the (biased) logits ranks the scores.
-    const float* z = lookahead_logits_.data() + t * nm.n_expert;
-    std::iota(order.begin(), order.end(), 0);
-    auto key = [&](int32_t e) { return z[e] + (bias ? bias[e] : 0.0f); };
-    std::partial_sort(order.begin(), order.begin() + want, order.end(),
-                      [&](int32_t a, int32_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); });
+    rank_by_selection_logit(lookahead_logits_.data() + t * nm.n_expert, bias, nm.n_expert, want, order);
     predicted_[t].assign(order.begin(), order.begin() + want);
     for (int j = 0; j < want; ++j)
       if (std::find(hint_.begin(), hint_.end(), order[j]) == hint_.end()) hint_.push_back(order[j]);

@@ -22,6 +22,15 @@ void top_k(const float* v, int n, int k, int32_t* out, std::vector<int32_t>& idx
 
 }  // namespace
 
+void rank_by_selection_logit(const float* z, const float* bias, int n_expert, int want, std::vector<int32_t>& order) {
+  order.resize(static_cast<size_t>(n_expert));
+  std::iota(order.begin(), order.end(), 0);
+  want = std::clamp(want, 0, n_expert);
+  auto key = [&](int32_t e) { return z[e] + (bias ? bias[e] : 0.0f); };
+  std::partial_sort(order.begin(), order.begin() + want, order.end(),
+                    [&](int32_t a, int32_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); });
+}
+
 void route_tokens(const MoeSpec& spec, float* logits, const float* selection_bias, int64_t n_tokens, Routing& out) {
   const int E = spec.n_expert;
   const int k = spec.n_expert_used;

@@ -25,6 +25,11 @@ struct Routing {
   float weight(int64_t t, int j) const { return weights[static_cast<size_t>(t * k + j)]; }
 };
 
+// The cross-layer gate predictor's ranking (Fate): the `want` experts with the largest selection logits
+// z + bias (bias may be null), best first, ties to the lower id, in order[0..want). Softmax and sigmoid
+// are monotonic, so ranking the logits ranks the scores. `order` is resized to n_expert.
+void rank_by_selection_logit(const float* z, const float* bias, int n_expert, int want, std::vector<int32_t>& order);
+
 // logits: [n_tokens][n_expert] (overwritten with the scores). selection_bias: [n_expert] or null.
 void route_tokens(const MoeSpec& spec, float* logits, const float* selection_bias, int64_t n_tokens, Routing& out);
 
