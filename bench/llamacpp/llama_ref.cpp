@@ -77,6 +77,26 @@ int layer_of(const char* name, const char* prefix) {
   return std::atoi(name + n + 1);
 }
 
+// A tensor's elements in logical order (ne[0] fastest). ffn_moe_topk is a view of the argsort of all
+// experts ([k] of every [n_expert] row), so its rows are nb[1] bytes apart, not k elements: reading its
+// bytes as if contiguous gives the first token's ranks 0..k-1, then its ranks k..2k-1 as the second's.
+template <typename T>
+std::vector<T> gather(const ggml_tensor* t) {
+  std::vector<uint8_t> raw(ggml_nbytes(t));
+  ggml_backend_tensor_get(t, raw.data(), 0, raw.size());
+  std::vector<T> out;
+  out.reserve(static_cast<size_t>(ggml_nelements(t)));
+  for (int64_t i3 = 0; i3 < t->ne[3]; ++i3)
+    for (int64_t i2 = 0; i2 < t->ne[2]; ++i2)
+      for (int64_t i1 = 0; i1 < t->ne[1]; ++i1)
+        for (int64_t i0 = 0; i0 < t->ne[0]; ++i0) {
+          T v;
+          std::memcpy(&v, raw.data() + i0 * t->nb[0] + i1 * t->nb[1] + i2 * t->nb[2] + i3 * t->nb[3], sizeof(T));
+          out.push_back(v);
+        }
+  return out;
+}
+
 bool route_cb(ggml_tensor* t, bool ask, void* user) {
   auto* cap = static_cast<RouteCapture*>(user);
   const char* name = t->name;
@@ -88,18 +108,13 @@ bool route_cb(ggml_tensor* t, bool ask, void* user) {
   }
   if (il < 0) return ask ? false : true;
   if (ask) return true;
-  const int64_t n = ggml_nelements(t);
   if (is_ids) {
     if (t->type != GGML_TYPE_I32) die(std::string(name) + ": expected I32");
-    std::vector<int32_t> v(static_cast<size_t>(n));
-    ggml_backend_tensor_get(t, v.data(), 0, v.size() * sizeof(int32_t));
-    cap->ids[il] = std::move(v);
+    cap->ids[il] = gather<int32_t>(t);
     cap->k[il] = static_cast<int>(t->ne[0]);
   } else {
     if (t->type != GGML_TYPE_F32) die(std::string(name) + ": expected F32");
-    std::vector<float> v(static_cast<size_t>(n));
-    ggml_backend_tensor_get(t, v.data(), 0, v.size() * sizeof(float));
-    cap->weights[il] = std::move(v);
+    cap->weights[il] = gather<float>(t);
   }
   return true;
 }

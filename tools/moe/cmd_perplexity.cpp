@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,7 @@
 #include "runtime/engine.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
+#include "trace_flags.h"
 
 namespace moe::cli {
 
@@ -39,6 +41,7 @@ struct PerplexityArgs {
   int threads = 0;
   std::string json_out, html_out;
   EngineFlags engine;
+  TraceFlags trace;
 };
 
 // counts[layer][expert]: how many (token, slot) routings chose the expert. Dense layers stay empty.
@@ -166,6 +169,9 @@ int run_perplexity(const PerplexityArgs& a) {
   auto tok = Tokenizer::from_gguf(model.file());
   Session session(model, engine->store(), a.ctx, forward_options(a.engine, *engine, false));
 
+  auto trace = CliTrace::open(a.trace, *engine, a.engine, a.ctx, a.ctx, "moe perplexity");
+  int32_t window_seq = 0;  // with --trace: each window is its own sequence, from position 0
+
   std::vector<FileResult> results;
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t evaluated = 0;
@@ -174,6 +180,10 @@ int run_perplexity(const PerplexityArgs& a) {
     if (ids.size() < 2) fail("{}: fewer than 2 tokens, nothing to score", path);
     ExpertCounter counter(spec);
     session.forward().set_observer(&counter);
+    if (trace) {
+      trace->attach(session);
+      trace->begin_input(path, std::filesystem::path(path).stem().string());
+    }
     FileResult r;
     r.path = path;
     const int64_t n = static_cast<int64_t>(ids.size());
@@ -184,6 +194,7 @@ int run_perplexity(const PerplexityArgs& a) {
       if (e - b < 2) break;
       const std::vector<int32_t> window(ids.begin() + b, ids.begin() + e);
       session.reset();
+      if (trace) session.forward().set_seq_id(window_seq++);
       const std::vector<float>& logits = session.eval(window, pool, /*all_logits=*/true, a.ctx);
       for (int64_t i = 0; i + 1 < e - b; ++i)
         r.nll += token_nll(logits.data() + i * spec.n_vocab, spec.n_vocab, window[static_cast<size_t>(i + 1)]);
@@ -193,6 +204,7 @@ int run_perplexity(const PerplexityArgs& a) {
                    static_cast<long long>(n_windows));
     }
     session.forward().set_observer(nullptr);
+    if (trace) trace->detach();
     r.counts = counter.counts();
     results.push_back(std::move(r));
   }
@@ -242,6 +254,7 @@ int run_perplexity(const PerplexityArgs& a) {
     std::fprintf(stderr, "perplexity: wrote %s\n", a.html_out.c_str());
   }
   report_engine_stats(a.engine, *engine, &session.forward().prediction_stats(), evaluated, secs);
+  if (trace) trace->finish();
   return 0;
 }
 
@@ -258,6 +271,7 @@ void register_perplexity(CLI::App& app, CommandSet& cmds) {
   sub->add_option("--json", a->json_out, "write the results as JSON");
   sub->add_option("--html", a->html_out, "write an HTML report with expert-usage heatmaps");
   add_engine_flags(sub, a->engine);
+  add_trace_flags(sub, a->trace);
   cmds.add(sub, [a] {
     if (a->model.empty()) a->model = default_model_path();
     return run_perplexity(*a);

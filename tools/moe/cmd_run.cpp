@@ -25,6 +25,7 @@
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
+#include "trace_flags.h"
 
 namespace moe::cli {
 
@@ -41,6 +42,7 @@ struct RunArgs {
   bool ignore_eos = false;
   bool llama_compat = false;
   EngineFlags engine;
+  TraceFlags trace;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -97,9 +99,15 @@ int run_run(const RunArgs& a) {
   auto engine = open_engine(a.model, a.engine, n_ctx, std::min<int64_t>(512, std::max<int64_t>(n_prompt, 1)));
   Session session(engine->model(), engine->store(), n_ctx, forward_options(a.engine, *engine, a.llama_compat));
   Sampler sampler(a.sampling);
+  auto trace = CliTrace::open(a.trace, *engine, a.engine, n_ctx, 512, "moe run");
+  if (trace) {
+    trace->attach(session);
+    trace->begin_input(!a.prompt_file.empty() ? a.prompt_file : a.tokens, "prompt");
+  }
 
   const auto t0 = Clock::now();
   const std::vector<float>& logits = session.eval(prompt, pool);
+  if (trace) trace->set_generated(true);
   const double t_prompt = seconds_since(t0);
   // Statistics describe generation: drop what the prompt pass counted.
   engine->reset_stats();
@@ -145,6 +153,7 @@ int run_run(const RunArgs& a) {
                n_gen_steps / t_gen, (t_prompt + r.first_token_seconds) * 1000.0, stop_reason_name(r.reason),
                pool.size());
   report_engine_stats(a.engine, *engine, &session.forward().prediction_stats(), r.ids.size(), r.seconds);
+  if (trace) trace->finish();
   return 0;
 }
 
@@ -167,6 +176,7 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
   add_engine_flags(sub, args->engine);
+  add_trace_flags(sub, args->trace);
   cmds.add(sub, [args, sub] {
     if (args->model.empty()) args->model = default_model_path();
     args->have_prompt = sub->count("--prompt") > 0;  // -p "" is an (empty) prompt, not a missing one
