@@ -34,5 +34,6 @@ void register_route_stats(CLI::App& app, CommandSet& cmds);
 void register_quantize_experts(CLI::App& app, CommandSet& cmds);
 void register_kl_logits(CLI::App& app, CommandSet& cmds);
 void register_trace(CLI::App& app, CommandSet& cmds);
+void register_analyze(CLI::App& app, CommandSet& cmds);
 
 }  // namespace moe::cli
