@@ -5,7 +5,8 @@
 //       one batched pass from position 0; float32 logits row-major [n_tokens][n_vocab] (as `moe logits`)
 //   llama_ref route  -m MODEL --tokens FILE -o OUT.csv [--override-kv ...] [-t N]
 //       the routing llama.cpp computes in the same pass, from its graph tensors ffn_moe_topk-L (selected
-//       experts) and the last of ffn_moe_weights* (final weights): CSV `pos,token,layer,rank,expert,weight`
+//       experts; a strided view, read row by row) and the last of ffn_moe_weights* (final weights):
+//       CSV `pos,token,layer,rank,expert,weight`
 //   llama_ref greedy -m MODEL --tokens FILE -n N [--override-kv ...] [-t N]
 //       N greedy tokens after the prompt, one at a time with the KV cache; ids one per line on stdout
 //
@@ -77,26 +78,6 @@ int layer_of(const char* name, const char* prefix) {
   return std::atoi(name + n + 1);
 }
 
-// A tensor's elements in logical order (ne[0] fastest). ffn_moe_topk is a view of the argsort of all
-// experts ([k] of every [n_expert] row), so its rows are nb[1] bytes apart, not k elements: reading its
-// bytes as if contiguous gives the first token's ranks 0..k-1, then its ranks k..2k-1 as the second's.
-template <typename T>
-std::vector<T> gather(const ggml_tensor* t) {
-  std::vector<uint8_t> raw(ggml_nbytes(t));
-  ggml_backend_tensor_get(t, raw.data(), 0, raw.size());
-  std::vector<T> out;
-  out.reserve(static_cast<size_t>(ggml_nelements(t)));
-  for (int64_t i3 = 0; i3 < t->ne[3]; ++i3)
-    for (int64_t i2 = 0; i2 < t->ne[2]; ++i2)
-      for (int64_t i1 = 0; i1 < t->ne[1]; ++i1)
-        for (int64_t i0 = 0; i0 < t->ne[0]; ++i0) {
-          T v;
-          std::memcpy(&v, raw.data() + i0 * t->nb[0] + i1 * t->nb[1] + i2 * t->nb[2] + i3 * t->nb[3], sizeof(T));
-          out.push_back(v);
-        }
-  return out;
-}
-
 bool route_cb(ggml_tensor* t, bool ask, void* user) {
   auto* cap = static_cast<RouteCapture*>(user);
   const char* name = t->name;
@@ -108,13 +89,25 @@ bool route_cb(ggml_tensor* t, bool ask, void* user) {
   }
   if (il < 0) return ask ? false : true;
   if (ask) return true;
+  // Either may be a view into a larger tensor (the top-k ids are the first k of each token's argsort):
+  // read each row at its stride. Rows are ne[0] long, over ne[1] and ne[2].
+  const int64_t cols = t->ne[0];
+  const size_t esz = ggml_type_size(t->type);
+  if (is_ids ? t->type != GGML_TYPE_I32 : t->type != GGML_TYPE_F32) die(std::string(name) + ": unexpected type");
+  std::vector<uint8_t> raw(static_cast<size_t>(ggml_nelements(t)) * esz);
+  size_t at = 0;
+  for (int64_t i2 = 0; i2 < t->ne[2]; ++i2)
+    for (int64_t i1 = 0; i1 < t->ne[1]; ++i1, at += static_cast<size_t>(cols) * esz)
+      ggml_backend_tensor_get(t, raw.data() + at, i2 * t->nb[2] + i1 * t->nb[1], static_cast<size_t>(cols) * esz);
   if (is_ids) {
-    if (t->type != GGML_TYPE_I32) die(std::string(name) + ": expected I32");
-    cap->ids[il] = gather<int32_t>(t);
-    cap->k[il] = static_cast<int>(t->ne[0]);
+    std::vector<int32_t> v(raw.size() / sizeof(int32_t));
+    std::memcpy(v.data(), raw.data(), raw.size());
+    cap->ids[il] = std::move(v);
+    cap->k[il] = static_cast<int>(cols);
   } else {
-    if (t->type != GGML_TYPE_F32) die(std::string(name) + ": expected F32");
-    cap->weights[il] = gather<float>(t);
+    std::vector<float> v(raw.size() / sizeof(float));
+    std::memcpy(v.data(), raw.data(), raw.size());
+    cap->weights[il] = std::move(v);
   }
   return true;
 }

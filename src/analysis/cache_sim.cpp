@@ -63,8 +63,8 @@ struct CacheSimulator::Run {
 };
 
 CacheSimulator::CacheSimulator(const TraceHeader& h, std::vector<CacheSimConfig> configs, std::vector<uint64_t> read_bytes,
-                               const TransitionTable* table, float skip_below)
-    : header_(h), read_bytes_(std::move(read_bytes)), table_(table), skip_below_(skip_below) {
+                               const TransitionTable* table)
+    : header_(h), read_bytes_(std::move(read_bytes)), table_(table) {
   if (read_bytes_.size() != static_cast<size_t>(h.n_moe())) read_bytes_.assign(static_cast<size_t>(h.n_moe()), 0);
   int k_max = 0;
   for (int m = 0; m < h.n_moe(); ++m) {
@@ -90,7 +90,6 @@ CacheSimulator::CacheSimulator(const TraceHeader& h, std::vector<CacheSimConfig>
         if (std::min(h.n_expert[m + 1], h.n_expert_used[m + 1] + c.margin) > h.fields.lookahead)
           fail("simulate: margin {} needs the top {} of the next layer, the trace records {}", c.margin,
                h.n_expert_used[m + 1] + c.margin, h.fields.lookahead);
-      if (skip_below_ > 0.0f) fail("simulate: the gate predictor with --skip-below also predicts weights, which a trace does not record");
     }
     if (c.predictor == SimPredictor::Transition && !table_) fail("simulate: the transition predictor needs a table");
     auto run = std::make_unique<Run>();
@@ -117,7 +116,7 @@ void CacheSimulator::add_step(const TraceStep& s) {
       std::vector<uint8_t> need(static_cast<size_t>(header_.n_expert[m]), 0);
       for (size_t t = 0; t < s.n_tokens(); ++t)
         for (uint32_t i = s.begin(t, m); i < s.end(t, m); ++i)
-          if (!(skip_below_ > 0.0f && s.weights[i] < skip_below_)) need[static_cast<size_t>(s.experts[i])] = 1;
+          need[static_cast<size_t>(s.experts[i])] = 1;
       groups_.push_back(static_cast<uint32_t>(accesses_.size()));
       gen_.push_back(generated ? 1 : 0);
       for (size_t e = 0; e < need.size(); ++e)
@@ -174,7 +173,7 @@ void CacheSimulator::replay(Run& run, const TraceStep& s, bool generated) {
     std::vector<uint8_t> need(static_cast<size_t>(header_.n_expert[m]), 0);
     for (size_t t = 0; t < s.n_tokens(); ++t)
       for (uint32_t i = s.begin(t, m); i < s.end(t, m); ++i)
-        if (!(skip_below_ > 0.0f && s.weights[i] < skip_below_)) need[static_cast<size_t>(s.experts[i])] = 1;
+        need[static_cast<size_t>(s.experts[i])] = 1;
     needed_.clear();
     for (size_t e = 0; e < need.size(); ++e)
       if (need[e]) needed_.push_back(static_cast<int32_t>(e));

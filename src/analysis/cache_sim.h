@@ -5,7 +5,7 @@
 //
 // The replay makes the calls a forward step makes (ForwardPass::ffn, ExpertExecutor::run), per step and
 // MoE layer in order: the predictor's speculative hint for the next MoE layer, the declaration of the
-// layer's distinct experts (ascending id, pairs below skip_below left out), then the acquires in the
+// layer's distinct experts (ascending id), then the acquires in the
 // executor's order: first every expert the pool holds, then the others one at a time. Reads complete at
 // once. Hence, for one sequence of calls (one session):
 //   * prefetch off: the hit and miss counts equal the store's exactly, for every policy and pool size,
@@ -55,9 +55,9 @@ class CacheSimulator {
  public:
   // read_bytes: per MoE layer, the bytes one expert's read transfers (the trace header's
   // memory.expert_read_bytes; 0s when unknown). table: for SimPredictor::Transition (may be null
-  // otherwise). skip_below: the run's --skip-below (pairs below it were never loaded).
+  // otherwise).
   CacheSimulator(const TraceHeader& header, std::vector<CacheSimConfig> configs, std::vector<uint64_t> read_bytes,
-                 const TransitionTable* table = nullptr, float skip_below = 0.0f);
+                 const TransitionTable* table = nullptr);
   ~CacheSimulator();
   void add_step(const TraceStep& step);
   std::vector<CacheSimResult> finish();
@@ -70,7 +70,6 @@ class CacheSimulator {
   TraceHeader header_;
   std::vector<uint64_t> read_bytes_;
   const TransitionTable* table_;
-  float skip_below_;
   std::vector<std::unique_ptr<Run>> runs_;
   std::vector<CacheSimConfig> belady_;
   int n_expert_max_ = 0;

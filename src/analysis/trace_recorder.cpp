@@ -5,7 +5,6 @@
 
 #include "base/error.h"
 #include "model/transitions.h"
-#include "moe/router.h"
 
 namespace moe {
 
@@ -89,9 +88,18 @@ void TraceRecorder::on_lookahead(const MoeLayerLookahead& l) {
   const int n = std::min(header_.fields.lookahead, l.n_expert);
   L.n_look = n;
   L.look.resize(static_cast<size_t>(n_tokens_ * n));
+  L.look_n.resize(static_cast<size_t>(n_tokens_));
   for (int64_t t = 0; t < n_tokens_; ++t) {
-    rank_by_selection_logit(l.logits + t * l.n_expert, l.selection_bias, l.n_expert, n, order_);
-    std::copy(order_.begin(), order_.begin() + n, L.look.begin() + t * n);
+    // Best key first, ties to the lower id; experts the gate can never select (-inf) are not ranked.
+    const float* keys = l.keys + t * l.n_expert;
+    order_.clear();
+    for (int e = 0; e < l.n_expert; ++e)
+      if (keys[e] != -INFINITY) order_.push_back(e);
+    const size_t r = std::min(order_.size(), static_cast<size_t>(n));
+    std::partial_sort(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(r), order_.end(),
+                      [&](int32_t a, int32_t b) { return keys[a] > keys[b] || (keys[a] == keys[b] && a < b); });
+    std::copy(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(r), L.look.begin() + t * n);
+    L.look_n[static_cast<size_t>(t)] = static_cast<uint8_t>(r);
   }
 }
 
@@ -155,7 +163,8 @@ void TraceRecorder::on_step_end(const StepTokens& tokens) {
       }
       if (look) {
         if (m + 1 < M && L.n_look > 0)
-          s.lookahead.insert(s.lookahead.end(), L.look.begin() + t * L.n_look, L.look.begin() + (t + 1) * L.n_look);
+          s.lookahead.insert(s.lookahead.end(), L.look.begin() + t * L.n_look,
+                             L.look.begin() + t * L.n_look + L.look_n[static_cast<size_t>(t)]);
         s.lookahead_offsets.push_back(static_cast<uint32_t>(s.lookahead.size()));
       }
     }

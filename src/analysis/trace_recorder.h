@@ -55,6 +55,7 @@ class TraceRecorder final : public ForwardObserver {
     std::vector<int32_t> ids;
     std::vector<float> weights, norm, max, probs;
     std::vector<int32_t> look;     // [n_tokens][n_look]
+    std::vector<uint8_t> look_n;   // per token: how many of its n_look are ranked
     int n_look = 0;
     bool routed = false;
   };

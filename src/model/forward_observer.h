@@ -63,15 +63,14 @@ struct MoeLayerRouting {
 };
 
 // What the cross-layer gate predictor (Fate, techniques.md section 5) sees at a MoE layer: the next MoE
-// layer's router applied to this layer's MoE input x. Ranking a row with rank_by_selection_logit (moe/router.h)
-// gives the experts `--predictor gate` hints, best first.
+// layer's gate applied to this layer's MoE input x, as selection keys. `--predictor gate` (without a
+// routing policy) hints, per token, the experts with the largest keys, best first, ties to the lower id.
 struct MoeLayerLookahead {
   int layer = 0;       // the MoE layer whose input x was used
-  int next_layer = 0;  // the MoE layer whose router was applied
+  int next_layer = 0;  // the MoE layer whose gate was applied
   const StepTokens* tokens = nullptr;
-  int n_expert = 0;                       // of next_layer
-  const float* logits = nullptr;          // [n_tokens][n_expert]: raw W_g(next) x
-  const float* selection_bias = nullptr;  // next_layer's selection-only bias [n_expert], or null
+  int n_expert = 0;            // of next_layer
+  const float* keys = nullptr;  // [n_tokens][n_expert]: score + selection bias after the group mask; -inf: never selected
 };
 
 // One expert's unweighted outputs E_e(x_t) for the tokens routed to it in this step.

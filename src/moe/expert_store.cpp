@@ -11,6 +11,13 @@ namespace moe {
 
 namespace {
 
+void attach_biases(const ExpertLayout& layout, int layer, int expert, ExpertWeights& w) {
+  const auto& t = layout.layers[layer];
+  w.gate_bias = t[0].bias_of(expert);
+  w.up_bias = t[1].bias_of(expert);
+  w.down_bias = t[2].bias_of(expert);
+}
+
 ExpertWeights views_of(const ExpertLayout& layout, int layer, int expert, ExpertTier tier) {
   ExpertWeights w;
   w.tier = tier;
@@ -21,6 +28,7 @@ ExpertWeights views_of(const ExpertLayout& layout, int layer, int expert, Expert
     *out[i] = t.shape;
     out[i]->data = t.data + static_cast<uint64_t>(expert) * t.matrix_bytes();
   }
+  attach_biases(layout, layer, expert, w);
   return w;
 }
 
@@ -114,6 +122,7 @@ std::array<uint64_t, 2> open_readers(const ExpertLayout& full, const ExpertLayou
   int max_k = 0;
   for (int k : full.n_expert_used) max_k = std::max(max_k, k);
   if (full.n_expert == 0 || max_k == 0) fail("{}: the model has no experts to offload", full.path);
+  max_k = std::max(max_k, opts.min_slots);
   std::array<uint64_t, 2> slot_bytes{};
   const ExpertLayout* layouts[2] = {&full, &low};
   for (int t = 0; t < (has_low ? 2 : 1); ++t) {
@@ -308,6 +317,7 @@ void BudgetedExpertStore::load_into(const Job& job) {
       quant::repack_q4k(dst[i], dst[i], refs[i].rows * static_cast<int64_t>(refs[i].row_bytes / sizeof(quant::BlockQ4_K)));
   std::lock_guard<std::mutex> lock(mu_);
   slot_data_[job.slot].views = {refs[0], refs[1], refs[2], tier};
+  attach_biases(layout, layer, expert, slot_data_[job.slot].views);
   residency_.loaded(job.slot);
   if (job.preload) ++stats_.preload_loads;
   stats_.bytes_read += bytes;

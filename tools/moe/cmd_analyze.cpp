@@ -105,12 +105,6 @@ std::vector<uint64_t> read_bytes_of(const TraceHeader& h) {
   return v;
 }
 
-float skip_below_of(const TraceHeader& h) {
-  if (h.json.contains("routing") && h.json["routing"].contains("skip_below") && h.json["routing"]["skip_below"].is_number())
-    return h.json["routing"]["skip_below"].get<float>();
-  return 0.0f;
-}
-
 TransitionShape shape_of(const TraceHeader& h) {
   TransitionShape s;
   s.arch = h.arch;
@@ -321,7 +315,7 @@ int run_analyze(const AnalyzeArgs& a) {
           (sp == SimPredictor::Transition && table_in_sample ? transition_configs : configs).push_back(c);
         }
       }
-    sim = std::make_unique<CacheSimulator>(first, configs, read_bytes_of(first), table.get(), skip_below_of(first));
+    sim = std::make_unique<CacheSimulator>(first, configs, read_bytes_of(first), table.get());
     mm = memory_model(first, a);
   }
 
@@ -366,7 +360,7 @@ int run_analyze(const AnalyzeArgs& a) {
   pass(true, sim.get());
   if (!transition_configs.empty()) {
     // The transition table was built from these traces in the first pass: replay with it now.
-    sim_transition = std::make_unique<CacheSimulator>(first, transition_configs, read_bytes_of(first), table.get(), skip_below_of(first));
+    sim_transition = std::make_unique<CacheSimulator>(first, transition_configs, read_bytes_of(first), table.get());
     pass(false, sim_transition.get());
   }
   if (!a.quiet) std::fprintf(stderr, "\r%60s\r", "");
@@ -386,7 +380,11 @@ int run_analyze(const AnalyzeArgs& a) {
     s["n_ctx"] = mm.n_ctx;
     s["target_hit_rate"] = a.target;
     s["transition_table"] = table ? json(table_in_sample ? "built from the traces (in-sample)" : "loaded") : json(nullptr);
-    s["skip_below"] = skip_below_of(first);
+    // The routing policy the run was recorded under: the trace holds the routing it produced (empty slots
+    // left out), so demand replays are exact; the gate predictor's hints under a policy follow the policy,
+    // which the lookahead rankings (the gate alone) do not record.
+    s["routing_policy"] = first.json.contains("routing") && first.json["routing"].contains("policy")
+                              ? first.json["routing"]["policy"] : json(nullptr);
     json rs = json::array();
     for (const CacheSimResult& r : results) rs.push_back(result_json(r, mm, tokens, gen_tokens));
     s["results"] = rs;

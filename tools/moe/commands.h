@@ -35,5 +35,6 @@ void register_quantize_experts(CLI::App& app, CommandSet& cmds);
 void register_kl_logits(CLI::App& app, CommandSet& cmds);
 void register_trace(CLI::App& app, CommandSet& cmds);
 void register_analyze(CLI::App& app, CommandSet& cmds);
+void register_remix(CLI::App& app, CommandSet& cmds);  // remix-build, remix-eval
 
 }  // namespace moe::cli

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   moe::cli::register_kl_logits(app, cmds);
   moe::cli::register_trace(app, cmds);
   moe::cli::register_analyze(app, cmds);
+  moe::cli::register_remix(app, cmds);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

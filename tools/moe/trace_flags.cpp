@@ -25,12 +25,10 @@ TraceHeader cli_trace_header(Engine& engine, const EngineFlags& ef, const TraceF
   const Model& model = engine.model();
   TraceHeader h = make_trace_header(model, fields);
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
-  // The routing settings in force. The model's own gate is the only policy this build has: an empty
-  // policy object means "the model's gate, its own k" (model.n_expert_used).
+  // The routing settings in force: the routing policy's JSON form (docs/routing-lab.md; {} = the model's
+  // own gate with its own k) and the low-bit tier's threshold.
   const ExpertPrecision pr = expert_precision(ef);
-  j["routing"] = {{"policy", nlohmann::ordered_json::object()},
-                  {"skip_below", pr.skip_below},
-                  {"low_bit_below", pr.low_bit_below}};
+  j["routing"] = {{"policy", routing_policy(ef).to_json()}, {"low_bit_below", pr.low_bit_below}};
   BudgetedExpertStore* off = engine.offload_store();
   const std::string predictor = resolved_predictor(ef);
   j["engine"] = {{"mode", off ? "offload" : "resident"},
