@@ -5,19 +5,15 @@
 #include <numeric>
 #include <regex>
 
+#include "analysis/expert_npmi.h"
 #include "base/error.h"
 #include "moe/expert_load.h"
 
 namespace moe {
 
 double npmi(uint64_t n_xe, uint64_t n_x, uint64_t n_e, uint64_t n) {
-  if (n == 0 || n_x == 0 || n_e == 0) return NAN;
-  if (n_xe == 0) return -1.0;
-  const double N = static_cast<double>(n);
-  const double p_xe = static_cast<double>(n_xe) / N;
-  if (p_xe >= 1.0) return 1.0;
-  const double pmi = std::log2(p_xe / ((static_cast<double>(n_x) / N) * (static_cast<double>(n_e) / N)));
-  return pmi / -std::log2(p_xe);
+  if (n == 0 || n_x == 0 || n_e == 0) return NAN;  // undefined: the class or the expert never occurs
+  return npmi_value(n_xe, n_x, n_e, n);
 }
 
 std::vector<TokenClass> builtin_token_classes() {

@@ -24,8 +24,8 @@
 
 namespace moe {
 
-// nPMI(x, e) = log2(p(x,e) / (p(x) p(e))) / -log2 p(x,e), counted over token positions ("e active" =
-// e among the token's selected experts). -1 when x and e never co-occur, 1 when they always do.
+// nPMI(x, e) (analysis/expert_npmi.h's npmi_value, the one the routing lab uses), counted over token
+// positions ("e active" = e among the token's selected experts); NaN when x or e never occurs.
 double npmi(uint64_t n_xe, uint64_t n_x, uint64_t n_e, uint64_t n);
 
 struct TokenClass {
