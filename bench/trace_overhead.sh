@@ -13,6 +13,7 @@ ROUNDS=${ROUNDS:-7}
 N=${N:-128}
 THREADS=${THREADS:-2}
 TMP=${TMP:-$(mktemp -d)}
+mkdir -p "$TMP"
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(models/tiny-qwen3moe-8x2-kjv-py-fortunes-F16.gguf)
 prompt="And it came to pass, when the king"
