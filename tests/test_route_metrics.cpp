@@ -39,11 +39,12 @@ TEST(LocalRoutingConsistency, SrpHandExample) {
   srp_accumulate(run_of({{2}}), 3, d);
   EXPECT_EQ(d.windows, 0u);
   EXPECT_TRUE(std::isnan(d.value()));
-  // Two tokens, both experts {0, 1} (k = 2): one window, both experts counted twice: SRP 1 at c = 2.
+  // Two tokens, both experts {0, 1} (k = 2), E = 4: one window, both experts counted twice: SRP 1 at c = 1
+  // (M = 4, P = 4, A = 4) and at c = 2; c = 0 predicts all four (8 / 12). The smallest c reaching it is reported.
   SrpCounts e(2);
   srp_accumulate(run_of({{0, 1}, {1, 0}}), 4, e);
   EXPECT_DOUBLE_EQ(e.value(), 1.0);
-  EXPECT_EQ(e.best_threshold(), 2);
+  EXPECT_EQ(e.best_threshold(), 1);
 }
 
 // Experts 0, 1, 2, 0, 2 (k = 1, E = 3), look-ahead m = 3.

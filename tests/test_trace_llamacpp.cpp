@@ -94,7 +94,7 @@ void compare_with_llamacpp(const std::string& model_path, const std::vector<int3
     }
   }
   EXPECT_LE(near_ties * 100, ref.size()) << ref_csv << ": " << near_ties << " near-tie swaps in " << ref.size() << " rows";
-  RecordProperty("near_ties", static_cast<int>(near_ties));
+  ::testing::Test::RecordProperty("near_ties", static_cast<int>(near_ties));
 }
 
 std::vector<std::string> fixture_refs() {

@@ -45,7 +45,7 @@ struct SrpCounts {
   uint64_t windows = 0;
   explicit SrpCounts(int seg = 0) : m(seg), matched(static_cast<size_t>(seg + 1), 0), predicted(static_cast<size_t>(seg + 1), 0) {}
   void add(const SrpCounts& o);
-  // max over c of 2M/(P+A), and the c reaching it (NaN / -1 without windows).
+  // max over c of 2M/(P+A), and the smallest c reaching it (NaN / -1 without windows).
   double value() const;
   int best_threshold() const;
 };
