@@ -13,7 +13,7 @@ RECIPE_DIR ?= $(BUILD_DIR)/recipe
 DEFAULT_MODEL_FILE ?= tiny-qwen3moe-8x2-kjv-py-fortunes-F16.gguf
 THREADS ?= 2
 
-.PHONY: deps configure build run test bench fuzz clean default-model compare-routing routing-lab
+.PHONY: deps configure build run test bench fuzz clean default-model compare-routing routing-lab analysis-fidelity
 
 deps:
 	@bash scripts/deps.sh
@@ -44,6 +44,12 @@ compare-routing: build
 routing-lab: build
 	@bash scripts/deps.sh corpus
 	MOE=$(BUILD_DIR)/bin/moe THREADS=$(THREADS) bash scripts/routing_lab.sh $(BUILD_DIR)/routing-lab
+
+# The fidelity tables of docs/analysis.md, docs/analysis-report.html and its screenshot (bundled model, and the
+# compare-routing models when build/compare has them)
+analysis-fidelity: build
+	@bash scripts/deps.sh corpus
+	MOE=$(BUILD_DIR)/bin/moe THREADS=$(THREADS) bash scripts/analysis_fidelity.sh $(BUILD_DIR)/analysis-fidelity
 
 test: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS) --target moe moe_tests

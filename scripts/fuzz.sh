@@ -30,6 +30,17 @@ cmake --build "$BUILD_DIR" -j"$JOBS" --target "$TARGET"
 # Seed corpus: GGUF fixtures, large ones cut to their first SEED_MAX bytes (the header is what the
 # parser reads; libFuzzer mutates from there).
 mkdir -p "$CORPUS" "$ARTIFACTS"
+# trace_fuzz: small traces of fixture models written by the regular build's CLI (when there is one),
+# plain and with every optional field.
+if [[ $TARGET == trace_fuzz && -d $FIXTURES && -x ${MOE:-$ROOT/build/bin/moe} ]]; then
+  for m in tiny-qwen3moe tiny-deepseekmoe tiny-qwen2moe; do
+    [[ -f $CORPUS/seed-$m.trace ]] || "${MOE:-$ROOT/build/bin/moe}" trace -m "$FIXTURES/models/$m.gguf" \
+      --tokens "$FIXTURES/ref/$m.t1.tok" -o "$CORPUS/seed-$m.trace" -t 1 2> /dev/null || true
+    [[ -f $CORPUS/seed-$m-all.trace ]] || "${MOE:-$ROOT/build/bin/moe}" trace -m "$FIXTURES/models/$m.gguf" \
+      --tokens "$FIXTURES/ref/$m.t2.tok" -b 4 --probs --expert-stats --lookahead 3 -o "$CORPUS/seed-$m-all.trace" -t 1 \
+      2> /dev/null || true
+  done
+fi
 if [[ $TARGET == gguf_fuzz && -d $FIXTURES ]]; then
   for f in "$FIXTURES"/models/*.gguf "$FIXTURES"/vocab/*.gguf; do
     [[ -f $f ]] || continue

@@ -6,38 +6,38 @@
 
 namespace moe {
 
+double npmi_value(uint64_t n_xe, uint64_t n_x, uint64_t n_e, uint64_t n) {
+  if (n_xe == 0 || n == 0) return -1.0;
+  if (n_xe >= n) return 1.0;
+  const double N = static_cast<double>(n);
+  const double pxe = static_cast<double>(n_xe) / N;
+  return std::log2(pxe / ((static_cast<double>(n_x) / N) * (static_cast<double>(n_e) / N))) / -std::log2(pxe);
+}
+
 std::vector<std::vector<std::vector<double>>> expert_npmi(const std::vector<std::vector<std::vector<uint64_t>>>& counts,
                                                           const std::vector<uint64_t>& tokens) {
   if (counts.size() != tokens.size()) fail("nPMI: {} count tables for {} classes", counts.size(), tokens.size());
   const size_t C = counts.size();
   std::vector<std::vector<std::vector<double>>> out(C);
   if (C == 0) return out;
-  double n = 0;
-  for (uint64_t t : tokens) n += static_cast<double>(t);
+  uint64_t n = 0;
+  for (uint64_t t : tokens) n += t;
   const size_t L = counts[0].size();
   for (size_t c = 0; c < C; ++c) {
     if (counts[c].size() != L) fail("nPMI: class {} has {} layers, class 0 has {}", c, counts[c].size(), L);
     out[c].resize(L);
   }
-  if (n <= 0) return out;
+  if (n == 0) return out;
   for (size_t l = 0; l < L; ++l) {
     const size_t E = counts[0][l].size();
-    std::vector<double> pe(E, 0.0);
+    std::vector<uint64_t> n_e(E, 0);
     for (size_t c = 0; c < C; ++c) {
       if (counts[c][l].size() != E) fail("nPMI: class {} layer {} has {} experts, class 0 has {}", c, l, counts[c][l].size(), E);
-      for (size_t e = 0; e < E; ++e) pe[e] += static_cast<double>(counts[c][l][e]) / n;
+      for (size_t e = 0; e < E; ++e) n_e[e] += counts[c][l][e];
     }
     for (size_t c = 0; c < C; ++c) {
-      const double px = static_cast<double>(tokens[c]) / n;
       out[c][l].resize(E);
-      for (size_t e = 0; e < E; ++e) {
-        const double pxe = static_cast<double>(counts[c][l][e]) / n;
-        double v;
-        if (pxe <= 0) v = -1.0;
-        else if (pxe >= 1) v = 1.0;
-        else v = std::log2(pxe / (px * pe[e])) / -std::log2(pxe);
-        out[c][l][e] = v;
-      }
+      for (size_t e = 0; e < E; ++e) out[c][l][e] = npmi_value(counts[c][l][e], tokens[c], n_e[e], n);
     }
   }
   return out;

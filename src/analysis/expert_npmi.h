@@ -7,6 +7,10 @@
 
 namespace moe {
 
+// One nPMI value from counts over n token positions: n_xe tokens of class x that selected e, n_x
+// tokens of class x, n_e tokens that selected e. -1 when n_xe = 0, 1 when n_xe = n.
+double npmi_value(uint64_t n_xe, uint64_t n_x, uint64_t n_e, uint64_t n);
+
 // counts[c][l][e]: tokens of class c whose routing in layer l selected expert e (dense layers: empty);
 // tokens[c]: tokens of class c. Returns npmi[c][l][e] (empty for dense layers).
 std::vector<std::vector<std::vector<double>>> expert_npmi(const std::vector<std::vector<std::vector<uint64_t>>>& counts,

@@ -211,6 +211,7 @@ void ForwardPass::ffn(int il, int64_t n_tokens, ThreadPool& pool) {
     if (options_.predictor == PrefetchPredictor::Transition) predict_next_layer_transition(il, n_tokens);
     else predict_next_layer(il, n_tokens, pool);
   }
+  if (needs_.lookahead && !observers_.empty()) report_lookahead(il, n_tokens, pool);
   executor_.run(il, ms, xn_.data(), n_tokens, d, routing_, store_, pool, tmp_.data(),
                 needs_.expert_outputs && !observers_.empty() ? this : nullptr);
   if (needs_.moe_io && !observers_.empty()) obs_routed_.assign(tmp_.begin(), tmp_.begin() + n_tokens * d);
@@ -239,6 +240,34 @@ void ForwardPass::ffn(int il, int64_t n_tokens, ThreadPool& pool) {
     out.block = tmp_.data();
     for (ForwardObserver* o : observers_) o->on_moe_output(out);
   }
+}
+
+void ForwardPass::report_lookahead(int il, int64_t n_tokens, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  int next = il + 1;
+  while (next < s.n_layer && !s.layers[next].is_moe) ++next;
+  if (next >= s.n_layer) return;
+  const MoeSpec& nm = s.layers[next].moe;
+  const int E = nm.n_expert;
+  obs_lookahead_.resize(static_cast<size_t>(n_tokens * E));
+  router_logits(next, xn_.data(), n_tokens, obs_lookahead_.data(), pool);
+  const float* bias = model_.layer(next)[Role::RouterBias] ? f32(model_.layer(next)[Role::RouterBias]) : nullptr;
+  // The next layer's own gate steps, as predict_next_layer runs them: scores, selection bias, group mask.
+  std::vector<float> row(static_cast<size_t>(E)), fscratch;
+  std::vector<int32_t> iscratch;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    float* keys = obs_lookahead_.data() + t * E;
+    std::copy_n(keys, E, row.data());
+    gate::scores(nm, row.data(), nullptr, fscratch);
+    gate::selection_keys(nm, row.data(), bias, nullptr, keys, fscratch, iscratch);
+  }
+  MoeLayerLookahead view;
+  view.layer = il;
+  view.next_layer = next;
+  view.tokens = &step_;
+  view.n_expert = E;
+  view.keys = obs_lookahead_.data();
+  for (ForwardObserver* o : observers_) o->on_lookahead(view);
 }
 
 void ForwardPass::predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool) {

@@ -172,6 +172,8 @@ class ForwardPass : private ExpertOutputSink {
   // Both predictors fill predicted_ (per token) and hint_ (their union), then hint the store.
   void predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool);  // gate
   void predict_next_layer_transition(int il, int64_t n_tokens);         // table
+  // Observers' on_lookahead: the next MoE layer's router on this layer's MoE input.
+  void report_lookahead(int il, int64_t n_tokens, ThreadPool& pool);
 
   // ExpertOutputSink: hands the executor's expert outputs to the observers.
   void on_expert_output(int layer, int expert, const std::pair<int32_t, int32_t>* members, int64_t n_rows,
@@ -198,7 +200,7 @@ class ForwardPass : private ExpertOutputSink {
   std::vector<int64_t> step_positions_;
   std::vector<int32_t> step_seq_ids_;
   std::vector<int32_t> obs_token_, obs_slot_;
-  std::vector<float> obs_logits_, obs_routed_;
+  std::vector<float> obs_logits_, obs_routed_, obs_lookahead_;
   std::shared_ptr<const RoutingPlan> plan_;
   std::vector<RowPolicy> row_policies_;
   RouteScratch route_scratch_;

@@ -7,6 +7,8 @@
 //   on_step_begin   once per forward call (one batch of tokens, possibly of several sequences)
 //   for each MoE layer, in layer order:
 //     on_routing        the layer's routing (after any run-time routing policy), always
+//     on_lookahead      the next MoE layer's router applied to this layer's input (needs.lookahead; not
+//                       after the last MoE layer)
 //     on_expert_output  per expert that ran: its unweighted outputs E_e(x) for its tokens (needs.expert_outputs)
 //     on_moe_output     the routed sum and the block output (needs.moe_io)
 //   on_final_hidden  the residual stream after the last layer, before the output norm (needs.final_hidden)
@@ -34,11 +36,13 @@ struct ObserverNeeds {
   bool expert_outputs = false;  // on_expert_output
   bool moe_io = false;          // MoeLayerRouting::residual, on_moe_output
   bool final_hidden = false;    // on_final_hidden
+  bool lookahead = false;       // on_lookahead
   ObserverNeeds& operator|=(const ObserverNeeds& o) {
     router_logits |= o.router_logits;
     expert_outputs |= o.expert_outputs;
     moe_io |= o.moe_io;
     final_hidden |= o.final_hidden;
+    lookahead |= o.lookahead;
     return *this;
   }
 };
@@ -56,6 +60,17 @@ struct MoeLayerRouting {
   // Selected experts and final weights, as the executor uses them: after the model's gate and any
   // run-time routing policy. Empty slots have id -1 (see moe/router.h).
   const Routing* routing = nullptr;
+};
+
+// What the cross-layer gate predictor (Fate, techniques.md section 5) sees at a MoE layer: the next MoE
+// layer's gate applied to this layer's MoE input x, as selection keys. `--predictor gate` (without a
+// routing policy) hints, per token, the experts with the largest keys, best first, ties to the lower id.
+struct MoeLayerLookahead {
+  int layer = 0;       // the MoE layer whose input x was used
+  int next_layer = 0;  // the MoE layer whose gate was applied
+  const StepTokens* tokens = nullptr;
+  int n_expert = 0;            // of next_layer
+  const float* keys = nullptr;  // [n_tokens][n_expert]: score + selection bias after the group mask; -inf: never selected
 };
 
 // One expert's unweighted outputs E_e(x_t) for the tokens routed to it in this step.
@@ -84,6 +99,7 @@ class ForwardObserver {
   virtual ObserverNeeds needs() const { return {}; }
   virtual void on_step_begin(const StepTokens& tokens) {}
   virtual void on_routing(const MoeLayerRouting& r) {}
+  virtual void on_lookahead(const MoeLayerLookahead& l) {}
   virtual void on_expert_output(const ExpertOutputs& out) {}
   virtual void on_moe_output(const MoeLayerOutput& out) {}
   // [n_tokens][n_embd]: the residual stream after the last layer (before the output norm).

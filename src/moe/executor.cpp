@@ -52,8 +52,10 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
     }
 
   // Tell the store everything this layer needs before computing the first expert, so an offloading
-  // store reads the later experts while the earlier ones compute. An expert may come from its low-bit
-  // copy when none of its tokens weighs low_bit_below or more.
+  // store reads the later experts while the earlier ones compute. This declaration (ascending expert
+  // ids) is where the store counts hits and shows its cache policy the uses, so the ready-first order
+  // of the acquires below changes nothing it decides (moe/expert_residency.h). An expert may come from
+  // its low-bit copy when none of its tokens weighs low_bit_below or more.
   needed_.clear();
   low_bit_ok_.clear();
   for (int e = 0; e < E; ++e) {

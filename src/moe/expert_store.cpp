@@ -11,12 +11,6 @@ namespace moe {
 
 namespace {
 
-// Speculative-prefetch throttle (BudgetedExpertStore::speculation_may_evict_locked): the moving
-// average covers about the last 1 / rate outcomes.
-constexpr double kSpeculationEmaRate = 0.05;
-constexpr double kMinSpeculativeSuccess = 0.5;
-constexpr uint32_t kSpeculationProbeEvery = 8;
-
 void attach_biases(const ExpertLayout& layout, int layer, int expert, ExpertWeights& w) {
   const auto& t = layout.layers[layer];
   w.gate_bias = t[0].bias_of(expert);
@@ -90,43 +84,75 @@ uint64_t BudgetedExpertStore::slot_bytes_for(const ExpertLayout& layout, uint64_
   return best;
 }
 
-BudgetedExpertStore::BudgetedExpertStore(ExpertLayout layout, Options opts) {
-  layouts_[0] = std::move(layout);
-  layouts_[1] = std::move(opts.low_bit);
-  const ExpertLayout& full = layouts_[0];
-  has_low_ = !layouts_[1].empty();
-  if (has_low_) check_low_bit_layout(full, layouts_[1]);
-  n_layer_ = full.n_layer();
-  n_expert_ = full.n_expert;
-  key_stride_ = has_low_ ? 2 * n_expert_ : n_expert_;
+uint64_t BudgetedExpertStore::read_bytes_for(const ExpertLayout& layout, int layer, uint64_t a) {
+  if (layer < 0 || layer >= layout.n_layer() || layout.n_expert_used[static_cast<size_t>(layer)] == 0) return 0;
+  // The worst case over experts: where an expert's matrices start relative to the alignment varies.
+  uint64_t best = 0;
+  for (int e = 0; e < layout.n_expert; ++e) {
+    uint64_t sum = 0;
+    for (const auto& t : layout.layers[static_cast<size_t>(layer)]) {
+      const uint64_t offset = t.file_offset + static_cast<uint64_t>(e) * t.matrix_bytes();
+      sum += align_up(offset + t.matrix_bytes(), a) - align_down(offset, a);
+    }
+    best = std::max(best, sum);
+  }
+  return best;
+}
+
+ExpertResidency::Config BudgetedExpertStore::residency_config(const ExpertLayout& full, bool low_bit,
+                                                              const std::array<uint64_t, 2>& slot_bytes,
+                                                              const Options& opts) {
+  ExpertResidency::Config c;
+  c.n_layer = full.n_layer();
+  c.n_expert = full.n_expert;
+  c.low_bit = low_bit;
+  c.slot_bytes = slot_bytes;
+  c.pool_bytes = opts.pool_bytes;
+  c.policy = opts.policy;
+  return c;
+}
+
+namespace {
+
+// Checks the layouts and opens the readers before the pool's bookkeeping is built from them.
+std::array<uint64_t, 2> open_readers(const ExpertLayout& full, const ExpertLayout& low, const BudgetedExpertStore::Options& opts,
+                                     std::array<std::unique_ptr<DirectReader>, 2>& readers) {
+  const bool has_low = !low.empty();
+  if (has_low) check_low_bit_layout(full, low);
   int max_k = 0;
   for (int k : full.n_expert_used) max_k = std::max(max_k, k);
-  if (n_expert_ == 0 || max_k == 0) fail("{}: the model has no experts to offload", full.path);
+  if (full.n_expert == 0 || max_k == 0) fail("{}: the model has no experts to offload", full.path);
   max_k = std::max(max_k, opts.min_slots);
-  for (int t = 0; t < (has_low_ ? 2 : 1); ++t) {
-    readers_[t] = std::make_unique<DirectReader>(layouts_[t].path, opts.io_mode);
-    slot_bytes_[t] = slot_bytes_for(layouts_[t], readers_[t]->alignment());
+  std::array<uint64_t, 2> slot_bytes{};
+  const ExpertLayout* layouts[2] = {&full, &low};
+  for (int t = 0; t < (has_low ? 2 : 1); ++t) {
+    readers[t] = std::make_unique<DirectReader>(layouts[t]->path, opts.io_mode);
+    slot_bytes[t] = BudgetedExpertStore::slot_bytes_for(*layouts[t], readers[t]->alignment());
   }
-  const uint64_t n = opts.pool_bytes / slot_bytes_[0];
+  const uint64_t n = opts.pool_bytes / slot_bytes[0];
   if (n < static_cast<uint64_t>(max_k))
     fail("expert pool of {} bytes holds {} experts of {} bytes, fewer than the {} one layer needs per token; raise --mem",
-         opts.pool_bytes, n, slot_bytes_[0], max_k);
-  pool_bytes_ = opts.pool_bytes;
-  n_full_slots_ = static_cast<size_t>(n);
-  if (!has_low_) {
-    // One size: every slot's buffer is allocated now, as the pool always was.
-    slots_.resize(n_full_slots_);
-    for (auto& sl : slots_) sl.buf = AlignedBuffer(slot_bytes_[0], readers_[0]->alignment());
-    bytes_held_ = n * slot_bytes_[0];
-  } else {
-    // Two sizes: as many slots as the smaller size allows, buffers allocated on demand.
-    const uint64_t smallest = std::min(slot_bytes_[0], slot_bytes_[1]);
-    slots_.resize(static_cast<size_t>(pool_bytes_ / smallest));
-  }
-  // Capacity in (full-size) slots: only ARC uses it, to bound its target and ghost lists.
-  policy_ = make_cache_policy(opts.policy, n_full_slots_, key_stride_, n_layer_);
-  stats_.hits.assign(n_layer_, 0);
-  stats_.misses.assign(n_layer_, 0);
+         opts.pool_bytes, n, slot_bytes[0], max_k);
+  return slot_bytes;
+}
+
+}  // namespace
+
+void BudgetedExpertStore::Buffers::allocate(size_t slot, ExpertTier tier, uint64_t bytes) {
+  s_.slot_data_[slot].buf = AlignedBuffer(bytes, s_.readers_[static_cast<int>(tier)]->alignment());
+}
+
+void BudgetedExpertStore::Buffers::free(size_t slot) { s_.slot_data_[slot].buf = AlignedBuffer(); }
+
+BudgetedExpertStore::BudgetedExpertStore(ExpertLayout layout, Options opts)
+    : layouts_{std::move(layout), std::move(opts.low_bit)},
+      has_low_(!layouts_[1].empty()),
+      slot_bytes_(open_readers(layouts_[0], layouts_[1], opts, readers_)),
+      pool_bytes_(opts.pool_bytes),
+      slot_data_(static_cast<size_t>(opts.pool_bytes / std::min(slot_bytes_[0], has_low_ ? slot_bytes_[1] : slot_bytes_[0]))),
+      residency_(residency_config(layouts_[0], has_low_, slot_bytes_, opts), &buffers_) {
+  stats_.hits.assign(static_cast<size_t>(layouts_[0].n_layer()), 0);
+  stats_.misses.assign(static_cast<size_t>(layouts_[0].n_layer()), 0);
   io_thread_ = std::thread([this] { io_loop(); });
 }
 
@@ -139,139 +165,33 @@ BudgetedExpertStore::~BudgetedExpertStore() {
   io_thread_.join();
 }
 
-void BudgetedExpertStore::drop_buffer_locked(Slot& sl) {
-  bytes_held_ -= sl.buf.size();
-  sl.buf = AlignedBuffer();
-}
-
-long BudgetedExpertStore::free_slot_locked(ExpertTier tier) {
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    Slot& sl = slots_[i];
-    if (sl.state == SlotState::Failed && (sl.from_prefetch || sl.preloaded)) {
-      // A hint or preload whose read failed: nobody waits on it, so reclaim the slot.
-      where_.erase(sl.key);
-      sl.state = SlotState::Empty;
-    }
-  }
-  for (size_t i = 0; i < slots_.size(); ++i)
-    if (slots_[i].state == SlotState::Empty && slots_[i].buf.data() && slots_[i].tier == tier) return static_cast<long>(i);
-  if (!has_low_) return -1;
-  const uint64_t need = slot_bytes_[static_cast<int>(tier)];
-  if (bytes_held_ + need > pool_bytes_) {
-    // Unused buffers of the other size make room first.
-    for (Slot& sl : slots_)
-      if (sl.state == SlotState::Empty && sl.buf.data() && sl.tier != tier) drop_buffer_locked(sl);
-  }
-  if (bytes_held_ + need > pool_bytes_) return -1;
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    Slot& sl = slots_[i];
-    if (sl.state != SlotState::Empty || sl.buf.data()) continue;
-    sl.buf = AlignedBuffer(need, readers_[static_cast<int>(tier)]->alignment());
-    sl.tier = tier;
-    bytes_held_ += need;
-    return static_cast<long>(i);
-  }
-  return -1;
-}
-
-long BudgetedExpertStore::claim_slot_locked(ExpertKey key, ExpertTier tier, bool for_prefetch, bool speculative) {
-  long slot = free_slot_locked(tier);
-  if (slot < 0 && for_prefetch && speculative && !speculation_may_evict_locked()) return kThrottledSlot;
-  while (slot < 0) {
-    ExpertKey victim = 0;
-    auto evictable = [&](ExpertKey k) {
-      const Slot& sl = slots_[where_.at(k)];
-      // Hints never evict other hinted-but-unused experts: those are about to be needed.
-      return (sl.state == SlotState::Ready || sl.state == SlotState::Failed) && sl.pins == 0 &&
-             !(for_prefetch && sl.from_prefetch);
-    };
-    if (!policy_->choose_victim(evictable, victim)) return -1;
-    const size_t at = where_.at(victim);
-    Slot& sl = slots_[at];
-    if (for_prefetch && speculative) {
-      if (evicted_for_speculation_.size() > 4 * slots_.size()) evicted_for_speculation_.clear();  // stay bounded
-      evicted_for_speculation_.insert(victim);
-    }
-    if (sl.from_prefetch && sl.speculative) {
-      ++stats_.prefetch_wasted;
-      speculative_success_ *= 1.0 - kSpeculationEmaRate;
-    }
-    policy_->on_evict(victim);
-    where_.erase(victim);
-    sl.state = SlotState::Empty;
-    if (sl.tier == tier) {
-      slot = static_cast<long>(at);
-    } else {
-      // A copy of the other size: its bytes go back to the pool, and more victims may be needed.
-      drop_buffer_locked(sl);
-      slot = free_slot_locked(tier);
-    }
-  }
-  Slot& sl = slots_[slot];
-  sl.key = key;
-  sl.state = SlotState::Loading;
-  sl.pins = 0;
-  sl.from_prefetch = for_prefetch;
-  sl.speculative = speculative;
-  sl.preloaded = false;
-  where_[key] = static_cast<size_t>(slot);
-  return slot;
-}
-
 ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_ok) {
-  if (layer < 0 || layer >= n_layer_ || expert < 0 || expert >= n_expert_)
-    fail("expert store: no expert {} in layer {}", expert, layer);
   std::unique_lock<std::mutex> lock(mu_);
-  // The full copy when it is wanted or already in the pool (being read counts: its I/O is spent).
-  ExpertTier tier = ExpertTier::Full;
-  if (low_bit_ok && has_low_ && !where_.count(key_of(layer, expert, ExpertTier::Full))) tier = ExpertTier::LowBit;
-  const ExpertKey key = key_of(layer, expert, tier);
-  bool counted = false;
+  ExpertResidency::AcquireAttempt attempt;
   Clock::time_point wait_start{};
   bool waited = false;
   for (;;) {
-    auto it = where_.find(key);
-    if (it != where_.end()) {
-      Slot& sl = slots_[it->second];
-      if (!counted) {
-        const bool read_for_this_step = sl.from_prefetch && !sl.speculative;
-        ++(read_for_this_step ? stats_.misses : stats_.hits)[layer];
-        counted = true;
-        if (acquire_listener_) acquire_listener_(layer, expert, !read_for_this_step);
-      }
-      if (sl.state == SlotState::Failed) {
-        std::string msg = std::move(sl.error);
-        sl.state = SlotState::Empty;
-        where_.erase(it);
+    const bool counted_before = attempt.counted;
+    const ExpertResidency::AcquireResult r = residency_.acquire(layer, expert, low_bit_ok, attempt);
+    if (!counted_before && attempt.counted && acquire_listener_) acquire_listener_(layer, expert, attempt.hit);
+    switch (r.kind) {
+      case ExpertResidency::AcquireResult::Ready:
+        if (waited) stats_.stall_seconds += std::chrono::duration<double>(Clock::now() - wait_start).count();
+        return slot_data_[r.slot].views;
+      case ExpertResidency::AcquireResult::Failed: {
+        std::string msg = std::move(slot_data_[r.slot].error);
+        residency_.clear_failed(r.slot);
         throw Error(msg);
       }
-      if (sl.state == SlotState::Loading && !waited) promote_locked(key);
-      if (sl.state == SlotState::Ready) {
-        if (waited) stats_.stall_seconds += std::chrono::duration<double>(Clock::now() - wait_start).count();
-        sl.preloaded = false;
-        if (sl.from_prefetch) {
-          if (sl.speculative) {
-            ++stats_.prefetch_used;
-            speculative_success_ += kSpeculationEmaRate * (1.0 - speculative_success_);
-          }
-          sl.from_prefetch = false;
-        }
-        ++sl.pins;
-        policy_->on_access(key);
-        return sl.views;
-      }
-    } else {
-      if (!counted) {
-        ++stats_.misses[layer];
-        counted = true;
-        if (acquire_listener_) acquire_listener_(layer, expert, false);
-      }
-      if (evicted_for_speculation_.erase(key)) speculative_success_ *= 1.0 - kSpeculationEmaRate;
-      const long slot = claim_slot_locked(key, tier, false, false);
-      if (slot >= 0) {
-        enqueue_needed_locked({key, static_cast<size_t>(slot), true});
+      case ExpertResidency::AcquireResult::Loading:
+        if (!waited) promote_locked(r.key);
+        break;
+      case ExpertResidency::AcquireResult::Read:
+        enqueue_needed_locked({r.key, r.slot, true});
         io_cv_.notify_all();
-      }
+        break;
+      case ExpertResidency::AcquireResult::NoSlot:
+        break;  // everything is pinned or being read: wait for a release or a read
     }
     if (!waited) {
       waited = true;
@@ -282,57 +202,32 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_o
 }
 
 bool BudgetedExpertStore::is_ready(int layer, int expert, bool low_bit_ok) {
-  if (layer < 0 || layer >= n_layer_ || expert < 0 || expert >= n_expert_) return false;
   std::lock_guard<std::mutex> lock(mu_);
-  // The same choice of copy as acquire().
-  ExpertTier tier = ExpertTier::Full;
-  if (low_bit_ok && has_low_ && !where_.count(key_of(layer, expert, ExpertTier::Full))) tier = ExpertTier::LowBit;
-  const auto it = where_.find(key_of(layer, expert, tier));
-  return it != where_.end() && slots_[it->second].state == SlotState::Ready;
+  return residency_.is_ready(layer, expert, low_bit_ok);
 }
 
 void BudgetedExpertStore::release(int layer, int expert, ExpertTier tier) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = where_.find(key_of(layer, expert, tier));
-  if (it == where_.end() || slots_[it->second].pins == 0)
-    fail("expert store: release of layer {} expert {} that is not acquired", layer, expert);
-  --slots_[it->second].pins;
+  residency_.release(layer, expert, tier);
   ready_cv_.notify_all();
 }
 
 void BudgetedExpertStore::prefetch(int layer, const int32_t* experts, int n, bool speculative,
                                    const uint8_t* low_bit_ok) {
   std::lock_guard<std::mutex> lock(mu_);
+  actions_.clear();
+  residency_.hint(layer, experts, n, speculative, low_bit_ok, actions_);
   bool queued = false;
-  for (int i = 0; i < n; ++i) {
-    if (experts[i] < 0 || experts[i] >= n_expert_) continue;
-    const ExpertKey full = key_of(layer, experts[i], ExpertTier::Full);
-    if (where_.count(full)) {  // the full copy serves any request
-      promote_locked(full, !speculative);
-      continue;
-    }
-    const ExpertTier tier = has_low_ && low_bit_ok && low_bit_ok[i] ? ExpertTier::LowBit : ExpertTier::Full;
-    const ExpertKey key = key_of(layer, experts[i], tier);
-    if (where_.count(key)) {
-      promote_locked(key, !speculative);
-      continue;
-    }
-    // Loading an expert that a speculative load pushed out is that speculation's cost, whether a
-    // demand miss or another hint brings it back (hints chasing each other through a tight pool).
-    if (evicted_for_speculation_.erase(key)) speculative_success_ *= 1.0 - kSpeculationEmaRate;
-    const long slot = claim_slot_locked(key, tier, true, speculative);
-    if (slot == kThrottledSlot) {
-      ++stats_.prefetch_throttled;
-      continue;
-    }
-    if (slot < 0) break;  // everything else is pinned or hinted: drop the rest of the hint
-    if (speculative) {
-      queue_.push_back({key, static_cast<size_t>(slot), false});
-      ++stats_.prefetch_issued;
+  for (const ExpertResidency::Action& a : actions_) {
+    if (a.kind == ExpertResidency::Action::Promote) {
+      promote_locked(a.key, a.needed_now);
+    } else if (a.needed_now) {
+      enqueue_needed_locked({a.key, a.slot, true});
+      queued = true;
     } else {
-      enqueue_needed_locked({key, static_cast<size_t>(slot), true});
+      queue_.push_back({a.key, a.slot, false});
+      queued = true;
     }
-    queued = true;
   }
   if (queued) io_cv_.notify_all();
 }
@@ -371,20 +266,12 @@ size_t BudgetedExpertStore::preload(const std::vector<std::pair<int, int>>& laye
   std::lock_guard<std::mutex> lock(mu_);
   size_t queued = 0;
   for (const auto& [layer, expert] : layer_expert_order) {
-    if (layer < 0 || layer >= n_layer_ || expert < 0 || expert >= n_expert_) continue;
+    if (layer < 0 || layer >= layouts_[0].n_layer()) continue;
     if (layouts_[0].n_expert_used[static_cast<size_t>(layer)] == 0) continue;  // a dense layer
-    const ExpertKey key = key_of(layer, expert, ExpertTier::Full);
-    if (where_.count(key)) continue;
-    const long slot = free_slot_locked(ExpertTier::Full);
-    if (slot < 0) break;  // full: preloading never evicts
-    Slot& sl = slots_[static_cast<size_t>(slot)];
-    sl.key = key;
-    sl.state = SlotState::Loading;
-    sl.pins = 0;
-    sl.from_prefetch = sl.speculative = false;
-    sl.preloaded = true;
-    where_[key] = static_cast<size_t>(slot);
-    Job job{key, static_cast<size_t>(slot)};
+    const long slot = residency_.claim_preload(layer, expert);
+    if (slot == ExpertResidency::kThrottled) continue;  // cached already, or no such expert
+    if (slot < 0) break;                                 // full: preloading never evicts
+    Job job{residency_.key_of(layer, expert), static_cast<size_t>(slot)};
     job.preload = true;
     background_.push_back(job);
     ++preload_pending_;
@@ -399,25 +286,15 @@ void BudgetedExpertStore::wait_preloaded() {
   ready_cv_.wait(lock, [&] { return preload_pending_ == 0 || stop_; });
 }
 
-// Called only when no slot is free (a speculative hint may always take a free one). Evicting a cached
-// expert for a hint is allowed while the moving average says hints are used more often than the
-// experts they pushed out come back: in a tight pool predictions evict experts that are needed next
-// (measured on OLMoE-1B-7B under 2 GB, that halved decode speed), while in a roomy pool (3 GB)
-// prefetch hides the misses.
-bool BudgetedExpertStore::speculation_may_evict_locked() {
-  if (speculative_success_ >= kMinSpeculativeSuccess) return true;
-  return ++speculative_probe_ % kSpeculationProbeEvery == 0;
-}
-
 void BudgetedExpertStore::load_into(const Job& job) {
-  const int layer = static_cast<int>(job.key / static_cast<ExpertKey>(key_stride_));
-  const int rest = static_cast<int>(job.key % static_cast<ExpertKey>(key_stride_));
-  const ExpertTier tier = rest >= n_expert_ ? ExpertTier::LowBit : ExpertTier::Full;
-  const int expert = rest % n_expert_;
+  // The slot is Loading: nothing but this thread touches its buffer, and the bookkeeping only reads
+  // the key of a Loading slot, so these reads need no lock.
+  const int layer = residency_.layer_of(job.key), expert = residency_.expert_of(job.key);
+  const ExpertTier tier = residency_.tier_of(job.key);
   const ExpertLayout& layout = layouts_[static_cast<int>(tier)];
   DirectReader& reader = *readers_[static_cast<int>(tier)];
   const uint64_t a = reader.alignment();
-  uint8_t* base = slots_[job.slot].buf.data();  // the slot is Loading: only this thread touches it
+  uint8_t* base = slot_data_[job.slot].buf.data();
   std::vector<ReadRequest> reqs;
   kernels::MatrixRef refs[3];
   uint8_t* dst[3];
@@ -441,11 +318,9 @@ void BudgetedExpertStore::load_into(const Job& job) {
     if (refs[i].type == DType::Q4_K_R)
       quant::repack_q4k(dst[i], dst[i], refs[i].rows * static_cast<int64_t>(refs[i].row_bytes / sizeof(quant::BlockQ4_K)));
   std::lock_guard<std::mutex> lock(mu_);
-  Slot& sl = slots_[job.slot];
-  sl.views = {refs[0], refs[1], refs[2], tier};
-  attach_biases(layout, layer, expert, sl.views);
-  sl.state = SlotState::Ready;
-  policy_->on_insert(job.key);
+  slot_data_[job.slot].views = {refs[0], refs[1], refs[2], tier};
+  attach_biases(layout, layer, expert, slot_data_[job.slot].views);
+  residency_.loaded(job.slot);
   if (job.preload) ++stats_.preload_loads;
   stats_.bytes_read += bytes;
   stats_.read_seconds += dt;
@@ -472,8 +347,8 @@ void BudgetedExpertStore::io_loop() {
     } catch (const Error& e) {
       // The acquire() waiting for this expert rethrows the error; a failed hint is dropped there too.
       std::lock_guard<std::mutex> lock(mu_);
-      slots_[job.slot].state = SlotState::Failed;
-      slots_[job.slot].error = e.what();
+      residency_.failed(job.slot);
+      slot_data_[job.slot].error = e.what();
     }
     if (job.preload) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -485,7 +360,16 @@ void BudgetedExpertStore::io_loop() {
 
 ExpertStoreStats BudgetedExpertStore::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return stats_;
+  ExpertStoreStats s = stats_;
+  const ExpertResidency::Counters& c = residency_.counters();
+  s.hits = c.hits;
+  s.misses = c.misses;
+  s.prefetch_issued = c.prefetch_issued;
+  s.prefetch_used = c.prefetch_used;
+  s.prefetch_wasted = c.prefetch_wasted;
+  s.prefetch_throttled = c.prefetch_throttled;
+  s.order_sensitive_evictions = c.order_sensitive_evictions;
+  return s;
 }
 
 }  // namespace moe
@@ -494,7 +378,7 @@ namespace moe {
 
 uint64_t BudgetedExpertStore::pool_bytes_held() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return bytes_held_;
+  return residency_.bytes_held();
 }
 
 void BudgetedExpertStore::reset_stats() {
@@ -503,6 +387,7 @@ void BudgetedExpertStore::reset_stats() {
   stats_ = ExpertStoreStats{};
   stats_.hits.assign(n, 0);
   stats_.misses.assign(n, 0);
+  residency_.reset_counters();
 }
 
 }  // namespace moe

@@ -23,11 +23,9 @@
 #include "base/direct_io.h"
 #include "kernels/matmul.h"
 #include "moe/cache_policy.h"
+#include "moe/expert_residency.h"
 
 namespace moe {
-
-// Which copy of an expert: the model's own (full precision), or the low-bit side copy.
-enum class ExpertTier : uint8_t { Full = 0, LowBit = 1 };
 
 struct ExpertWeights {
   kernels::MatrixRef gate, up, down;
@@ -113,9 +111,10 @@ class ResidentExpertStore final : public ExpertStore {
 void check_low_bit_layout(const ExpertLayout& full, const ExpertLayout& low);
 
 struct ExpertStoreStats {
-  // Per layer. A hit is an acquire whose expert was cached or already being read because of a
-  // prediction or a preload(); a miss had to be read because this step was routed to it (possibly overlapped with
-  // compute by the executor's read-ahead).
+  // Per layer. A hit is a use of an expert that was cached or already being read because of a
+  // prediction or a preload(); a miss had to be read because this step was routed to it (possibly
+  // overlapped with compute by the executor's read-ahead). A use is counted where the step declares its
+  // experts (prefetch with speculative = false), or by an acquire nothing declared (ExpertResidency).
   std::vector<uint64_t> hits, misses;
   uint64_t bytes_read = 0;         // both tiers
   uint64_t loads = 0;              // both tiers
@@ -128,11 +127,15 @@ struct ExpertStoreStats {
   uint64_t prefetch_wasted = 0;   // evicted without being used
   uint64_t prefetch_throttled = 0;  // speculative hints dropped rather than evict (see prefetch())
   uint64_t preload_loads = 0;       // experts read by preload() (also counted in loads and bytes_read)
+  // Evictions that may depend on read timing (ExpertResidency::Counters); 0 means the hit and miss
+  // counts are exactly what the cache simulator computes for the same calls.
+  uint64_t order_sensitive_evictions = 0;
 };
 
 // Keeps experts in a pool of aligned slots under a byte budget, loading misses from the GGUF file
 // with O_DIRECT (io_uring) on a background thread, so reads overlap compute and the page cache holds
-// no second copy. Eviction is delegated to a CachePolicy.
+// no second copy. Which expert occupies which slot, eviction (delegated to a CachePolicy) and the hit
+// counts are ExpertResidency's, under this store's mutex; this class adds the buffers and the reads.
 //
 // With a low-bit layout (the side file), low-bit copies are cached in the same pool under their own
 // keys, in slots of their own (smaller) size: the pool's bytes are shared by both sizes, and a buffer
@@ -174,7 +177,7 @@ class BudgetedExpertStore final : public ExpertStore {
   void wait_preloaded();
 
   // How many full-precision experts the pool holds (and the size of their slots).
-  size_t n_slots() const { return n_full_slots_; }
+  size_t n_slots() const { return residency_.n_full_slots(); }
   uint64_t slot_bytes() const { return slot_bytes_[0]; }
   // Slot size of a low-bit copy (0 without low-bit copies).
   uint64_t low_bit_slot_bytes() const { return has_low_ ? slot_bytes_[1] : 0; }
@@ -182,7 +185,7 @@ class BudgetedExpertStore final : public ExpertStore {
   uint64_t pool_bytes() const { return pool_bytes_; }
   uint64_t pool_bytes_held() const;
   const char* io_mode_name() const { return readers_[0]->mode_name(); }
-  const char* policy_name() const { return policy_->name(); }
+  const char* policy_name() const { return residency_.policy().name(); }
   ExpertStoreStats stats() const;
   void reset_stats();  // e.g. after the prompt, so the numbers describe generation only
   // Receives every acquire's outcome as stats() counts it (hit or miss), on the acquiring thread and
@@ -193,20 +196,24 @@ class BudgetedExpertStore final : public ExpertStore {
 
   // Bytes one slot needs (largest expert, with direct-I/O alignment slack).
   static uint64_t slot_bytes_for(const ExpertLayout& layout, uint64_t io_alignment = 4096);
+  // Bytes a read of one expert of `layer` transfers (each matrix's extent rounded out to the alignment).
+  static uint64_t read_bytes_for(const ExpertLayout& layout, int layer, uint64_t io_alignment = 4096);
 
  private:
-  enum class SlotState { Empty, Loading, Ready, Failed };
-  struct Slot {
-    AlignedBuffer buf;           // slot_bytes_[tier] bytes, or none (a low-bit pool allocates lazily)
-    ExpertTier tier = ExpertTier::Full;  // what buf is sized for (and, when not Empty, what it holds)
-    ExpertKey key = 0;
-    SlotState state = SlotState::Empty;
-    int pins = 0;
-    bool from_prefetch = false;  // loaded by a hint and not yet acquired
-    bool speculative = false;    // that hint was a prediction
-    bool preloaded = false;      // filled by preload() and not yet acquired
-    std::string error;           // why the load failed (state Failed)
+  // What the pool's bookkeeping does not know: the buffers, the matrices they hold, a failed read's error.
+  struct SlotData {
+    AlignedBuffer buf;
     ExpertWeights views;
+    std::string error;
+  };
+  class Buffers final : public ExpertResidency::SlotMemory {
+   public:
+    explicit Buffers(BudgetedExpertStore& s) : s_(s) {}
+    void allocate(size_t slot, ExpertTier tier, uint64_t bytes) override;
+    void free(size_t slot) override;
+
+   private:
+    BudgetedExpertStore& s_;
   };
   struct Job {
     ExpertKey key;
@@ -214,38 +221,27 @@ class BudgetedExpertStore final : public ExpertStore {
     bool needed_now = false;  // a layer being computed waits for it (else: a hint for later layers)
     bool preload = false;     // queued by preload() (counted in preload_pending_ until read)
   };
+  static ExpertResidency::Config residency_config(const ExpertLayout& full, bool low_bit,
+                                                  const std::array<uint64_t, 2>& slot_bytes, const Options& opts);
   // Reads the computing layer waits for go before every hint for later layers, in the order asked
   // (they sit at the queue's front); a queued hint that becomes needed moves up to join them.
   void enqueue_needed_locked(const Job& job);
   // A queued read becomes needed now (to the front group), or for a hint moves from the preload
   // queue to the hint queue.
   void promote_locked(ExpertKey key, bool needed_now = true);
-
-  // Keys: layer * key_stride_ + tier * n_expert_ + expert, so policies that decode the layer as
-  // key / (their n_expert) see both copies of an expert in its layer.
-  ExpertKey key_of(int layer, int expert, ExpertTier tier = ExpertTier::Full) const {
-    return static_cast<ExpertKey>(layer * key_stride_ + static_cast<int>(tier) * n_expert_ + expert);
-  }
-  // Finds a slot for `key` (empty, or a policy victim that passes `evictable`); -1 if none, and
-  // kThrottledSlot for a speculative hint that may not evict (speculation_may_evict_locked).
-  static constexpr long kThrottledSlot = -2;
-  long claim_slot_locked(ExpertKey key, ExpertTier tier, bool for_prefetch, bool speculative);
-  // A free slot with a buffer for `tier`, allocating one if the budget allows; -1 if none.
-  long free_slot_locked(ExpertTier tier);
-  void drop_buffer_locked(Slot& sl);
   void io_loop();
   void load_into(const Job& job);
 
+  // Initialised in this order by the constructor: the readers decide the slot sizes.
   std::array<ExpertLayout, 2> layouts_;  // by tier
   bool has_low_ = false;
-  int n_expert_ = 0, n_layer_ = 0, key_stride_ = 0;
-  std::array<uint64_t, 2> slot_bytes_{};
-  uint64_t pool_bytes_ = 0, bytes_held_ = 0;  // budget, and bytes of the slot buffers allocated
-  size_t n_full_slots_ = 0;
   std::array<std::unique_ptr<DirectReader>, 2> readers_;
-  std::unique_ptr<CachePolicy> policy_;
-  std::vector<Slot> slots_;  // fixed size (never reallocated: the I/O thread reads into them)
-  std::unordered_map<ExpertKey, size_t> where_;
+  std::array<uint64_t, 2> slot_bytes_{};
+  uint64_t pool_bytes_ = 0;
+  std::vector<SlotData> slot_data_;  // by slot (never reallocated: the I/O thread reads into the buffers)
+  Buffers buffers_{*this};
+  ExpertResidency residency_;  // after slot_data_ and buffers_: it allocates through them
+  std::vector<ExpertResidency::Action> actions_;
   std::deque<Job> queue_;
   std::deque<Job> background_;  // preload() reads: only when queue_ is empty
   size_t preload_pending_ = 0;  // preload() reads not finished yet
@@ -255,17 +251,7 @@ class BudgetedExpertStore final : public ExpertStore {
   std::condition_variable io_cv_;     // the I/O thread: a job was queued, or stop_
   std::condition_variable ready_cv_;  // acquirers: a read finished, or a pin was released
   bool stop_ = false;
-  ExpertStoreStats stats_;
-  // Speculative prefetch pays only while it helps more than it hurts. Exponential moving average of
-  // outcomes (1 = a speculative load used; 0 = one evicted unused, or a demand miss on an expert that
-  // was evicted for one), and a counter that still lets one in kSpeculationProbeEvery throttled hints
-  // through, so the average keeps measuring.
-  double speculative_success_ = 1.0;
-  uint32_t speculative_probe_ = 0;
-  // Experts evicted to make room for a speculative load: a later demand miss on one of them is a
-  // cost of speculation (counted as a failure), as is a speculative load evicted unused.
-  std::unordered_set<ExpertKey> evicted_for_speculation_;
-  bool speculation_may_evict_locked();
+  ExpertStoreStats stats_;  // the I/O side (bytes, loads, times); the counts come from residency_
   AcquireListener acquire_listener_;
   std::thread io_thread_;
 };

@@ -31,6 +31,7 @@
 #include "moe/expert_store.h"
 #include "runtime/sampler.h"
 #include "runtime/session.h"
+#include "trace_flags.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -48,6 +49,7 @@ struct ChatArgs {
   bool ignore_eos = false;
   bool verbose = false;
   EngineFlags engine;
+  TraceFlags trace;
 };
 
 // The only mutable global: what the SIGINT handler may touch. Everything else receives the flag
@@ -142,9 +144,9 @@ std::string known_template_names() {
 class ChatLoop {
  public:
   ChatLoop(const ChatArgs& a, const Tokenizer& tok, ChatTemplate tmpl, Session& session,
-           ThreadPool& pool, std::atomic<bool>& interrupt, bool interactive)
+           ThreadPool& pool, std::atomic<bool>& interrupt, bool interactive, CliTrace* trace)
       : a_(a), tok_(tok), tmpl_(tmpl), session_(session), pool_(pool), interrupt_(interrupt),
-        interactive_(interactive), sampler_(a.sampling) {
+        interactive_(interactive), sampler_(a.sampling), trace_(trace) {
     if (!a.system.empty()) msgs_.push_back({"system", a.system});
   }
 
@@ -238,7 +240,9 @@ class ChatLoop {
     common = static_cast<size_t>(session_.truncate(static_cast<int64_t>(common)));
     cached_.resize(common);
     const std::vector<int32_t> fresh(ids.begin() + static_cast<std::ptrdiff_t>(common), ids.end());
+    if (trace_) trace_->begin_input("", fmt::format("turn {}", n_turns_));
     const std::vector<float>& logits = session_.eval(fresh, pool_);
+    if (trace_) trace_->set_generated(true);
     cached_.insert(cached_.end(), fresh.begin(), fresh.end());
 
     GenerateParams gp;
@@ -296,6 +300,7 @@ class ChatLoop {
   std::string history_text_;     // rendered text that history_ids_ stand for
   std::vector<int32_t> history_ids_;
   int n_turns_ = 0;
+  CliTrace* trace_ = nullptr;  // --trace: each turn is an input; answers are generated tokens
 };
 
 int run_chat(const ChatArgs& a) {
@@ -337,8 +342,12 @@ int run_chat(const ChatArgs& a) {
   g_sigint.store(false);
   std::unique_ptr<SigintGuard> guard;
   if (interactive) guard = std::make_unique<SigintGuard>();
-  ChatLoop loop(a, *tok, tmpl, session, pool, g_sigint, interactive);
-  return loop.run();
+  auto trace = CliTrace::open(a.trace, *engine, a.engine, n_ctx, 512, "moe chat");
+  if (trace) trace->attach(session);
+  ChatLoop loop(a, *tok, tmpl, session, pool, g_sigint, interactive, trace.get());
+  const int rc = loop.run();
+  if (trace) trace->finish();
+  return rc;
 }
 
 }  // namespace
@@ -360,6 +369,7 @@ void register_chat(CLI::App& app, CommandSet& cmds) {
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
   sub->add_flag("-v,--verbose", args->verbose, "Per-turn statistics on stderr (tokens evaluated, reused, generated)");
   add_engine_flags(sub, args->engine);
+  add_trace_flags(sub, args->trace);
   cmds.add(sub, [args] {
     if (args->model.empty()) args->model = default_model_path();
     return run_chat(*args);

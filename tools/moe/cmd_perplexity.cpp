@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,7 @@
 #include "runtime/engine.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
+#include "trace_flags.h"
 
 namespace moe::cli {
 
@@ -42,6 +44,7 @@ struct PerplexityArgs {
   int threads = 0;
   std::string json_out, html_out;
   EngineFlags engine;
+  TraceFlags trace;
   bool scmoe = false;  // also score next-token accuracy under SCMoE's contrastive argmax
   ScmoeParams scmoe_params;
 };
@@ -200,6 +203,9 @@ int run_perplexity(PerplexityArgs& a) {
     weak = std::make_unique<Session>(model, engine->store(), a.ctx, wo);
   }
 
+  auto trace = CliTrace::open(a.trace, *engine, a.engine, a.ctx, a.ctx, "moe perplexity");
+  int32_t window_seq = 0;  // with --trace: each window is its own sequence, from position 0
+
   std::vector<FileResult> results;
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t evaluated = 0;
@@ -208,6 +214,10 @@ int run_perplexity(PerplexityArgs& a) {
     if (ids.size() < 2) fail("{}: fewer than 2 tokens, nothing to score", path);
     ExpertCounter counter(spec);
     session.forward().set_observer(&counter);
+    if (trace) {
+      trace->attach(session);
+      trace->begin_input(path, std::filesystem::path(path).stem().string());
+    }
     FileResult r;
     r.path = path;
     const int64_t n = static_cast<int64_t>(ids.size());
@@ -218,6 +228,7 @@ int run_perplexity(PerplexityArgs& a) {
       if (e - b < 2) break;
       const std::vector<int32_t> window(ids.begin() + b, ids.begin() + e);
       session.reset();
+      if (trace) session.forward().set_seq_id(window_seq++);
       const std::vector<float>& logits = session.eval(window, pool, /*all_logits=*/true, a.ctx);
       for (int64_t i = 0; i + 1 < e - b; ++i) {
         const float* row = logits.data() + i * spec.n_vocab;
@@ -240,6 +251,7 @@ int run_perplexity(PerplexityArgs& a) {
                    static_cast<long long>(n_windows));
     }
     session.forward().set_observer(nullptr);
+    if (trace) trace->detach();
     r.counts = counter.counts();
     r.routed = counter.tokens();
     results.push_back(std::move(r));
@@ -325,6 +337,7 @@ int run_perplexity(PerplexityArgs& a) {
     std::fprintf(stderr, "perplexity: wrote %s\n", a.html_out.c_str());
   }
   report_engine_stats(a.engine, *engine, &session.forward().prediction_stats(), evaluated, secs);
+  if (trace) trace->finish();
   return 0;
 }
 
@@ -341,6 +354,7 @@ void register_perplexity(CLI::App& app, CommandSet& cmds) {
   sub->add_option("--json", a->json_out, "write the results as JSON");
   sub->add_option("--html", a->html_out, "write an HTML report with expert-usage heatmaps");
   add_engine_flags(sub, a->engine);
+  add_trace_flags(sub, a->trace);
   const std::string g = "Decoding strategies (docs/routing-lab.md)";
   sub->add_flag("--scmoe", a->scmoe, "Also report next-token accuracy under SCMoE self-contrast (weak pass: one expert "
                                      "by router rank)")

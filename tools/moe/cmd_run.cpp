@@ -27,6 +27,7 @@
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
+#include "trace_flags.h"
 
 namespace moe::cli {
 
@@ -43,6 +44,7 @@ struct RunArgs {
   bool ignore_eos = false;
   bool llama_compat = false;
   EngineFlags engine;
+  TraceFlags trace;
   // Decoding strategies (docs/routing-lab.md): SCMoE self-contrast, and DES-style samples with one k each.
   bool scmoe = false;
   ScmoeParams scmoe_params;
@@ -110,10 +112,16 @@ int run_run(RunArgs& a) {
                             k_list_max);
   ForwardOptions fo = forward_options(a.engine, *engine, a.llama_compat);
   Session session(engine->model(), engine->store(), n_ctx, fo);
+  if (a.samples.n > 0 && !a.trace.path.empty()) fail("run: --trace records one generation; it cannot record --samples");
   if (a.samples.n > 0)
     return run_samples(*engine, session, tok.get(), prompt, a.sampling, a.n_predict, a.ignore_eos,
                        text_prompt ? a.stops : std::vector<std::string>{}, a.samples, pool);
   Sampler sampler(a.sampling);
+  auto trace = CliTrace::open(a.trace, *engine, a.engine, n_ctx, 512, "moe run");
+  if (trace) {
+    trace->attach(session);
+    trace->begin_input(!a.prompt_file.empty() ? a.prompt_file : a.tokens, "prompt");
+  }
   // SCMoE's weak pass: its own session (own KV cache) on the same engine; not counted in the statistics.
   std::unique_ptr<Session> weak;
   if (a.scmoe) {
@@ -143,6 +151,7 @@ int run_run(RunArgs& a) {
     prompt_logits = &session.eval(prompt, pool);
   }
   const std::vector<float>& logits = *prompt_logits;
+  if (trace) trace->set_generated(true);
   const std::vector<float>* weak_logits = weak ? &weak->eval(prompt, pool) : nullptr;
   const double t_prompt = seconds_since(t0);
   // Statistics describe generation: drop what the prompt pass counted.
@@ -194,6 +203,7 @@ int run_run(RunArgs& a) {
                n_gen_steps / t_gen, (t_prompt + r.first_token_seconds) * 1000.0, stop_reason_name(r.reason),
                pool.size());
   report_engine_stats(a.engine, *engine, &session.forward().prediction_stats(), r.ids.size(), r.seconds);
+  if (trace) trace->finish();
   return 0;
 }
 
@@ -216,6 +226,7 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
   add_engine_flags(sub, args->engine);
+  add_trace_flags(sub, args->trace);
   add_remix_flags(sub, args->engine.routing);
   const std::string g = "Decoding strategies (docs/routing-lab.md)";
   sub->add_flag("--scmoe", args->scmoe,

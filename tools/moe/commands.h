@@ -34,6 +34,8 @@ void register_route_stats(CLI::App& app, CommandSet& cmds);
 void register_quantize_experts(CLI::App& app, CommandSet& cmds);
 void register_kl_logits(CLI::App& app, CommandSet& cmds);
 void register_serve(CLI::App& app, CommandSet& cmds);
+void register_trace(CLI::App& app, CommandSet& cmds);
+void register_analyze(CLI::App& app, CommandSet& cmds);
 void register_remix(CLI::App& app, CommandSet& cmds);  // remix-build, remix-eval
 
 }  // namespace moe::cli

@@ -207,6 +207,9 @@ nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* 
   j["slot_bytes"] = st->slot_bytes();
   j["hit_rate"] = hits + misses ? static_cast<double>(hits) / static_cast<double>(hits + misses) : 0.0;
   j["hit_rate_per_layer"] = per_layer;
+  j["hits"] = hits;
+  j["misses"] = misses;
+  j["order_sensitive_evictions"] = s.order_sensitive_evictions;
   j["loads"] = s.loads;
   j["bytes_read"] = s.bytes_read;
   j["bytes_read_full"] = s.bytes_read - s.low_bit_bytes_read;

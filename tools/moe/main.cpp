@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
   moe::cli::register_quantize_experts(app, cmds);
   moe::cli::register_kl_logits(app, cmds);
   moe::cli::register_serve(app, cmds);
+  moe::cli::register_trace(app, cmds);
+  moe::cli::register_analyze(app, cmds);
   moe::cli::register_remix(app, cmds);
   try {
     app.parse(argc, argv);
