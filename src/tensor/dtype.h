@@ -25,6 +25,7 @@ enum class DType : uint32_t {
   Q6_K = 14,
   Q8_K = 15,
   BF16 = 30,
+  MXFP4 = 39,  // 32 e2m1 codes + one e8m0 exponent (gpt-oss experts)
   // In-memory layouts, never stored in a file (numbers above any GGUF type).
   Q4_K_R = 256 + 12,  // Q4_K repacked for the AVX-512 VBMI kernels (kernels/q4k_repack.h)
 };

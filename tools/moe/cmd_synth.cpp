@@ -12,6 +12,10 @@
 //   * With exactly 8 experts (Mixtral) and any K-quant mix: attn_v and attn_k become Q8_0, attn_output Q5_K.
 //   * A row length that is not a multiple of 256 falls back: Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0.
 //   * Norms, biases and the router (ffn_gate_inp) stay F32.
+//   * MXFP4_MOE: every 3-D matrix with more than one slice (the routed experts; MLA's attn_k_b/v_b) is
+//     MXFP4, every other matrix Q8_0, output and token_embd included (llama.cpp keeps the router in its
+//     source type, F32 here). Plain MXFP4 makes every matrix MXFP4 except the output (Q8_0).
+//   * A row length that is not a multiple of 32 makes an MXFP4 or Q8_0 matrix F16.
 #include <unistd.h>
 
 #include <chrono>
@@ -80,6 +84,7 @@ struct TypePlan {
   DType output;
   int file_type;
   std::function<DType(Role, int, DType)> override;  // null for uniform types
+  std::optional<DType> stacked;                      // SynthConfig::stacked_type
 };
 
 TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
@@ -87,6 +92,12 @@ TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
   std::string upper;
   for (char c : type_name) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   TypePlan p;
+  if (upper == "MXFP4_MOE") {
+    p.base = p.output = DType::Q8_0;
+    p.stacked = DType::MXFP4;
+    p.file_type = 38;  // LLAMA_FTYPE_MOSTLY_MXFP4_MOE
+    return p;
+  }
   if (auto it = mixes.find(upper); it != mixes.end()) {
     const bool q4 = upper[1] == '4';
     const bool medium = upper.back() == 'M';
@@ -112,17 +123,17 @@ TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
   static const std::map<DType, int> uniform_ftype = {
       {DType::F32, 0},  {DType::F16, 1},  {DType::Q4_0, 2}, {DType::Q4_1, 3}, {DType::Q8_0, 7},
       {DType::Q5_0, 8}, {DType::Q5_1, 9}, {DType::Q2_K, 10}, {DType::Q3_K, 11}, {DType::Q4_K, 14},
-      {DType::Q5_K, 16}, {DType::Q6_K, 18}, {DType::BF16, 32}};
+      {DType::Q5_K, 16}, {DType::Q6_K, 18}, {DType::BF16, 32}, {DType::MXFP4, 38}};
   std::optional<DType> t = dtype_from_name(type_name);
   if (!t || !uniform_ftype.count(*t)) {
-    fail("--type: unknown or unsupported type '{}' (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, "
-         "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32)",
+    fail("--type: unknown or unsupported type '{}' (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, MXFP4_MOE, Q8_0, Q4_0, Q4_1, "
+         "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4, F16, BF16, F32)",
          type_name);
   }
   p.base = *t;
   p.file_type = uniform_ftype.at(*t);
   const bool float_type = *t == DType::F32 || *t == DType::F16 || *t == DType::BF16;
-  p.output = (float_type || *t == DType::Q8_0) ? *t : DType::Q6_K;
+  p.output = (float_type || *t == DType::Q8_0) ? *t : *t == DType::MXFP4 ? DType::Q8_0 : DType::Q6_K;
   return p;
 }
 
@@ -156,6 +167,7 @@ int run_synth(const SynthArgs& a) {
   cfg.router_type = DType::F32;
   cfg.seed = a.seed;
   cfg.type_override = tp.override;
+  cfg.stacked_type = tp.stacked;
   cfg.llama_fallback = true;
   cfg.file_type = tp.file_type;
   cfg.row_streams = true;
@@ -194,7 +206,7 @@ void register_synth(CLI::App& app, CommandSet& cmds) {
   CLI::App* sub = app.add_subcommand("synth", "Write a random-weight model with a real shape (for benchmarks)");
   sub->add_option("-o,--output", a->out, "Output GGUF file")->required();
   sub->add_option("--shape", a->shape, "olmoe-1b-7b | qwen3-30b-a3b | mixtral-8x7b | deepseek-moe-16b");
-  sub->add_option("--type", a->type, "Q4_K_M (default), Q4_K_S, Q5_K_M, Q5_K_S, Q8_0, Q4_0, F16, ...");
+  sub->add_option("--type", a->type, "Q4_K_M (default), Q4_K_S, Q5_K_M, Q5_K_S, MXFP4_MOE, Q8_0, Q4_0, MXFP4, F16, ...");
   sub->add_option("--arch", a->arch, "Architecture (custom shapes; default qwen3moe)");
   sub->add_option("--name", a->name, "general.name");
   sub->add_option("--layers", a->layers, "Layers")->check(CLI::Range(1, 1024));
