@@ -372,6 +372,11 @@ TEST(Mxfp4Synth, Mxfp4MoeMixIsLlamaQuantizesMix) {
   EXPECT_EQ(tensor_hash_lines(out), want);
   auto f = gguf::File::open(out);
   EXPECT_EQ(f->get_uint("general.file_type"), 38u);  // LLAMA_FTYPE_MOSTLY_MXFP4_MOE
+  // `moe info` counts the tensors by type.
+  const auto info = test::run_cli({"info", "-m", out});
+  ASSERT_EQ(info.status, 0) << info.err;
+  EXPECT_NE(info.out.find("tensors:         27 (f16 x 2, f32 x 11, mxfp4 x 4, q8_0 x 10)"), std::string::npos)
+      << info.out;
 }
 
 TEST(Mxfp4Synth, UniformMxfp4KeepsOnlyTheOutputAtQ8_0) {
