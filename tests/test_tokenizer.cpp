@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "fixture_util.h"
 #include "format/gguf.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
@@ -88,7 +89,11 @@ const std::vector<std::string> kByteLevel = {"qwen2", "llama-bpe", "gpt-2", "dee
 const std::vector<std::string> kModels = {"tiny-qwen3moe", "tiny-qwen2moe", "tiny-mixtral", "tiny-olmoe",
                                           "tiny-deepseekmoe", "tiny-granitemoe", "tiny-qwen3moe-Q8_0",
                                           "tiny-qwen3moe-Q4_0", "tiny-qwen3moe-Q4_K_M", "tiny-qwen3moe-Q6_K",
-                                          "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M"};
+                                          "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M",
+                                          // each with its family's pre-tokenizer: gpt-4o, glm4, deepseek-llm,
+                                          // deepseek-v3 (the same vocabulary otherwise)
+                                          "tiny-gptoss", "tiny-gptoss-MXFP4_MOE", "tiny-glm4moe",
+                                          "tiny-deepseek2-lite", "tiny-deepseek2-v3"};
 
 std::string ids_str(const std::vector<int32_t>& ids) {
   std::string s;
@@ -152,7 +157,7 @@ INSTANTIATE_TEST_SUITE_P(All, TokenizerVocab, ::testing::ValuesIn(kVocabs),
 class TokenizerModel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TokenizerModel, MatchesReferenceTokens) {
-  const auto& tok = load(kFixtures + "/models/" + GetParam() + ".gguf");
+  const auto& tok = load(moe::test::model_path(GetParam()));
   int passed = 0;
   for (int n = 1; n <= 5; ++n) {
     const std::string text = slurp(kFixtures + "/text/t" + std::to_string(n) + ".txt");
@@ -167,8 +172,9 @@ TEST_P(TokenizerModel, MatchesReferenceTokens) {
 }
 
 TEST_P(TokenizerModel, SpecialIds) {
-  const auto& tok = load(kFixtures + "/models/" + GetParam() + ".gguf");
+  const auto& tok = load(moe::test::model_path(GetParam()));
   EXPECT_EQ(tok.n_vocab(), 429);
+  // (The glm4 pre-tokenizer's default has no BOS, but the file's bos_token_id wins, as in llama.cpp.)
   EXPECT_EQ(tok.bos(), 426);
   EXPECT_EQ(tok.eos(), 428);
   EXPECT_FALSE(tok.add_bos());
