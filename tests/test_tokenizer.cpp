@@ -2,7 +2,10 @@
 // round trips, pre-tokenizer properties on unseen text, streaming decode and malformed input.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -465,5 +468,55 @@ TEST(TokenizerCli, ShowPiecesOnVocabOnlyFile) {
   const std::string esc = run_cli("tokenize -m " + vocab_path("gpt-2") + " -p \"$(printf 'a\\tb')\" --show-pieces");
   EXPECT_NE(esc.find("\\t"), std::string::npos) << esc;
 }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// (e) pre-tokenizers no fixture vocabulary uses, against llama.cpp's tokenization of the fixtures'
+// vocabularies with tokenizer.ggml.pre rewritten (tests/data/llamacpp/pretok-*, pretok_ref.sh).
+
+namespace {
+
+class TokenizerPreOverride : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TokenizerPreOverride, KimiK2MatchesLlamaCpp) {
+  const std::string vocab = GetParam();
+  auto src = moe::gguf::File::open(vocab_path(vocab));
+  moe::gguf::Writer w;
+  w.copy_from(*src);
+  w.set("tokenizer.ggml.pre", moe::gguf::Value::make_string("kimi-k2"));
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("moe_tok_kimi_" + vocab + "_" + std::to_string(::getpid()) + ".gguf"))
+                               .string();
+  w.write(path);
+  const auto& tok = load(path);
+  std::filesystem::remove(path);
+  const std::string data = std::string(MOE_SOURCE_DIR) + "/tests/data/llamacpp/pretok-kimi-k2.";
+  const auto inputs = split_inputs(slurp(data + "inp"));
+  const auto expected = split_lines(slurp(data + vocab + ".out"));
+  ASSERT_GE(inputs.size(), 70u);
+  ASSERT_EQ(inputs.size(), expected.size());
+  size_t passed = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const auto got = tok.encode(inputs[i], false, false);
+    const auto want = parse_ids(expected[i]);
+    if (got == want) {
+      ++passed;
+    } else {
+      ADD_FAILURE() << vocab << " #" << i << " [" << inputs[i] << "]\n want" << ids_str(want) << "\n got "
+                    << ids_str(got);
+    }
+    EXPECT_EQ(tok.decode(got), inputs[i]) << vocab << " #" << i;
+  }
+  std::printf("[ kimi-k2  ] %-15s %zu/%zu passed\n", vocab.c_str(), passed, inputs.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(Vocabs, TokenizerPreOverride, ::testing::Values("llama-bpe", "qwen2"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n)
+                             if (c == '-') c = '_';
+                           return n;
+                         });
 
 }  // namespace
