@@ -303,6 +303,8 @@ TEST(Mxfp4VecDot, SimdMatchesReferenceOnAllCodesAndExtremeExponents) {
 TEST(Mxfp4VecDot, TileIsBitIdenticalToVecDotOnExtremeData) {
   const DTypeTraits& tr = dtype_traits(DType::MXFP4);
   if (tr.vec_dot_tile == nullptr) GTEST_SKIP() << "no MXFP4 tile kernel at this ISA";
+  // Decode takes the tile too (the activation row prepared once for all rows of a matmul chunk).
+  EXPECT_TRUE(tr.tile_one_token);
   const int rows = 6, toks = 11;
   for (int64_t nb : {1, 3, 8, 45}) {
     // Rows and tokens drawn independently, from the whole exponent range.
@@ -323,6 +325,10 @@ TEST(Mxfp4VecDot, TileIsBitIdenticalToVecDotOnExtremeData) {
       for (int r = 0; r < rows; ++r)
         ASSERT_EQ(bits(out[t * rows + r]), bits(tr.vec_dot(n, w.data() + r * wrb, a.data() + t * arb)))
             << "nb=" << nb << " r=" << r << " t=" << t;
+    // One token over all rows, and more rows than the multi-token kernels take (the per-token path).
+    std::vector<float> one(static_cast<size_t>(rows));
+    tr.vec_dot_tile(n, w.data(), wrb, rows, a.data() + 3 * arb, arb, 1, one.data(), 1);
+    for (int r = 0; r < rows; ++r) ASSERT_EQ(bits(one[r]), bits(tr.vec_dot(n, w.data() + r * wrb, a.data() + 3 * arb)));
   }
 }
 

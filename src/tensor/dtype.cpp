@@ -74,9 +74,10 @@ struct Table {
     for (const Row& r : kRows) {
       const auto i = static_cast<uint32_t>(r.type);
       VecDotFn fast = r.vec_dot_ref ? vec_dot_for_isa(r.type, isa) : nullptr;
-      VecDotTileFn tile = isa == Isa::Avx512 && r.vec_dot_ref ? tile_kernels_avx512(r.type).tile : nullptr;
+      const TileKernels tk = isa == Isa::Avx512 && r.vec_dot_ref ? tile_kernels_avx512(r.type) : TileKernels{};
       traits[i] = DTypeTraits{r.type, r.name, r.block_elems, r.block_bytes, r.is_quantized, r.vec_dot_type,
-                              r.dequantize, activation_quantizer(r, isa), fast, r.vec_dot_ref, tile};
+                              r.dequantize, activation_quantizer(r, isa), fast, r.vec_dot_ref, tk.tile,
+                              tk.tile != nullptr && tk.one_token};
       present[i] = true;
     }
   }

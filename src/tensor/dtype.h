@@ -54,6 +54,9 @@ struct DTypeTraits {
   VecDotFn vec_dot;        // fastest kernel for this CPU (chosen once at startup); nullptr for activation-only types
   VecDotFn vec_dot_ref;    // plain scalar reference
   VecDotTileFn vec_dot_tile = nullptr;  // multi-row / multi-token kernel matching vec_dot; nullptr: none
+  // vec_dot_tile is also the faster path for one token over many rows (it prepares the activation row
+  // once for all of them); otherwise one-token products call vec_dot per row.
+  bool tile_one_token = false;
 };
 
 // Returns nullptr for unknown / unsupported type numbers.

@@ -55,7 +55,7 @@ const std::pair<const char*, ChatTemplate> kNames[] = {
 // Hunyuan's markers (only to tell its templates apart).
 #define HY_ASSISTANT "<\xEF\xBD\x9Chy_Assistant\xEF\xBD\x9C>"
 #define HY_BOS "<\xEF\xBD\x9Chy_begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"
-#define HY_PLACEHOLDER3 "<\xEF\xBD\x9Chy_place\xE2\x96\x81holder\xE2\x96\x81no\xE2\x96\x813\xEF\xBD\x9C>"
+#define HY_PLACEHOLDER3 "<\xEF\xBD\x9Chy_place\xE2\x96\x81holder\xE2\x96\x81no\xE2\x96\x81" "3\xEF\xBD\x9C>"
 
 }  // namespace
 
