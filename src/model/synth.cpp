@@ -208,7 +208,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
   if (s.n_layer_nextn > 0 && arch->unused_tensors) {
     for (const UnusedTensorDesc& u : arch->unused_tensors(shaped)) {
       const Role role = u.role == Role::Count ? (u.dims.size() < 2 ? Role::AttnNorm : Role::AttnQ) : u.role;
-      const DType t = type_for(cfg, u.placement, role, s.n_layer, u.dims.size(), u.dims[0]);
+      const DType t = type_for(cfg, u.placement, role, s.n_layer, u.dims);
       int64_t rows = 1;
       for (size_t i = 1; i < u.dims.size(); ++i) rows *= u.dims[i];
       total += row_bytes(t, u.dims[0]) * static_cast<uint64_t>(rows);
