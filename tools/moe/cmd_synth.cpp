@@ -33,7 +33,7 @@ namespace moe::cli {
 namespace {
 
 struct SynthArgs {
-  std::string out, shape, type = "Q4_K_M", arch, name;
+  std::string out, shape, type, arch, name;  // type: empty = the shape's own (Q4_K_M for most)
   int layers = 0, experts = -1, top_k = 0, heads = 0, kv_heads = 0, dense_lead = -1, shared = 0;
   int64_t embd = 0, ff = 0, head_dim = 0, vocab = 0, ff_dense = 0;
   uint64_t seed = 1;
@@ -48,6 +48,7 @@ struct SynthArgs {
 struct NamedShape {
   std::string arch;
   ModelSpec spec;
+  std::string default_type = "Q4_K_M";  // --type when none is given: the type the real file ships in
 };
 
 constexpr const char* kShapeNames =
@@ -115,6 +116,9 @@ NamedShape named_shape(const std::string& name) {
     // gpt-oss-20b: 24 layers of 64 q / 8 kv heads of 64, sinks, a 128-token window on even layers, 32 experts
     // top-4 of ff 2880 with biases, clamped SwiGLU, YaRN x32 from 4096.
     s.arch = "gpt-oss";
+    // The real file (ggml-org's gpt-oss-20b-mxfp4.gguf, 12.1 GB) ships the experts in MXFP4 and every other
+    // matrix in Q8_0: llama.cpp's MXFP4_MOE mix.
+    s.default_type = "MXFP4_MOE";
     s.spec = make_moe_shape(24, 2880, 64, 8, 64, 32, 4, 2880, 201088);
     s.spec.rope_base = 150000.0f;
     s.spec.rms_eps = 1e-5f;
@@ -293,7 +297,8 @@ int run_synth(const SynthArgs& a) {
   if (!a.name.empty()) ns.spec.name = a.name;
   int n_expert = 0;
   for (const auto& L : ns.spec.layers) n_expert = std::max(n_expert, L.is_moe ? L.moe.n_expert : 0);
-  const TypePlan tp = plan_types(a.type, ns.spec.n_layer, n_expert);
+  const std::string type_name = !a.type.empty() ? a.type : ns.default_type;
+  const TypePlan tp = plan_types(type_name, ns.spec.n_layer, n_expert);
 
   SynthConfig cfg;
   cfg.arch = ns.arch;
@@ -327,7 +332,7 @@ int run_synth(const SynthArgs& a) {
     std::fflush(stderr);
   };
   std::fprintf(stderr, "moe synth: %s (%s, %d layers, %d experts) type %s, %d threads -> %s\n",
-               ns.spec.name.c_str(), ns.arch.c_str(), ns.spec.n_layer, n_expert, a.type.c_str(), cfg.threads,
+               ns.spec.name.c_str(), ns.arch.c_str(), ns.spec.n_layer, n_expert, type_name.c_str(), cfg.threads,
                a.out.c_str());
   write_synth_model(a.out, cfg, progress);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -342,7 +347,7 @@ void register_synth(CLI::App& app, CommandSet& cmds) {
   CLI::App* sub = app.add_subcommand("synth", "Write a random-weight model with a real shape (for benchmarks)");
   sub->add_option("-o,--output", a->out, "Output GGUF file")->required();
   sub->add_option("--shape", a->shape, kShapeNames);
-  sub->add_option("--type", a->type, "Q4_K_M (default), Q4_K_S, Q5_K_M, Q5_K_S, MXFP4_MOE, Q8_0, Q4_0, MXFP4, F16, ...");
+  sub->add_option("--type", a->type, "Q4_K_M (default; MXFP4_MOE for gpt-oss-20b), Q4_K_S, Q5_K_M, Q5_K_S, MXFP4_MOE, Q8_0, Q4_0, MXFP4, F16, ...");
   sub->add_option("--arch", a->arch, "Architecture (custom shapes; default qwen3moe)");
   sub->add_option("--name", a->name, "general.name");
   sub->add_option("--layers", a->layers, "Layers (with --shape: keep that many of the shape's layers)")
