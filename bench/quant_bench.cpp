@@ -134,9 +134,9 @@ void BM_QuantMatVec(benchmark::State& state) {
 const moe::DType kAllTypes[] = {moe::DType::F32,  moe::DType::F16,  moe::DType::BF16, moe::DType::Q8_0,
                                 moe::DType::Q4_0, moe::DType::Q4_1, moe::DType::Q5_0, moe::DType::Q5_1,
                                 moe::DType::Q2_K, moe::DType::Q3_K, moe::DType::Q4_K, moe::DType::Q5_K,
-                                moe::DType::Q6_K, moe::DType::Q4_K_R};
+                                moe::DType::Q6_K, moe::DType::Q4_K_R, moe::DType::MXFP4};
 const moe::DType kHotTypes[] = {moe::DType::Q4_K, moe::DType::Q4_K_R, moe::DType::Q5_K, moe::DType::Q6_K,
-                                moe::DType::Q8_0, moe::DType::Q4_0};
+                                moe::DType::Q8_0, moe::DType::Q4_0, moe::DType::MXFP4};
 
 void QuantArgs(benchmark::internal::Benchmark* b) {
   for (moe::DType t : kAllTypes) {

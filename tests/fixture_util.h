@@ -12,15 +12,28 @@
 namespace moe::test {
 
 inline std::string fixtures_dir() { return MOE_FIXTURES_DIR; }
-inline std::string model_path(const std::string& name) { return fixtures_dir() + "/models/" + name + ".gguf"; }
+// Fixture models live in models/ and, for types older readers did not know, in a subfolder of it
+// (models/mxfp4/); names are unique across them.
+inline std::string model_path(const std::string& name) {
+  const std::filesystem::path top = std::filesystem::path(fixtures_dir()) / "models";
+  if (std::filesystem::exists(top / (name + ".gguf"))) return (top / (name + ".gguf")).string();
+  for (const auto& e : std::filesystem::directory_iterator(top))
+    if (e.is_directory() && std::filesystem::exists(e.path() / (name + ".gguf")))
+      return (e.path() / (name + ".gguf")).string();
+  return (top / (name + ".gguf")).string();
+}
 inline std::string ref_path(const std::string& name, const std::string& suffix) {
   return fixtures_dir() + "/ref/" + name + "." + suffix;
 }
 
 inline std::vector<std::string> fixture_model_names() {
   std::vector<std::string> names;
-  for (const auto& e : std::filesystem::directory_iterator(fixtures_dir() + "/models"))
+  for (const auto& e : std::filesystem::directory_iterator(fixtures_dir() + "/models")) {
     if (e.path().extension() == ".gguf") names.push_back(e.path().stem().string());
+    if (e.is_directory())
+      for (const auto& f : std::filesystem::directory_iterator(e.path()))
+        if (f.path().extension() == ".gguf") names.push_back(f.path().stem().string());
+  }
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -78,7 +91,8 @@ inline double top1_agreement(const std::vector<float>& a, const std::vector<floa
 
 // "tiny-qwen3moe-Q4_K_M" -> "tiny-qwen3moe"; unquantized names map to themselves.
 inline std::string base_model_name(const std::string& name) {
-  for (const char* q : {"-Q8_0", "-Q4_0", "-Q4_K_M", "-Q6_K", "-Q4_1", "-Q5_0", "-Q5_1", "-Q5_K_M", "-Q3_K_M", "-Q2_K"}) {
+  for (const char* q : {"-Q8_0", "-Q4_0", "-Q4_K_M", "-Q6_K", "-Q4_1", "-Q5_0", "-Q5_1", "-Q5_K_M", "-Q3_K_M", "-Q2_K",
+                        "-MXFP4_MOE"}) {
     const std::string s(q);
     if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0)
       return name.substr(0, name.size() - s.size());

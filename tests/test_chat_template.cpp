@@ -163,3 +163,69 @@ TEST(ChatTemplate, OthersTrimContent) {
 }
 
 }  // namespace
+
+// ---- the fixtures' real templates, against llama.cpp's own rendering ---------------------------------
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace {
+
+std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// The conversation ../shared/fixtures/templates/X.rendered.txt was rendered from (fixtures README).
+const std::vector<ChatMessage> kFixtureChat = {
+    {"system", "You are a careful assistant. Answer briefly."},
+    {"user", "Which experts fire for code?\nList two."},
+    {"assistant", "Experts 3 and 7 fire most often on Python."},
+    {"user", "And for scripture?"},
+};
+
+TEST(ChatTemplate, FixtureTemplatesRenderAsLlamaCpp) {
+  // Every template we detect must render llama.cpp's bytes. These must be detected (the families of the
+  // MoE models we run), by name -> family.
+  const std::vector<std::pair<std::string, ChatTemplate>> must = {
+      {"openai-gpt-oss-120b", ChatTemplate::OpenAiMoe},
+      {"GLM-4.6", ChatTemplate::ChatGlm4},
+      {"GLM-4.7-Flash", ChatTemplate::ChatGlm4},
+      {"moonshotai-Kimi-K2", ChatTemplate::KimiK2},
+      {"Kimi-K2-Instruct", ChatTemplate::KimiK2},
+      {"Kimi-K2-Thinking", ChatTemplate::KimiK2},
+      {"deepseek-ai-DeepSeek-V3.1", ChatTemplate::DeepSeek3},
+      {"deepseek-ai-DeepSeek-V3.2", ChatTemplate::DeepSeek3},
+      {"Qwen-Qwen3-0.6B", ChatTemplate::ChatML},
+      {"meta-llama-Llama-3.1-8B-Instruct", ChatTemplate::Llama3},
+  };
+  const std::filesystem::path dir = std::filesystem::path(MOE_FIXTURES_DIR) / "templates";
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().extension() == ".jinja") names.push_back(e.path().stem().string());
+  std::sort(names.begin(), names.end());
+  ASSERT_GE(names.size(), 40u);
+  int rendered = 0;
+  std::string unknown;
+  for (const std::string& name : names) {
+    const ChatTemplate t = moe::detect_chat_template(read_file(dir / (name + ".jinja")));
+    for (const auto& [n, want] : must)
+      if (n == name) EXPECT_EQ(moe::chat_template_name(t), std::string(moe::chat_template_name(want))) << name;
+    if (t == ChatTemplate::None) {
+      unknown += " " + name;
+      continue;
+    }
+    EXPECT_EQ(moe::apply_chat_template(t, kFixtureChat, true), read_file(dir / (name + ".rendered.txt")))
+        << name << " (" << moe::chat_template_name(t) << ")";
+    ++rendered;
+  }
+  std::printf("[chat] %d of %zu fixture templates detected and rendered; not detected:%s\n", rendered, names.size(),
+              unknown.c_str());
+}
+
+}  // namespace

@@ -19,9 +19,10 @@ using namespace moe::gguf;
 
 namespace {
 
+// The .gguf files of a fixture folder and of its subfolders (models/mxfp4/).
 std::vector<std::string> fixture_files(const char* sub) {
   std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(fs::path(MOE_FIXTURES_DIR) / sub)) {
+  for (const auto& e : fs::recursive_directory_iterator(fs::path(MOE_FIXTURES_DIR) / sub)) {
     if (e.path().extension() == ".gguf") out.push_back(e.path().string());
   }
   std::sort(out.begin(), out.end());
@@ -240,6 +241,12 @@ TEST(GgufRead, QuantizedFixtureTypes) {
   EXPECT_EQ(q8->find_tensor("blk.0.attn_q.weight")->nbytes, 256u / 32u * 34u * 256u);
   auto q40 = File::open(MOE_FIXTURES_DIR "/models/tiny-qwen3moe-Q4_0.gguf");
   EXPECT_EQ(q40->find_tensor("blk.0.ffn_up_exps.weight")->type, DType::Q4_0);
+  // llama.cpp's MXFP4_MOE mix: experts MXFP4 (ggml type 39), other matrices Q8_0, the router as it was.
+  auto mx = File::open(MOE_FIXTURES_DIR "/models/mxfp4/tiny-gptoss-MXFP4_MOE.gguf");
+  EXPECT_EQ(mx->find_tensor("blk.0.ffn_down_exps.weight")->type, DType::MXFP4);
+  EXPECT_EQ(mx->find_tensor("blk.0.ffn_down_exps.weight")->nbytes, 128u / 32u * 17u * 256u * 8u);  // ff 128
+  EXPECT_EQ(mx->find_tensor("blk.0.attn_q.weight")->type, DType::Q8_0);
+  EXPECT_EQ(mx->find_tensor("blk.0.ffn_gate_inp.weight")->type, DType::F16);
 }
 
 TEST(GgufRead, PreadMatchesMmap) {

@@ -42,7 +42,7 @@ using test::gaussian;
 
 const DType kWeightTypes[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q4_0, DType::Q4_1,
                               DType::Q5_0, DType::Q5_1, DType::Q8_0, DType::Q2_K, DType::Q3_K,
-                              DType::Q4_K, DType::Q5_K, DType::Q6_K};
+                              DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4};
 
 std::vector<uint8_t> quantize_with(QuantizeFn fn, DType t, const std::vector<float>& x) {
   std::vector<uint8_t> out(row_bytes(t, static_cast<int64_t>(x.size())));
@@ -83,7 +83,7 @@ TEST(QuantTraits, TableMatchesGgml) {
       {DType::Q8_1, "q8_1", 32, 36, DType::Q8_1},  {DType::Q2_K, "q2_K", 256, 84, DType::Q8_K},
       {DType::Q3_K, "q3_K", 256, 110, DType::Q8_K}, {DType::Q4_K, "q4_K", 256, 144, DType::Q8_K},
       {DType::Q5_K, "q5_K", 256, 176, DType::Q8_K}, {DType::Q6_K, "q6_K", 256, 210, DType::Q8_K},
-      {DType::Q8_K, "q8_K", 256, 292, DType::Q8_K},
+      {DType::Q8_K, "q8_K", 256, 292, DType::Q8_K}, {DType::MXFP4, "mxfp4", 32, 17, DType::Q8_0},
   };
   for (const auto& e : expect) {
     const DTypeTraits& tr = dtype_traits(e.t);
@@ -163,8 +163,9 @@ TEST(QuantRoundTrip, ErrorBoundsOnGaussianData) {
   // RMSE / RMS(signal) on N(0,1) data. Measured values (this implementation == llama.cpp's
   // arithmetic): f16 2.07e-4, bf16 1.67e-3, q8_0 5.37e-3, q8_1 5.37e-3, q8_K 7.05e-3 (one scale per
   // 256 values), q6_K 1.78e-2, q5_K 3.62e-2, q5_1 3.80e-2, q5_0 4.34e-2, q4_K 7.14e-2, q4_1 7.85e-2,
-  // q4_0 8.69e-2, q3_K 1.52e-1, q2_K 2.96e-1. Bounds are ~25% above, so a broken scale search or an
-  // off-by-one in a layout (which costs far more than 25%) fails.
+  // q4_0 8.69e-2, q3_K 1.52e-1, q2_K 2.96e-1, mxfp4 1.14e-1 (4-bit floats under a power-of-two scale).
+  // Bounds are ~25% above, so a broken scale search or an off-by-one in a layout (which costs far more
+  // than 25%) fails.
   struct Bound {
     DType t;
     double max_rel_rmse;
@@ -173,7 +174,7 @@ TEST(QuantRoundTrip, ErrorBoundsOnGaussianData) {
       {DType::F32, 0.0},      {DType::F16, 2.6e-4},  {DType::BF16, 2.1e-3},  {DType::Q8_0, 6.7e-3},
       {DType::Q8_1, 6.7e-3},  {DType::Q8_K, 8.8e-3}, {DType::Q6_K, 2.2e-2},  {DType::Q5_K, 4.5e-2},
       {DType::Q5_1, 4.75e-2}, {DType::Q5_0, 5.4e-2}, {DType::Q4_K, 8.9e-2},  {DType::Q4_1, 9.8e-2},
-      {DType::Q4_0, 1.09e-1}, {DType::Q3_K, 1.9e-1}, {DType::Q2_K, 3.7e-1},
+      {DType::Q4_0, 1.09e-1}, {DType::Q3_K, 1.9e-1}, {DType::Q2_K, 3.7e-1}, {DType::MXFP4, 1.43e-1},
   };
   const int64_t n = 64 * 256;
   const auto x = gaussian(n, 4242u);
@@ -362,7 +363,7 @@ TEST(QuantBFloat16, EdgeCases) {
 TEST(QuantRows, HandleManyBlockMultiplesWithoutOverrun) {
   const DType all[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q4_0, DType::Q4_1, DType::Q5_0,
                        DType::Q5_1, DType::Q8_0, DType::Q8_1, DType::Q2_K, DType::Q3_K, DType::Q4_K,
-                       DType::Q5_K, DType::Q6_K, DType::Q8_K};
+                       DType::Q5_K, DType::Q6_K, DType::Q8_K, DType::MXFP4};
   for (DType t : all) {
     const DTypeTraits& tr = dtype_traits(t);
     for (int64_t k : {1, 2, 3, 5, 8, 13}) {

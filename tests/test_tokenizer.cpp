@@ -2,7 +2,10 @@
 // round trips, pre-tokenizer properties on unseen text, streaming decode and malformed input.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -11,6 +14,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "fixture_util.h"
 #include "format/gguf.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
@@ -88,7 +92,11 @@ const std::vector<std::string> kByteLevel = {"qwen2", "llama-bpe", "gpt-2", "dee
 const std::vector<std::string> kModels = {"tiny-qwen3moe", "tiny-qwen2moe", "tiny-mixtral", "tiny-olmoe",
                                           "tiny-deepseekmoe", "tiny-granitemoe", "tiny-qwen3moe-Q8_0",
                                           "tiny-qwen3moe-Q4_0", "tiny-qwen3moe-Q4_K_M", "tiny-qwen3moe-Q6_K",
-                                          "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M"};
+                                          "tiny-mixtral-Q8_0", "tiny-mixtral-Q4_K_M",
+                                          // each with its family's pre-tokenizer: gpt-4o, glm4, deepseek-llm,
+                                          // deepseek-v3 (the same vocabulary otherwise)
+                                          "tiny-gptoss", "tiny-gptoss-MXFP4_MOE", "tiny-glm4moe",
+                                          "tiny-deepseek2-lite", "tiny-deepseek2-v3"};
 
 std::string ids_str(const std::vector<int32_t>& ids) {
   std::string s;
@@ -152,7 +160,7 @@ INSTANTIATE_TEST_SUITE_P(All, TokenizerVocab, ::testing::ValuesIn(kVocabs),
 class TokenizerModel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TokenizerModel, MatchesReferenceTokens) {
-  const auto& tok = load(kFixtures + "/models/" + GetParam() + ".gguf");
+  const auto& tok = load(moe::test::model_path(GetParam()));
   int passed = 0;
   for (int n = 1; n <= 5; ++n) {
     const std::string text = slurp(kFixtures + "/text/t" + std::to_string(n) + ".txt");
@@ -167,8 +175,9 @@ TEST_P(TokenizerModel, MatchesReferenceTokens) {
 }
 
 TEST_P(TokenizerModel, SpecialIds) {
-  const auto& tok = load(kFixtures + "/models/" + GetParam() + ".gguf");
+  const auto& tok = load(moe::test::model_path(GetParam()));
   EXPECT_EQ(tok.n_vocab(), 429);
+  // (The glm4 pre-tokenizer's default has no BOS, but the file's bos_token_id wins, as in llama.cpp.)
   EXPECT_EQ(tok.bos(), 426);
   EXPECT_EQ(tok.eos(), 428);
   EXPECT_FALSE(tok.add_bos());
@@ -459,5 +468,55 @@ TEST(TokenizerCli, ShowPiecesOnVocabOnlyFile) {
   const std::string esc = run_cli("tokenize -m " + vocab_path("gpt-2") + " -p \"$(printf 'a\\tb')\" --show-pieces");
   EXPECT_NE(esc.find("\\t"), std::string::npos) << esc;
 }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// (e) pre-tokenizers no fixture vocabulary uses, against llama.cpp's tokenization of the fixtures'
+// vocabularies with tokenizer.ggml.pre rewritten (tests/data/llamacpp/pretok-*, pretok_ref.sh).
+
+namespace {
+
+class TokenizerPreOverride : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TokenizerPreOverride, KimiK2MatchesLlamaCpp) {
+  const std::string vocab = GetParam();
+  auto src = moe::gguf::File::open(vocab_path(vocab));
+  moe::gguf::Writer w;
+  w.copy_from(*src);
+  w.set("tokenizer.ggml.pre", moe::gguf::Value::make_string("kimi-k2"));
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("moe_tok_kimi_" + vocab + "_" + std::to_string(::getpid()) + ".gguf"))
+                               .string();
+  w.write(path);
+  const auto& tok = load(path);
+  std::filesystem::remove(path);
+  const std::string data = std::string(MOE_SOURCE_DIR) + "/tests/data/llamacpp/pretok-kimi-k2.";
+  const auto inputs = split_inputs(slurp(data + "inp"));
+  const auto expected = split_lines(slurp(data + vocab + ".out"));
+  ASSERT_GE(inputs.size(), 70u);
+  ASSERT_EQ(inputs.size(), expected.size());
+  size_t passed = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const auto got = tok.encode(inputs[i], false, false);
+    const auto want = parse_ids(expected[i]);
+    if (got == want) {
+      ++passed;
+    } else {
+      ADD_FAILURE() << vocab << " #" << i << " [" << inputs[i] << "]\n want" << ids_str(want) << "\n got "
+                    << ids_str(got);
+    }
+    EXPECT_EQ(tok.decode(got), inputs[i]) << vocab << " #" << i;
+  }
+  std::printf("[ kimi-k2  ] %-15s %zu/%zu passed\n", vocab.c_str(), passed, inputs.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(Vocabs, TokenizerPreOverride, ::testing::Values("llama-bpe", "qwen2"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n)
+                             if (c == '-') c = '_';
+                           return n;
+                         });
 
 }  // namespace

@@ -5,6 +5,7 @@
 // Element order inside a block follows ggml: for the 32-element "legacy" blocks the low nibbles hold
 // elements 0..15 and the high nibbles elements 16..31; the K-quant super-blocks hold 256 elements.
 #pragma once
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 
@@ -68,6 +69,14 @@ struct BlockQ6_K {
   int8_t scales[kQKK / 16];
   uint16_t d;
 };
+// MXFP4 (OCP microscaling): 32 four-bit e2m1 codes sharing one e8m0 exponent byte. Element j and
+// j + 16 share byte qs[j] (low, high nibble), as in the legacy blocks. ggml stores the codes' values
+// doubled (kMxfp4Values, integers -12..12) and halves the scale instead (e8m0_to_fp32_half), so the
+// integer dot products with Q8_0 activations are exact.
+struct BlockMXFP4 {
+  uint8_t e;              // e8m0 exponent: scale 2^(e - 127), used as 2^(e - 128) with the doubled values
+  uint8_t qs[kQK / 2];
+};
 struct BlockQ8_K {
   float d;                    // fp32 scale (activation-only format)
   int8_t qs[kQKK];
@@ -86,6 +95,24 @@ static_assert(sizeof(BlockQ4_K) == 144);
 static_assert(sizeof(BlockQ5_K) == 176);
 static_assert(sizeof(BlockQ6_K) == 210);
 static_assert(sizeof(BlockQ8_K) == 292);
+static_assert(sizeof(BlockMXFP4) == 17);
+
+// Twice the e2m1 value of each 4-bit code (bit 3 is the sign; -0 decodes to 0).
+inline constexpr int8_t kMxfp4Values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+// Half of the e8m0 scale 2^(e - 127), i.e. 2^(e - 128), as ggml's GGML_E8M0_TO_FP32_HALF computes it:
+// e = 0 and 1 give the subnormals 2^-128 and 2^-127; e = 255 (NaN in the OCP format) gives 2^127.
+constexpr float e8m0_to_fp32_half(uint8_t e) {
+  return std::bit_cast<float>(e < 2 ? 0x00200000u << e : static_cast<uint32_t>(e - 1) << 23);
+}
+// The same as a table, for kernels that look the scale up per block.
+struct E8m0HalfTable {
+  float v[256];
+  constexpr E8m0HalfTable() : v() {
+    for (int e = 0; e < 256; ++e) v[e] = e8m0_to_fp32_half(static_cast<uint8_t>(e));
+  }
+};
+inline constexpr E8m0HalfTable kE8m0Half{};
 
 // Unpacks the j-th (0..7) six-bit scale and min of a Q4_K / Q5_K block.
 inline void unpack_scale_min_k4(int j, const uint8_t* s, uint8_t* sc, uint8_t* mn) {
@@ -136,6 +163,7 @@ MOE_DECLARE_QUANT_TYPE(q4_K)
 MOE_DECLARE_QUANT_TYPE(q5_K)
 MOE_DECLARE_QUANT_TYPE(q6_K)
 MOE_DECLARE_QUANT_TYPE(q8_K)
+MOE_DECLARE_QUANT_TYPE(mxfp4)
 #undef MOE_DECLARE_QUANT_TYPE
 
 // Q8_0 has two quantizers. quantize_q8_0 mirrors llama.cpp's x86 activation path (scale 127/amax,
@@ -153,5 +181,6 @@ float vec_dot_q3_K_ref(int64_t n, const void* x, const void* y);
 float vec_dot_q4_K_ref(int64_t n, const void* x, const void* y);
 float vec_dot_q5_K_ref(int64_t n, const void* x, const void* y);
 float vec_dot_q6_K_ref(int64_t n, const void* x, const void* y);
+float vec_dot_mxfp4_ref(int64_t n, const void* x, const void* y);  // y: Q8_0
 
 }  // namespace moe::quant

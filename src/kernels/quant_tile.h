@@ -17,6 +17,7 @@ inline constexpr int kTileTokens = 2;
 struct TileKernels {
   VecDotTileFn tile = nullptr;  // nullptr: the ISA has no tile kernel for the type
   VecDotFn dot = nullptr;       // the same arithmetic for one (row, token): bit-identical to tile
+  bool one_token = false;       // DTypeTraits::tile_one_token
 };
 
 // AVX-512 VNNI tile kernels (vec_dot_tile_avx512.cpp); only call when has_avx512_kernels().

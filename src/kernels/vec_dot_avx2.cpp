@@ -2,6 +2,7 @@
 // only entered after cpu_features() confirmed those extensions).
 #define MOE_SIMD_NS avx2
 #include "kernels/quant_x86_kernels.h"
+#include "kernels/mxfp4_kernels.h"
 #include "kernels/quant_dispatch.h"
 
 namespace moe::quant {
@@ -73,6 +74,7 @@ VecDotFn vec_dot_avx2_for(DType t) {
     case DType::Q4_K: return avx2::vec_dot_q4_K;
     case DType::Q5_K: return avx2::vec_dot_q5_K;
     case DType::Q6_K: return avx2::vec_dot_q6_K;
+    case DType::MXFP4: return vec_dot_mxfp4_avx2;
     default: return nullptr;
   }
 }

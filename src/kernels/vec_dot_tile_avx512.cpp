@@ -26,6 +26,7 @@
 #include <algorithm>
 
 #include "kernels/cpu_features.h"
+#include "kernels/mxfp4_kernels.h"
 #include "kernels/q4k_repack.h"
 
 namespace moe::quant {
@@ -324,6 +325,7 @@ TileKernels tile_kernels_avx512(DType t) {
       return cpu_features().has_avx512vbmi_kernels() ? tile_kernels_q4k_repacked_avx512vbmi() : TileKernels{};
     case DType::Q8_0: return {drive_legacy<kQ80, kQ80Gemm, 128>, single<kQ80>};
     case DType::Q4_0: return {drive_legacy<kQ40, kQ40Gemm, 8>, single<kQ40>};
+    case DType::MXFP4: return tile_kernels_mxfp4_avx512();
     default: return {nullptr, nullptr};
   }
 }

@@ -39,7 +39,9 @@ DType llama_fallback_type(DType t) {
   }
 }
 
-DType type_for(const SynthConfig& c, Placement p, Role role, int layer, size_t n_dims, int64_t cols) {
+DType type_for(const SynthConfig& c, Placement p, Role role, int layer, const std::vector<int64_t>& dims) {
+  const size_t n_dims = dims.size();
+  const int64_t cols = dims[0];
   DType t;
   switch (p) {
     case Placement::Embedding: t = c.embd_type; break;
@@ -53,6 +55,7 @@ DType type_for(const SynthConfig& c, Placement p, Role role, int layer, size_t n
   // Norms, biases, sinks and gate vectors stay fp32, as llama.cpp keeps them.
   if (n_dims < 2 || role_is_f32(role)) return DType::F32;
   if (c.type_override) t = c.type_override(role, layer, t);
+  if (c.stacked_type && n_dims == 3 && dims[2] > 1) t = *c.stacked_type;
   if (cols % dtype_traits(t).block_elems != 0) {
     if (!c.llama_fallback) return DType::F16;
     t = llama_fallback_type(t);
@@ -194,7 +197,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
       if (d.role == Role::Output && s.tied_output) continue;
       char name[256];
       std::snprintf(name, sizeof name, d.gguf_name, il);
-      const DType t = type_for(cfg, d.placement, d.role, d.per_layer ? il : -1, dims.size(), dims[0]);
+      const DType t = type_for(cfg, d.placement, d.role, d.per_layer ? il : -1, dims);
       int64_t rows = 1;
       for (size_t i = 1; i < dims.size(); ++i) rows *= dims[i];
       total += row_bytes(t, dims[0]) * static_cast<uint64_t>(rows);
@@ -205,7 +208,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
   if (s.n_layer_nextn > 0 && arch->unused_tensors) {
     for (const UnusedTensorDesc& u : arch->unused_tensors(shaped)) {
       const Role role = u.role == Role::Count ? (u.dims.size() < 2 ? Role::AttnNorm : Role::AttnQ) : u.role;
-      const DType t = type_for(cfg, u.placement, role, s.n_layer, u.dims.size(), u.dims[0]);
+      const DType t = type_for(cfg, u.placement, role, s.n_layer, u.dims);
       int64_t rows = 1;
       for (size_t i = 1; i < u.dims.size(); ++i) rows *= u.dims[i];
       total += row_bytes(t, u.dims[0]) * static_cast<uint64_t>(rows);

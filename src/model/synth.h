@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "model/arch.h"
@@ -41,6 +42,9 @@ struct SynthConfig {
   // benchmarks the bytes only need to be valid and not all equal; the reference K-quant
   // quantizers run at a few MB/s, so this is what makes a 17 GB model take minutes instead of hours.
   int64_t unique_rows = 0;
+  // When set: the type of every 3-D matrix with more than one slice, after type_override (llama.cpp's
+  // MXFP4_MOE rule, which keys on the shape: routed experts, and MLA's per-head attn_k_b / attn_v_b).
+  std::optional<DType> stacked_type;
 };
 
 // Fills a ModelSpec with a uniform MoE shape (every layer MoE unless n_dense_lead > 0).

@@ -30,7 +30,7 @@ struct Row {
 };
 
 // vec_dot_type follows llama.cpp's CPU backend: legacy symmetric types pair with Q8_0, legacy types
-// with an offset pair with Q8_1 (which carries the block sum), K-quants pair with Q8_K.
+// with an offset pair with Q8_1 (which carries the block sum), K-quants pair with Q8_K, MXFP4 with Q8_0.
 constexpr Row kRows[] = {
     {DType::F32, "f32", 1, 4, false, DType::F32, dequantize_f32, quantize_f32, vec_dot_f32_ref},
     {DType::F16, "f16", 1, 2, false, DType::F16, dequantize_f16, quantize_f16, vec_dot_f16_ref},
@@ -47,6 +47,8 @@ constexpr Row kRows[] = {
     {DType::Q5_K, "q5_K", 256, sizeof(BlockQ5_K), true, DType::Q8_K, dequantize_q5_K, quantize_q5_K, vec_dot_q5_K_ref},
     {DType::Q6_K, "q6_K", 256, sizeof(BlockQ6_K), true, DType::Q8_K, dequantize_q6_K, quantize_q6_K, vec_dot_q6_K_ref},
     {DType::Q8_K, "q8_K", 256, sizeof(BlockQ8_K), true, DType::Q8_K, dequantize_q8_K, quantize_q8_K, nullptr},
+    {DType::MXFP4, "mxfp4", 32, sizeof(BlockMXFP4), true, DType::Q8_0, dequantize_mxfp4, quantize_mxfp4,
+     vec_dot_mxfp4_ref},
     {DType::Q4_K_R, "q4_K_r", 256, sizeof(BlockQ4_K), true, DType::Q8_K, dequantize_q4_K_r, quantize_q4_K_r,
      vec_dot_q4_K_r_ref},
 };
@@ -61,7 +63,7 @@ QuantizeFn activation_quantizer(const Row& r, Isa isa) {
   return r.quantize;
 }
 
-constexpr uint32_t kMaxFileRaw = 31;                                    // BF16 = 30 is the largest file type we know
+constexpr uint32_t kMaxFileRaw = 40;                                    // MXFP4 = 39 is the largest file type we know
 constexpr uint32_t kMaxRaw = static_cast<uint32_t>(DType::Q4_K_R) + 1;  // in-memory layouts after them
 
 struct Table {
@@ -72,9 +74,10 @@ struct Table {
     for (const Row& r : kRows) {
       const auto i = static_cast<uint32_t>(r.type);
       VecDotFn fast = r.vec_dot_ref ? vec_dot_for_isa(r.type, isa) : nullptr;
-      VecDotTileFn tile = isa == Isa::Avx512 && r.vec_dot_ref ? tile_kernels_avx512(r.type).tile : nullptr;
+      const TileKernels tk = isa == Isa::Avx512 && r.vec_dot_ref ? tile_kernels_avx512(r.type) : TileKernels{};
       traits[i] = DTypeTraits{r.type, r.name, r.block_elems, r.block_bytes, r.is_quantized, r.vec_dot_type,
-                              r.dequantize, activation_quantizer(r, isa), fast, r.vec_dot_ref, tile};
+                              r.dequantize, activation_quantizer(r, isa), fast, r.vec_dot_ref, tk.tile,
+                              tk.tile != nullptr && tk.one_token};
       present[i] = true;
     }
   }

@@ -25,6 +25,7 @@ enum class DType : uint32_t {
   Q6_K = 14,
   Q8_K = 15,
   BF16 = 30,
+  MXFP4 = 39,  // 32 e2m1 codes + one e8m0 exponent (gpt-oss experts)
   // In-memory layouts, never stored in a file (numbers above any GGUF type).
   Q4_K_R = 256 + 12,  // Q4_K repacked for the AVX-512 VBMI kernels (kernels/q4k_repack.h)
 };
@@ -53,6 +54,9 @@ struct DTypeTraits {
   VecDotFn vec_dot;        // fastest kernel for this CPU (chosen once at startup); nullptr for activation-only types
   VecDotFn vec_dot_ref;    // plain scalar reference
   VecDotTileFn vec_dot_tile = nullptr;  // multi-row / multi-token kernel matching vec_dot; nullptr: none
+  // vec_dot_tile is also the faster path for one token over many rows (it prepares the activation row
+  // once for all of them); otherwise one-token products call vec_dot per row.
+  bool tile_one_token = false;
 };
 
 // Returns nullptr for unknown / unsupported type numbers.

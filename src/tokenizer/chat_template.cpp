@@ -37,12 +37,25 @@ const std::pair<const char*, ChatTemplate> kNames[] = {
     {"llama3", ChatTemplate::Llama3},
     {"granite", ChatTemplate::Granite},
     {"granite-4.0", ChatTemplate::Granite4},
+    {"chatglm4", ChatTemplate::ChatGlm4},
+    {"gpt-oss", ChatTemplate::OpenAiMoe},
+    {"kimi-k2", ChatTemplate::KimiK2},
+    {"bailing", ChatTemplate::Bailing},
+    {"bailing-think", ChatTemplate::BailingThink},
+    {"bailing2", ChatTemplate::Bailing2},
+    {"seed_oss", ChatTemplate::SeedOss},
+    {"solar-open", ChatTemplate::SolarOpen},
+    {"rwkv-world", ChatTemplate::RwkvWorld},
 };
 
 // DeepSeek's full-width bar markers.
 #define DS_USER "<\xEF\xBD\x9CUser\xEF\xBD\x9C>"
 #define DS_ASSISTANT "<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>"
 #define DS_EOS "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"
+// Hunyuan's markers (only to tell its templates apart).
+#define HY_ASSISTANT "<\xEF\xBD\x9Chy_Assistant\xEF\xBD\x9C>"
+#define HY_BOS "<\xEF\xBD\x9Chy_begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"
+#define HY_PLACEHOLDER3 "<\xEF\xBD\x9Chy_place\xE2\x96\x81holder\xE2\x96\x81no\xE2\x96\x81" "3\xEF\xBD\x9C>"
 
 }  // namespace
 
@@ -76,7 +89,7 @@ ChatTemplate detect_chat_template(std::string_view tmpl) {
     return ChatTemplate::Llama2;
   }
   if (has("<|assistant|>") && has("<|end|>")) return ChatTemplate::Phi3;
-  if (has("[gMASK]<sop>")) return ChatTemplate::None;  // chatglm4
+  if (has("[gMASK]<sop>")) return ChatTemplate::ChatGlm4;  // GLM-4, GLM-4.5 ... 4.7
   if (has("<|assistant|>") && has("<|user|>")) {
     if (has("<|tool_declare|>")) return ChatTemplate::None;  // exaone-moe
     return has("</s>") ? ChatTemplate::Falcon3 : ChatTemplate::GlmEdge;
@@ -96,11 +109,29 @@ ChatTemplate detect_chat_template(std::string_view tmpl) {
   if (has("'Assistant: ' + message['content'] + eos_token")) return ChatTemplate::DeepSeek2;
   if (has(DS_ASSISTANT) && has(DS_USER) && has(DS_EOS)) return ChatTemplate::DeepSeek3;
   if (has("[|system|]") && has("[|assistant|]") && has("[|endofturn|]")) return ChatTemplate::None;  // exaone
-  if (has("rwkv-world") || has("{{- 'User: ' + message['content']|trim + '\\n\\n' -}}")) return ChatTemplate::None;
+  if (has("rwkv-world") || has("{{- 'User: ' + message['content']|trim + '\\n\\n' -}}")) return ChatTemplate::RwkvWorld;
   if (has("<|start_of_role|>")) {
     if (has("<tool_call>") || has("<tools>")) return ChatTemplate::Granite4;
     return ChatTemplate::Granite;
   }
+  if (has("message['role'] + additional_special_tokens[0] + message['content'] + additional_special_tokens[1]"))
+    return ChatTemplate::None;                                                     // gigachat
+  if (has("<|role_start|>")) return ChatTemplate::None;                            // megrez
+  if (has(" \xD0\x90\xD1\x81\xD1\x81\xD0\xB8\xD1\x81\xD1\x82\xD0\xB5\xD0\xBD\xD1\x82:"))  // yandex " Ассистент:"
+    return ChatTemplate::None;
+  if (has("<role>ASSISTANT</role>") && has("'HUMAN'")) return ChatTemplate::Bailing;
+  if (has("<role>ASSISTANT</role>") && has("\"HUMAN\"") && has("<think>")) return ChatTemplate::BailingThink;
+  if (has("<role>ASSISTANT</role>") && has("<role>HUMAN</role>") && has("<|role_end|>")) return ChatTemplate::Bailing2;
+  if (has("<|header_start|>") && has("<|header_end|>")) return ChatTemplate::None;  // llama4
+  if (has("<|endofuserprompt|>")) return ChatTemplate::None;                       // dots1
+  if (has("<|extra_0|>") && has("<|extra_4|>")) return ChatTemplate::None;          // hunyuan-moe
+  if (has("<|start|>") && has("<|channel|>")) return ChatTemplate::OpenAiMoe;      // gpt-oss (harmony)
+  if (has(HY_ASSISTANT) && (has(HY_BOS) || has(HY_PLACEHOLDER3))) return ChatTemplate::None;  // hunyuan-vl / -dense
+  if (has("<|im_assistant|>assistant<|im_middle|>")) return ChatTemplate::KimiK2;
+  if (has("<seed:bos>")) return ChatTemplate::SeedOss;
+  if (has("'Assistant: '  + message['content'] + '<|separator|>")) return ChatTemplate::None;  // grok-2
+  if (has("[unused9]\xE7\xB3\xBB\xE7\xBB\x9F\xEF\xBC\x9A[unused10]")) return ChatTemplate::None;      // pangu "系统："
+  if (has("<|begin|>") && has("<|end|>") && has("<|content|>")) return ChatTemplate::SolarOpen;
   return ChatTemplate::None;
 }
 
@@ -276,6 +307,76 @@ std::string apply_chat_template(ChatTemplate t, const std::vector<ChatMessage>& 
         s += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + trim(m.content) + "<|eot_id|>";
       }
       if (add_gen) s += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+      break;
+
+    case ChatTemplate::ChatGlm4:
+      s += "[gMASK]<sop>";
+      for (const auto& m : msgs) s += "<|" + m.role + "|>\n" + m.content;
+      if (add_gen) s += "<|assistant|>\n";
+      break;
+
+    case ChatTemplate::OpenAiMoe:
+      // Harmony as llama.cpp's built-in renders it: a finished assistant turn ends in <|return|>, and the
+      // generation prompt leaves the channel for the model to choose.
+      for (const auto& m : msgs)
+        s += "<|start|>" + m.role + "<|message|>" + m.content + (m.role == "assistant" ? "<|return|>" : "<|end|>");
+      if (add_gen) s += "<|start|>assistant";
+      break;
+
+    case ChatTemplate::KimiK2:
+      for (const auto& m : msgs) {
+        if (m.role == "system") {
+          s += "<|im_system|>system<|im_middle|>";
+        } else if (m.role == "user") {
+          s += "<|im_user|>user<|im_middle|>";
+        } else if (m.role == "assistant") {
+          s += "<|im_assistant|>assistant<|im_middle|>";
+        } else if (m.role == "tool") {
+          s += "<|im_system|>tool<|im_middle|>";
+        }
+        s += m.content + "<|im_end|>";
+      }
+      if (add_gen) s += "<|im_assistant|>assistant<|im_middle|>";
+      break;
+
+    case ChatTemplate::Bailing:
+    case ChatTemplate::BailingThink:
+    case ChatTemplate::Bailing2: {
+      const bool v2 = t == ChatTemplate::Bailing2;
+      if (v2 && (msgs.empty() || msgs[0].role != "system")) s += "<role>SYSTEM</role>detailed thinking off<|role_end|>";
+      for (const auto& m : msgs) {
+        std::string role = m.role == "user" ? "HUMAN" : m.role;
+        for (char& c : role) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        s += "<role>" + role + "</role>" + m.content + (v2 ? "<|role_end|>" : "");
+      }
+      if (add_gen) s += t == ChatTemplate::BailingThink ? "<role>ASSISTANT</role><think>" : "<role>ASSISTANT</role>";
+      break;
+    }
+
+    case ChatTemplate::SeedOss:
+      for (const auto& m : msgs)
+        s += "<seed:bos>" + m.role + "\n" + (m.role == "assistant" ? trim(m.content) : m.content) + "<seed:eos>";
+      if (add_gen) s += "<seed:bos>assistant\n";
+      break;
+
+    case ChatTemplate::SolarOpen:
+      for (const auto& m : msgs) s += "<|begin|>" + m.role + "<|content|>" + m.content + "<|end|>";
+      if (add_gen) s += "<|begin|>assistant";
+      break;
+
+    case ChatTemplate::RwkvWorld:
+      // llama.cpp writes the generation prompt after a final user message whatever add_generation_prompt says.
+      for (size_t i = 0; i < msgs.size(); ++i) {
+        const auto& m = msgs[i];
+        if (m.role == "system") {
+          s += "System: " + trim(m.content) + "\n\n";
+        } else if (m.role == "user") {
+          s += "User: " + trim(m.content) + "\n\n";
+          if (i + 1 == msgs.size()) s += "Assistant:";
+        } else if (m.role == "assistant") {
+          s += "Assistant: " + trim(m.content) + "\n\n";
+        }
+      }
       break;
 
     case ChatTemplate::Granite:

@@ -34,6 +34,15 @@ enum class ChatTemplate {
   Llama3,
   Granite,    // granite 3.x
   Granite4,   // granite 4.0 / 4.1
+  ChatGlm4,   // GLM-4 / GLM-4.5 / 4.6 / 4.7: "[gMASK]<sop><|role|>\n..."
+  OpenAiMoe,  // gpt-oss (harmony): "<|start|>role<|message|>...<|end|>"
+  KimiK2,     // "<|im_user|>user<|im_middle|>...<|im_end|>"
+  Bailing,       // Ling / Ring: "<role>HUMAN</role>..."
+  BailingThink,  // the same, the generation prompt opening <think>
+  Bailing2,      // Ling 2.0 / 3.0: "<role>HUMAN</role>...<|role_end|>"
+  SeedOss,       // "<seed:bos>role\n...<seed:eos>"
+  SolarOpen,     // "<|begin|>role<|content|>...<|end|>"
+  RwkvWorld,     // "User: ...\n\nAssistant:"
 };
 
 struct ChatMessage {

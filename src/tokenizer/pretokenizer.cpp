@@ -37,6 +37,18 @@ const char* const kGpt4o =
     "[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))*((?=[\\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
     "|[^\\r\\n\\p{L}\\p{N}]?((?=[\\p{L}])([^a-z]))+((?=[\\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
     "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+// Kimi-K2 (tokenization_kimi.py's regex, as llama.cpp's hand-written splitter applies it): runs of Han
+// characters; otherwise letter runs (any case; Han excluded) with one optional leading non-letter,
+// non-digit and a contraction; digits in threes; punctuation; whitespace. "Han" is llama.cpp's list of
+// CJK ideograph blocks (unified, extensions A-F, compatibility), not the Unicode script.
+#define MOE_KIMI_HAN                                                                                       \
+  "[\\x{4e00}-\\x{9fff}\\x{3400}-\\x{4dbf}\\x{20000}-\\x{2a6df}\\x{2a700}-\\x{2b73f}\\x{2b740}-\\x{2b81f}" \
+  "\\x{2b820}-\\x{2ceaf}\\x{2ceb0}-\\x{2ebef}\\x{f900}-\\x{faff}\\x{2f800}-\\x{2fa1f}]"
+const char* const kKimiK2 =
+    MOE_KIMI_HAN "+|[^\\r\\n\\p{L}\\p{N}]?(?:(?!" MOE_KIMI_HAN ")\\p{L})+"
+    "(?:'[sS]|'[tT]|'[mM]|'[dD]|'[rR][eE]|'[vV][eE]|'[lL][lL])?"
+    "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+#undef MOE_KIMI_HAN
 // CJK ranges used by the DeepSeek splitters: 一-龥, ࠀ-一, 가-퟿.
 const char* const kDeepseekCjk = "[\xe4\xb8\x80-\xe9\xbe\xa5\xe0\xa0\x80-\xe4\xb8\x80\xea\xb0\x80-\xed\x9f\xbf]+";
 
@@ -119,6 +131,8 @@ bool pre_tokenizer_config(const std::string& pre, PreTokenizerConfig& out) {
     out.force_add_bos = 1;
   } else if (in(pre, {"gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"})) {
     out.patterns = {kGpt4o};
+  } else if (pre == "kimi-k2") {
+    out.patterns = {kKimiK2};
   } else {
     return false;
   }

@@ -145,7 +145,13 @@ int run_info(const InfoArgs& a) {
       std::printf("shared experts:  %d, ff %lld, gate %s\n", m.n_shared, (long long)m.n_ff_shexp,
                   m.shared_gate == SharedGate::Sigmoid ? "sigmoid" : "none");
   }
-  std::printf("tensors:         %zu\n", model->file().tensors().size());
+  std::printf("tensors:         %zu (", model->file().tensors().size());
+  const char* sep = "";
+  for (const auto& [name, count] : type_counts) {
+    std::printf("%s%s x %d", sep, name.c_str(), count);
+    sep = ", ";
+  }
+  std::printf(")\n");
   std::printf("bytes by role:\n");
   for (auto& [k, v] : bytes.items()) std::printf("  %-13s  %s\n", k.c_str(), human_bytes(v.get<uint64_t>()).c_str());
   std::printf("  %-13s  %s\n", "total", human_bytes(r.total).c_str());

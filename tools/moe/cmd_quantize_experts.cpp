@@ -71,7 +71,7 @@ void register_quantize_experts(CLI::App& app, CommandSet& cmds) {
   CLI::App* sub = app.add_subcommand(
       "quantize-experts", "Write low-bit copies of a model's routed experts (a side file for --lowbit)");
   sub->add_option("-m,--model", a->model, "GGUF model file")->required();
-  sub->add_option("--type", a->type, "Type of the copies: q2_K, q3_K, q4_K, q5_K, q6_K, q4_0, q4_1, q5_0, q5_1, q8_0")
+  sub->add_option("--type", a->type, "Type of the copies: q2_K, q3_K, q4_K, q5_K, q6_K, q4_0, q4_1, q5_0, q5_1, q8_0, mxfp4")
       ->required();
   sub->add_option("-o,--output", a->out, "Side file to write (GGUF holding only the expert tensors)")->required();
   sub->add_option("-t,--threads", a->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));

@@ -12,6 +12,10 @@
 //   * With exactly 8 experts (Mixtral) and any K-quant mix: attn_v and attn_k become Q8_0, attn_output Q5_K.
 //   * A row length that is not a multiple of 256 falls back: Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0.
 //   * Norms, biases and the router (ffn_gate_inp) stay F32.
+//   * MXFP4_MOE: every 3-D matrix with more than one slice (the routed experts; MLA's attn_k_b/v_b) is
+//     MXFP4, every other matrix Q8_0, output and token_embd included (llama.cpp keeps the router in its
+//     source type, F32 here). Plain MXFP4 makes every matrix MXFP4 except the output (Q8_0).
+//   * A row length that is not a multiple of 32 makes an MXFP4 or Q8_0 matrix F16.
 #include <unistd.h>
 
 #include <chrono>
@@ -29,7 +33,7 @@ namespace moe::cli {
 namespace {
 
 struct SynthArgs {
-  std::string out, shape, type = "Q4_K_M", arch, name;
+  std::string out, shape, type, arch, name;  // type: empty = the shape's own (Q4_K_M for most)
   int layers = 0, experts = -1, top_k = 0, heads = 0, kv_heads = 0, dense_lead = -1, shared = 0;
   int64_t embd = 0, ff = 0, head_dim = 0, vocab = 0, ff_dense = 0;
   uint64_t seed = 1;
@@ -44,6 +48,7 @@ struct SynthArgs {
 struct NamedShape {
   std::string arch;
   ModelSpec spec;
+  std::string default_type = "Q4_K_M";  // --type when none is given: the type the real file ships in
 };
 
 constexpr const char* kShapeNames =
@@ -111,6 +116,9 @@ NamedShape named_shape(const std::string& name) {
     // gpt-oss-20b: 24 layers of 64 q / 8 kv heads of 64, sinks, a 128-token window on even layers, 32 experts
     // top-4 of ff 2880 with biases, clamped SwiGLU, YaRN x32 from 4096.
     s.arch = "gpt-oss";
+    // The real file (ggml-org's gpt-oss-20b-mxfp4.gguf, 12.1 GB) ships the experts in MXFP4 and every other
+    // matrix in Q8_0: llama.cpp's MXFP4_MOE mix.
+    s.default_type = "MXFP4_MOE";
     s.spec = make_moe_shape(24, 2880, 64, 8, 64, 32, 4, 2880, 201088);
     s.spec.rope_base = 150000.0f;
     s.spec.rms_eps = 1e-5f;
@@ -149,6 +157,7 @@ struct TypePlan {
   DType output;
   int file_type;
   std::function<DType(Role, int, DType)> override;  // null for uniform types
+  std::optional<DType> stacked;                      // SynthConfig::stacked_type
 };
 
 TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
@@ -156,6 +165,12 @@ TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
   std::string upper;
   for (char c : type_name) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   TypePlan p;
+  if (upper == "MXFP4_MOE") {
+    p.base = p.output = DType::Q8_0;
+    p.stacked = DType::MXFP4;
+    p.file_type = 38;  // LLAMA_FTYPE_MOSTLY_MXFP4_MOE
+    return p;
+  }
   if (auto it = mixes.find(upper); it != mixes.end()) {
     const bool q4 = upper[1] == '4';
     const bool medium = upper.back() == 'M';
@@ -181,17 +196,17 @@ TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
   static const std::map<DType, int> uniform_ftype = {
       {DType::F32, 0},  {DType::F16, 1},  {DType::Q4_0, 2}, {DType::Q4_1, 3}, {DType::Q8_0, 7},
       {DType::Q5_0, 8}, {DType::Q5_1, 9}, {DType::Q2_K, 10}, {DType::Q3_K, 11}, {DType::Q4_K, 14},
-      {DType::Q5_K, 16}, {DType::Q6_K, 18}, {DType::BF16, 32}};
+      {DType::Q5_K, 16}, {DType::Q6_K, 18}, {DType::BF16, 32}, {DType::MXFP4, 38}};
   std::optional<DType> t = dtype_from_name(type_name);
   if (!t || !uniform_ftype.count(*t)) {
-    fail("--type: unknown or unsupported type '{}' (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, "
-         "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16, BF16, F32)",
+    fail("--type: unknown or unsupported type '{}' (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, MXFP4_MOE, Q8_0, Q4_0, Q4_1, "
+         "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4, F16, BF16, F32)",
          type_name);
   }
   p.base = *t;
   p.file_type = uniform_ftype.at(*t);
   const bool float_type = *t == DType::F32 || *t == DType::F16 || *t == DType::BF16;
-  p.output = (float_type || *t == DType::Q8_0) ? *t : DType::Q6_K;
+  p.output = (float_type || *t == DType::Q8_0) ? *t : *t == DType::MXFP4 ? DType::Q8_0 : DType::Q6_K;
   return p;
 }
 
@@ -282,7 +297,8 @@ int run_synth(const SynthArgs& a) {
   if (!a.name.empty()) ns.spec.name = a.name;
   int n_expert = 0;
   for (const auto& L : ns.spec.layers) n_expert = std::max(n_expert, L.is_moe ? L.moe.n_expert : 0);
-  const TypePlan tp = plan_types(a.type, ns.spec.n_layer, n_expert);
+  const std::string type_name = !a.type.empty() ? a.type : ns.default_type;
+  const TypePlan tp = plan_types(type_name, ns.spec.n_layer, n_expert);
 
   SynthConfig cfg;
   cfg.arch = ns.arch;
@@ -292,6 +308,7 @@ int run_synth(const SynthArgs& a) {
   cfg.router_type = DType::F32;
   cfg.seed = a.seed;
   cfg.type_override = tp.override;
+  cfg.stacked_type = tp.stacked;
   cfg.llama_fallback = true;
   cfg.file_type = tp.file_type;
   cfg.row_streams = true;
@@ -315,7 +332,7 @@ int run_synth(const SynthArgs& a) {
     std::fflush(stderr);
   };
   std::fprintf(stderr, "moe synth: %s (%s, %d layers, %d experts) type %s, %d threads -> %s\n",
-               ns.spec.name.c_str(), ns.arch.c_str(), ns.spec.n_layer, n_expert, a.type.c_str(), cfg.threads,
+               ns.spec.name.c_str(), ns.arch.c_str(), ns.spec.n_layer, n_expert, type_name.c_str(), cfg.threads,
                a.out.c_str());
   write_synth_model(a.out, cfg, progress);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -330,7 +347,7 @@ void register_synth(CLI::App& app, CommandSet& cmds) {
   CLI::App* sub = app.add_subcommand("synth", "Write a random-weight model with a real shape (for benchmarks)");
   sub->add_option("-o,--output", a->out, "Output GGUF file")->required();
   sub->add_option("--shape", a->shape, kShapeNames);
-  sub->add_option("--type", a->type, "Q4_K_M (default), Q4_K_S, Q5_K_M, Q5_K_S, Q8_0, Q4_0, F16, ...");
+  sub->add_option("--type", a->type, "Q4_K_M (default; MXFP4_MOE for gpt-oss-20b), Q4_K_S, Q5_K_M, Q5_K_S, MXFP4_MOE, Q8_0, Q4_0, MXFP4, F16, ...");
   sub->add_option("--arch", a->arch, "Architecture (custom shapes; default qwen3moe)");
   sub->add_option("--name", a->name, "general.name");
   sub->add_option("--layers", a->layers, "Layers (with --shape: keep that many of the shape's layers)")
