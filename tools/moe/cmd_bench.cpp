@@ -281,9 +281,8 @@ int run_bench(const BenchArgs& a) {
   const Stat pp = stat_of(pp_rate), tg = stat_of(tg_rate), ttft = stat_of(ttft_ms);
   // Decoding at depth also reads the KV cache (what each layer's cache holds for the mean context of the
   // tg steps: fp16 K and V, a window, or MLA latents), which counts toward the bytes a token needs.
-  const double kv_read =
-      a.n_gen > 0 ? KvCache::bytes_read_per_token(spec, static_cast<double>(a.depth) + 0.5 * static_cast<double>(a.n_gen))
-                  : 0.0;
+  const double mean_depth = static_cast<double>(a.depth) + 0.5 * static_cast<double>(a.n_gen);
+  const double kv_read = a.n_gen > 0 ? KvCache::bytes_read_per_token(spec, mean_depth) : 0.0;
   const double active = static_cast<double>(br.active_bytes_per_token) + kv_read;
   const double decode_gbps = active * tg.median / 1e9;
   // Each decode run against the probe of its own moment, or all of them against the one probe.
