@@ -49,6 +49,34 @@ float vec_dot_half(int64_t n, const void* xv, const void* yv) {
   return s;
 }
 float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+
+// F16 in llama.cpp's summation order on AVX-512 (see vec_dot_f16_512), each 16-lane accumulator held as
+// two 8-lane halves: the same products added in the same order, so AVX2 gives the AVX-512 kernel's bits.
+float vec_dot_f16_llama(int64_t n, const void* xv, const void* yv) {
+  const uint16_t* x = static_cast<const uint16_t*>(xv);
+  const uint16_t* y = static_cast<const uint16_t*>(yv);
+  if (n % 16 == 0) {
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+      lo = _mm256_fmadd_ps(load_f16x8(x + i), load_f16x8(y + i), lo);
+      hi = _mm256_fmadd_ps(load_f16x8(x + i + 8), load_f16x8(y + i + 8), hi);
+    }
+    return hsum_ps(_mm256_add_ps(hi, lo));  // lanes i + i + 8, then + 4, + 2, + 1
+  }
+  __m256 a[4][2] = {};
+  const int64_t np = n & ~int64_t{63};
+  for (int64_t i = 0; i < np; i += 64)
+    for (int j = 0; j < 4; ++j)
+      for (int h = 0; h < 2; ++h) {
+        const int64_t o = i + 16 * j + 8 * h;
+        a[j][h] = _mm256_fmadd_ps(load_f16x8(x + o), load_f16x8(y + o), a[j][h]);
+      }
+  const __m256 f_lo = _mm256_add_ps(_mm256_add_ps(a[0][0], a[2][0]), _mm256_add_ps(a[1][0], a[3][0]));
+  const __m256 f_hi = _mm256_add_ps(_mm256_add_ps(a[0][1], a[2][1]), _mm256_add_ps(a[1][1], a[3][1]));
+  double sum = hsum_ps(_mm256_add_ps(f_hi, f_lo));
+  for (int64_t i = np; i < n; ++i) sum += static_cast<double>(f16_scalar(x[i]) * f16_scalar(y[i]));
+  return static_cast<float>(sum);
+}
 float bf16_scalar(uint16_t h) {
   const uint32_t u = static_cast<uint32_t>(h) << 16;
   float f;
@@ -62,7 +90,7 @@ float bf16_scalar(uint16_t h) {
 VecDotFn vec_dot_avx2_for(DType t) {
   switch (t) {
     case DType::F32: return avx2::vec_dot_f32;
-    case DType::F16: return avx2::vec_dot_half<avx2::load_f16x8, avx2::f16_scalar>;
+    case DType::F16: return avx2::vec_dot_f16_llama;
     case DType::BF16: return avx2::vec_dot_half<avx2::load_bf16x8, avx2::bf16_scalar>;
     case DType::Q4_0: return avx2::vec_dot_q4_0;
     case DType::Q4_1: return avx2::vec_dot_q4_1;

@@ -192,7 +192,8 @@ void ForwardPass::attend(int il, int64_t r0, int64_t r1, int64_t n_tokens, int64
   const int n_kv = sh.n_head_kv;
   const int64_t dk = sh.k_dim, dv = sh.v_dim;
   const int64_t qd = s.n_head * dk, kvd = n_kv * dk, vrow = n_kv * dv, od = s.n_head * dv;
-  for (int64_t t = r0; t < r1; ++t) kv.store(il, pos0 + t, k_.data() + t * kvd, sh.v_in_k ? nullptr : v_.data() + t * vrow);
+  for (int64_t t = r0; t < r1; ++t)
+    kv.store(il, pos0 + t, k_.data() + t * kvd, sh.v_in_k ? nullptr : v_.data() + t * vrow);
 
   const int group = s.n_head / n_kv;
   const float scale = s.kq_scale();
@@ -291,7 +292,8 @@ void ForwardPass::attend_rows(int il, const AttendRow* rows, size_t n_rows, Thre
   runs = std::max(runs, (group + kMaxRun - 1) / kMaxRun);
   const int run_len = (group + runs - 1) / runs;
   for (auto& sc : attn_scratch_) {
-    if (sc.scores.size() < static_cast<size_t>(run_len * max_keys)) sc.scores.resize(static_cast<size_t>(run_len * max_keys));
+    if (sc.scores.size() < static_cast<size_t>(run_len * max_keys))
+      sc.scores.resize(static_cast<size_t>(run_len * max_keys));
     sc.acc.resize(static_cast<size_t>(run_len * dv));
   }
   const int64_t ks = kv0.k_stride(il), vs = kv0.v_stride(il);

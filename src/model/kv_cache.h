@@ -51,7 +51,9 @@ class KvCache {
   int64_t n_ctx() const { return n_ctx_; }
   const KvLayerShape& shape(int layer) const { return layers_[static_cast<size_t>(layer)]; }
   // Slot 0 of kv head `head` in `layer`; slot s is s * k_stride (v_stride) halves further on.
-  uint16_t* k(int layer, int head) { return k_[static_cast<size_t>(layer)] + static_cast<int64_t>(head) * head_elems_k(layer); }
+  uint16_t* k(int layer, int head) {
+    return k_[static_cast<size_t>(layer)] + static_cast<int64_t>(head) * head_elems_k(layer);
+  }
   uint16_t* v(int layer, int head) {
     const KvLayerShape& sh = shape(layer);
     if (sh.v_in_k) return k(layer, head);

@@ -83,7 +83,8 @@ Vec expert_ffn(const MoeSpec& m, const LayerWeights& lw, const Vec& x, int e) {
   Vec g = matvec(lw[Role::ExpGate], x, e), u = matvec(lw[Role::ExpUp], x, e);
   auto bias = [&](Vec& y, Role r) {
     if (const WeightView& b = lw[r])
-      for (size_t i = 0; i < y.size(); ++i) y[i] += reinterpret_cast<const float*>(b.data)[e * b.cols + static_cast<int64_t>(i)];
+      for (size_t i = 0; i < y.size(); ++i)
+        y[i] += reinterpret_cast<const float*>(b.data)[e * b.cols + static_cast<int64_t>(i)];
   };
   bias(g, Role::ExpGateBias);
   bias(u, Role::ExpUpBias);
@@ -277,7 +278,8 @@ std::vector<Vec> attention_layer(const ModelSpec& s, const LayerWeights& lw, int
       double mx = sinks ? sinks[hh] : -INFINITY;
       for (int64_t j = j0; j <= t; ++j) {
         double dotp = 0.0;
-        for (int64_t i = 0; i < hv.dk; ++i) dotp += static_cast<double>(hv.q[t][hh * hv.dk + i]) * hv.k[j][hk * hv.dk + i];
+        for (int64_t i = 0; i < hv.dk; ++i)
+          dotp += static_cast<double>(hv.q[t][hh * hv.dk + i]) * hv.k[j][hk * hv.dk + i];
         p[j - j0] = dotp * s.kq_scale();
         mx = std::max(mx, p[j - j0]);
       }
@@ -320,7 +322,8 @@ std::vector<float> reference_forward(const Model& model, const std::vector<int32
       for (int64_t i = 0; i < d; ++i) h[t][i] += rs * q[t][i];
       const Vec fn = rmsnorm(h[t], f32p(lw[Role::FfnNorm]), 0, d, s.rms_eps);
       const LayerSpec& L = s.layers[il];
-      Vec y = L.is_moe ? moe_block(s, L.moe, lw, fn) : swiglu_ffn(lw[Role::FfnGate], lw[Role::FfnUp], lw[Role::FfnDown], fn);
+      Vec y = L.is_moe ? moe_block(s, L.moe, lw, fn)
+                       : swiglu_ffn(lw[Role::FfnGate], lw[Role::FfnUp], lw[Role::FfnDown], fn);
       for (int64_t i = 0; i < d; ++i) h[t][i] += rs * y[i];
     }
   }

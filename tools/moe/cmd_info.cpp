@@ -122,8 +122,9 @@ int run_info(const InfoArgs& a) {
   std::printf("embedding:       %lld, vocab %lld\n", (long long)s.n_embd, (long long)s.n_vocab);
   std::printf("attention:       %d heads, %d kv heads, head dim %lld, rope %s base %g%s\n", s.n_head, s.n_head_kv,
               (long long)s.head_dim, s.rope_style == RopeStyle::Neox ? "neox" : "normal", s.rope_base,
-              s.yarn.ext_factor != 0.0f ? fmt::format(", yarn x{:g} from {}", 1.0f / s.rope_freq_scale, s.yarn.n_ctx_orig).c_str()
-                                        : "");
+              s.yarn.ext_factor != 0.0f
+                  ? fmt::format(", yarn x{:g} from {}", 1.0f / s.rope_freq_scale, s.yarn.n_ctx_orig).c_str()
+                  : "");
   if (s.is_mla())
     std::printf("latent (MLA):    kv_lora %lld, q_lora %lld, qk nope %lld + rope %lld, v %lld per head\n",
                 (long long)s.mla.kv_lora_rank, (long long)s.mla.q_lora_rank, (long long)s.mla.qk_nope,

@@ -369,14 +369,18 @@ void register_synth(CLI::App& app, CommandSet& cmds) {
       ->check(CLI::Range(int64_t{0}, int64_t{65536}));
   sub->add_option("--qk-nope", a->qk_nope, "With an MLA --shape: per-head query/key part without rope")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  sub->add_option("--qk-rope", a->qk_rope, "With an MLA --shape: per-head rope part")->check(CLI::Range(int64_t{2}, int64_t{4096}));
-  sub->add_option("--v-head", a->v_head, "With an MLA --shape: per-head value width")->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  sub->add_option("--rot", a->rot, "Rotated dims per head (rope.dimension_count)")->check(CLI::Range(int64_t{2}, int64_t{4096}));
+  sub->add_option("--qk-rope", a->qk_rope, "With an MLA --shape: per-head rope part")
+      ->check(CLI::Range(int64_t{2}, int64_t{4096}));
+  sub->add_option("--v-head", a->v_head, "With an MLA --shape: per-head value width")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  sub->add_option("--rot", a->rot, "Rotated dims per head (rope.dimension_count)")
+      ->check(CLI::Range(int64_t{2}, int64_t{4096}));
   sub->add_option("--window", a->window, "Sliding window of the shape's window layers")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   sub->add_option("--groups", a->groups, "Expert groups for group-limited routing")->check(CLI::Range(1, 4096));
   sub->add_option("--groups-used", a->groups_used, "Groups kept per token")->check(CLI::Range(1, 4096));
-  sub->add_option("--nextn", a->nextn, "Trailing next-token-prediction layers written (not run)")->check(CLI::Range(0, 8));
+  sub->add_option("--nextn", a->nextn, "Trailing next-token-prediction layers written (not run)")
+      ->check(CLI::Range(0, 8));
   sub->add_option("--seed", a->seed, "Random seed");
   sub->add_option("--unique-rows", a->unique_rows,
                   "Quantize only N distinct rows per tensor, copy the rest (fast; 0 = all distinct)")

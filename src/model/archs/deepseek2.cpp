@@ -81,7 +81,8 @@ const ArchDescriptor& arch_deepseek2() {
         if (!f.has(p + "attention.kv_lora_rank") || !f.has(p + "attention.key_length_mla"))
           fail("{}: key '{}': missing; files with the old unsplit attn_kv_b layout are not supported (convert the "
                "model again with a current convert_hf_to_gguf.py, which writes attn_k_b / attn_v_b)",
-               f.path(), p + (f.has(p + "attention.kv_lora_rank") ? "attention.key_length_mla" : "attention.kv_lora_rank"));
+               f.path(),
+               p + (f.has(p + "attention.kv_lora_rank") ? "attention.key_length_mla" : "attention.kv_lora_rank"));
         MlaSpec& m = s.mla;
         m.kv_lora_rank = static_cast<int64_t>(f.get_uint(p + "attention.kv_lora_rank"));
         m.q_lora_rank = static_cast<int64_t>(f.get_uint_or(p + "attention.q_lora_rank", 0));
@@ -115,7 +116,8 @@ const ArchDescriptor& arch_deepseek2() {
 
         const int64_t n_dense = static_cast<int64_t>(f.get_uint_or(p + "leading_dense_block_count", 0));
         const int n_shared = static_cast<int>(f.get_uint(p + "expert_shared_count"));
-        if (n_shared < 0 || n_shared > 64) fail("{}: key '{}': {} out of range", f.path(), p + "expert_shared_count", n_shared);
+        if (n_shared < 0 || n_shared > 64)
+          fail("{}: key '{}': {} out of range", f.path(), p + "expert_shared_count", n_shared);
         const float w_scale = static_cast<float>(f.get_float_or(p + "expert_weights_scale", 0.0));
         const bool w_norm = f.get_bool_or(p + "expert_weights_norm", false);
         uint64_t func = f.get_uint_or(p + "expert_gating_func", 0);
@@ -158,7 +160,8 @@ const ArchDescriptor& arch_deepseek2() {
         w.set(p + "attention.kv_lora_rank", Value::make_u32(static_cast<uint32_t>(s.mla.kv_lora_rank)));
         w.set(p + "attention.key_length_mla", Value::make_u32(static_cast<uint32_t>(s.mla.qk_nope + s.mla.qk_rope)));
         w.set(p + "attention.value_length_mla", Value::make_u32(static_cast<uint32_t>(s.mla.v_head)));
-        if (s.yarn.log_mul != 0.0f) w.set(p + "rope.scaling.yarn_log_multiplier", Value::make_f32(0.1f * s.yarn.log_mul));
+        if (s.yarn.log_mul != 0.0f)
+          w.set(p + "rope.scaling.yarn_log_multiplier", Value::make_f32(0.1f * s.yarn.log_mul));
       };
     // kq scale: llama.cpp folds the YaRN magnitude into the softmax scale as mscale^2 / sqrt(qk_nope +
     // qk_rope), mscale from the original attn_factor and the log multiplier ([TAG_DEEPSEEK2_YARN_LOG_MUL_FIX]).

@@ -53,7 +53,8 @@ const ArchDescriptor& arch_glm4moe() {
       s.qk_norm = f.find_tensor("blk.0.attn_q_norm.weight") ? QkNorm::PerHead : QkNorm::None;
       const int64_t n_dense = static_cast<int64_t>(f.get_uint_or(p + "leading_dense_block_count", 0));
       const int n_shared = static_cast<int>(f.get_uint(p + "expert_shared_count"));
-      if (n_shared < 0 || n_shared > 64) fail("{}: key '{}': {} out of range", f.path(), p + "expert_shared_count", n_shared);
+      if (n_shared < 0 || n_shared > 64)
+        fail("{}: key '{}': {} out of range", f.path(), p + "expert_shared_count", n_shared);
       const float w_scale = static_cast<float>(f.get_float_or(p + "expert_weights_scale", 0.0));
       const bool w_norm = f.get_bool_or(p + "expert_weights_norm", false);
       const Gating gating = gating_from_func(f, p + "expert_gating_func", f.get_uint_or(p + "expert_gating_func", 0));
