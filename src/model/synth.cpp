@@ -28,18 +28,7 @@ uint64_t hash_name(const std::string& s, uint64_t seed) {
   return h;
 }
 
-// llama.cpp's fallback when a row length is not a multiple of the target's block (llama-quant.cpp).
-DType llama_fallback_type(DType t) {
-  switch (t) {
-    case DType::Q2_K: case DType::Q3_K: return DType::Q4_0;
-    case DType::Q4_K: return DType::Q5_0;
-    case DType::Q5_K: return DType::Q5_1;
-    case DType::Q6_K: return DType::Q8_0;
-    default: return DType::F16;
-  }
-}
-
-DType type_for(const SynthConfig& c, Placement p, Role role, int layer, size_t n_dims, int64_t cols) {
+DType type_for(const SynthConfig& c, Placement p, size_t n_dims, int64_t cols) {
   DType t;
   switch (p) {
     case Placement::Embedding: t = c.embd_type; break;
@@ -51,12 +40,7 @@ DType type_for(const SynthConfig& c, Placement p, Role role, int layer, size_t n
     default: t = DType::F32;
   }
   if (n_dims < 2) return DType::F32;  // norms, biases and gate vectors stay fp32, as llama.cpp keeps them
-  if (c.type_override) t = c.type_override(role, layer, t);
-  if (cols % dtype_traits(t).block_elems != 0) {
-    if (!c.llama_fallback) return DType::F16;
-    t = llama_fallback_type(t);
-    if (cols % dtype_traits(t).block_elems != 0) return DType::F16;
-  }
+  if (cols % dtype_traits(t).block_elems != 0) return DType::F16;
   return t;
 }
 
@@ -95,6 +79,35 @@ ModelSpec make_moe_shape(int n_layer, int64_t n_embd, int n_head, int n_head_kv,
     L.moe.n_ff_shexp = n_ff_shexp;
   }
   return s;
+}
+
+std::vector<SynthTensor> synth_tensors(const SynthConfig& cfg) {
+  const ArchDescriptor* arch = find_arch(cfg.arch);
+  if (!arch) fail("synth: unknown architecture '{}'", cfg.arch);
+  const ModelSpec& s = cfg.spec;
+  // The spec the loader will see (arch hooks decide e.g. qk-norm shape) comes from the descriptor.
+  ModelSpec shaped = s;
+  shaped.arch = arch->name;
+  std::vector<SynthTensor> out;
+  for (const TensorRoleDesc& d : arch->roles) {
+    const int n_iter = d.per_layer ? s.n_layer : 1;
+    for (int il = 0; il < n_iter; ++il) {
+      std::vector<int64_t> dims = d.shape(shaped, il);
+      if (dims.empty()) continue;
+      // Optional roles are written only when the spec asks for them.
+      if (d.optional && d.role != Role::Output &&
+          !(d.role == Role::RouterBias && s.layers[il].moe.has_selection_bias))
+        continue;
+      if (d.role == Role::Output && s.tied_output) continue;
+      char name[256];
+      std::snprintf(name, sizeof name, d.gguf_name, il);
+      const std::string n = d.per_layer ? std::string(name) : std::string(d.gguf_name);
+      DType t = type_for(cfg, d.placement, dims.size(), dims[0]);
+      if (auto it = cfg.tensor_types.find(n); it != cfg.tensor_types.end()) t = it->second;
+      out.push_back({n, d.role, d.per_layer ? il : -1, dims, t});
+    }
+  }
+  return out;
 }
 
 void write_synth_model(const std::string& path, const SynthConfig& cfg,
@@ -146,37 +159,22 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
   w.set("general.file_type", gguf::Value::make_u32(cfg.file_type >= 0 ? static_cast<uint32_t>(cfg.file_type)
                                                                       : (cfg.expert_type == DType::F16 ? 1 : 0)));
 
-  // The spec the loader will see (arch hooks decide e.g. qk-norm shape) comes from the descriptor.
-  ModelSpec shaped = s;
-  shaped.arch = arch->name;
-
   uint64_t total = 0;
   struct Planned {
     std::string name;
     DType type;
     std::vector<int64_t> dims;
     Placement placement;
-    Role role;
   };
   std::vector<Planned> plan;
-  for (const TensorRoleDesc& d : arch->roles) {
-    const int n_iter = d.per_layer ? s.n_layer : 1;
-    for (int il = 0; il < n_iter; ++il) {
-      std::vector<int64_t> dims = d.shape(shaped, il);
-      if (dims.empty()) continue;
-      // Optional roles are written only when the spec asks for them.
-      if (d.optional && d.role != Role::Output &&
-          !(d.role == Role::RouterBias && s.layers[il].moe.has_selection_bias))
-        continue;
-      if (d.role == Role::Output && s.tied_output) continue;
-      char name[256];
-      std::snprintf(name, sizeof name, d.gguf_name, il);
-      const DType t = type_for(cfg, d.placement, d.role, d.per_layer ? il : -1, dims.size(), dims[0]);
-      int64_t rows = 1;
-      for (size_t i = 1; i < dims.size(); ++i) rows *= dims[i];
-      total += row_bytes(t, dims[0]) * static_cast<uint64_t>(rows);
-      plan.push_back({d.per_layer ? std::string(name) : std::string(d.gguf_name), t, dims, d.placement, d.role});
-    }
+  for (const SynthTensor& st : synth_tensors(cfg)) {
+    Placement placement = Placement::Norm;
+    for (const TensorRoleDesc& d : arch->roles)
+      if (d.role == st.role) placement = d.placement;
+    int64_t rows = 1;
+    for (size_t i = 1; i < st.dims.size(); ++i) rows *= st.dims[i];
+    total += row_bytes(st.type, st.dims[0]) * static_cast<uint64_t>(rows);
+    plan.push_back({st.name, st.type, st.dims, placement});
   }
   auto done = std::make_shared<uint64_t>(0);
   std::shared_ptr<ThreadPool> pool;

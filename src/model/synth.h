@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 
 #include "model/arch.h"
@@ -25,12 +26,9 @@ struct SynthConfig {
   bool with_vocab = true;  // write a byte-level placeholder vocabulary so text tools work
 
   // Additions for `moe synth` (additive: the defaults keep the old behaviour and the old bytes).
-  // Finer per-role type choice (e.g. llama.cpp's Q4_K_M mix: Q6_K for some attn_v / ffn_down).
-  // Called for every matrix (n_dims >= 2) with the placement type as `def`; layer is -1 for globals.
-  std::function<DType(Role, int layer, DType def)> type_override;
-  // When a row length is not a multiple of the chosen type's block: use llama.cpp's fallback
-  // (Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0, Q2_K/Q3_K->Q4_0, then F16) instead of going straight to F16.
-  bool llama_fallback = false;
+  // Exact types for named tensors (e.g. llama.cpp's Q4_K_M mix, planned by compress/quant_mix.h from
+  // synth_tensors()); tensors not named keep the placement types above.
+  std::map<std::string, DType> tensor_types;
   int file_type = -1;        // general.file_type (llama_ftype) to write; -1 = derived as before
   // One RNG stream per row (a cheap near-normal draw) instead of one stream per tensor: rows are then
   // generated and quantized in parallel on `threads` threads, and the bytes do not depend on `threads`.
@@ -47,6 +45,16 @@ struct SynthConfig {
 ModelSpec make_moe_shape(int n_layer, int64_t n_embd, int n_head, int n_head_kv, int64_t head_dim, int n_expert,
                          int k, int64_t n_ff_exp, int64_t n_vocab, int n_dense_lead = 0, int64_t n_ff_dense = 0,
                          int n_shared = 0, int64_t n_ff_shexp = 0);
+
+// The tensors write_synth_model writes, in file order, with the types the placement fields give.
+struct SynthTensor {
+  std::string name;
+  Role role;
+  int layer;  // -1 for global tensors
+  std::vector<int64_t> dims;
+  DType type;
+};
+std::vector<SynthTensor> synth_tensors(const SynthConfig& cfg);
 
 // Writes the model atomically. `progress(done_bytes, total_bytes)` is called as tensors are written.
 void write_synth_model(const std::string& path, const SynthConfig& cfg,

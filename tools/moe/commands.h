@@ -33,5 +33,7 @@ void register_perplexity(CLI::App& app, CommandSet& cmds);
 void register_route_stats(CLI::App& app, CommandSet& cmds);
 void register_quantize_experts(CLI::App& app, CommandSet& cmds);
 void register_kl_logits(CLI::App& app, CommandSet& cmds);
+void register_quantize(CLI::App& app, CommandSet& cmds);
+void register_tensors(CLI::App& app, CommandSet& cmds);
 
 }  // namespace moe::cli

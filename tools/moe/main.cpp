@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   moe::cli::register_route_stats(app, cmds);
   moe::cli::register_quantize_experts(app, cmds);
   moe::cli::register_kl_logits(app, cmds);
+  moe::cli::register_quantize(app, cmds);
+  moe::cli::register_tensors(app, cmds);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
