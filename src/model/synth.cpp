@@ -28,7 +28,7 @@ uint64_t hash_name(const std::string& s, uint64_t seed) {
   return h;
 }
 
-DType type_for(const SynthConfig& c, Placement p, size_t n_dims, int64_t cols) {
+DType type_for(const SynthConfig& c, Placement p, Role role, size_t n_dims, int64_t cols) {
   DType t;
   switch (p) {
     case Placement::Embedding: t = c.embd_type; break;
@@ -39,7 +39,8 @@ DType type_for(const SynthConfig& c, Placement p, size_t n_dims, int64_t cols) {
     case Placement::SharedExpert: case Placement::DenseFfn: t = c.shared_type; break;
     default: t = DType::F32;
   }
-  if (n_dims < 2) return DType::F32;  // norms, biases and gate vectors stay fp32, as llama.cpp keeps them
+  // Norms, biases, sinks and gate vectors stay fp32, as llama.cpp keeps them.
+  if (n_dims < 2 || role_is_f32(role)) return DType::F32;
   if (cols % dtype_traits(t).block_elems != 0) return DType::F16;
   return t;
 }
@@ -81,6 +82,20 @@ ModelSpec make_moe_shape(int n_layer, int64_t n_embd, int n_head, int n_head_kv,
   return s;
 }
 
+void set_mla(ModelSpec& s, int64_t q_lora, int64_t kv_lora, int64_t qk_nope, int64_t qk_rope, int64_t v_head) {
+  s.mla = {q_lora, kv_lora, qk_nope, qk_rope, v_head};
+  s.n_head_kv = 1;
+  s.head_dim = kv_lora + qk_rope;
+  s.head_dim_v = kv_lora;
+  s.n_rot = qk_rope;
+}
+
+void set_yarn(ModelSpec& s, float factor, int64_t n_ctx_orig) {
+  s.rope_freq_scale = 1.0f / factor;
+  s.yarn.ext_factor = 1.0f;
+  s.yarn.n_ctx_orig = n_ctx_orig;
+}
+
 std::vector<SynthTensor> synth_tensors(const SynthConfig& cfg) {
   const ArchDescriptor* arch = find_arch(cfg.arch);
   if (!arch) fail("synth: unknown architecture '{}'", cfg.arch);
@@ -88,23 +103,31 @@ std::vector<SynthTensor> synth_tensors(const SynthConfig& cfg) {
   // The spec the loader will see (arch hooks decide e.g. qk-norm shape) comes from the descriptor.
   ModelSpec shaped = s;
   shaped.arch = arch->name;
+  // Optional roles are written only when the spec asks for them.
+  auto wanted = [&](const TensorRoleDesc& d, int il) {
+    if (!d.optional) return true;
+    switch (d.role) {
+      case Role::Output: return !s.tied_output;
+      case Role::RouterBias: return s.layers[il].moe.has_selection_bias;
+      case Role::AttnQNorm: case Role::AttnKNorm: return s.qk_norm != QkNorm::None;
+      case Role::AttnOutBias: return s.attn_out_bias;
+      default: return false;
+    }
+  };
   std::vector<SynthTensor> out;
   for (const TensorRoleDesc& d : arch->roles) {
     const int n_iter = d.per_layer ? s.n_layer : 1;
     for (int il = 0; il < n_iter; ++il) {
       std::vector<int64_t> dims = d.shape(shaped, il);
       if (dims.empty()) continue;
-      // Optional roles are written only when the spec asks for them.
-      if (d.optional && d.role != Role::Output &&
-          !(d.role == Role::RouterBias && s.layers[il].moe.has_selection_bias))
-        continue;
+      if (!wanted(d, il)) continue;
       if (d.role == Role::Output && s.tied_output) continue;
       char name[256];
       std::snprintf(name, sizeof name, d.gguf_name, il);
       const std::string n = d.per_layer ? std::string(name) : std::string(d.gguf_name);
-      DType t = type_for(cfg, d.placement, dims.size(), dims[0]);
+      DType t = type_for(cfg, d.placement, d.role, dims.size(), dims[0]);
       if (auto it = cfg.tensor_types.find(n); it != cfg.tensor_types.end()) t = it->second;
-      out.push_back({n, d.role, d.per_layer ? il : -1, dims, t});
+      out.push_back({n, d.role, d.per_layer ? il : -1, dims, t, d.placement});
     }
   }
   return out;
@@ -159,22 +182,36 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
   w.set("general.file_type", gguf::Value::make_u32(cfg.file_type >= 0 ? static_cast<uint32_t>(cfg.file_type)
                                                                       : (cfg.expert_type == DType::F16 ? 1 : 0)));
 
+  // The spec the loader will see (arch hooks decide e.g. qk-norm shape) comes from the descriptor.
+  ModelSpec shaped = s;
+  shaped.arch = arch->name;
+
   uint64_t total = 0;
   struct Planned {
     std::string name;
     DType type;
     std::vector<int64_t> dims;
     Placement placement;
+    Role role;
   };
   std::vector<Planned> plan;
   for (const SynthTensor& st : synth_tensors(cfg)) {
-    Placement placement = Placement::Norm;
-    for (const TensorRoleDesc& d : arch->roles)
-      if (d.role == st.role) placement = d.placement;
     int64_t rows = 1;
     for (size_t i = 1; i < st.dims.size(); ++i) rows *= st.dims[i];
     total += row_bytes(st.type, st.dims[0]) * static_cast<uint64_t>(rows);
-    plan.push_back({st.name, st.type, st.dims, placement});
+    plan.push_back({st.name, st.type, st.dims, st.placement, st.role});
+  }
+  // Trailing next-token-prediction layers: in the file (as real checkpoints ship them), never read.
+  if (s.n_layer_nextn > 0 && arch->unused_tensors) {
+    for (const UnusedTensorDesc& u : arch->unused_tensors(shaped)) {
+      const Role role = u.role == Role::Count ? (u.dims.size() < 2 ? Role::AttnNorm : Role::AttnQ) : u.role;
+      DType t = type_for(cfg, u.placement, role, u.dims.size(), u.dims[0]);
+      if (auto it = cfg.tensor_types.find(u.name); it != cfg.tensor_types.end()) t = it->second;
+      int64_t rows = 1;
+      for (size_t i = 1; i < u.dims.size(); ++i) rows *= u.dims[i];
+      total += row_bytes(t, u.dims[0]) * static_cast<uint64_t>(rows);
+      plan.push_back({u.name, t, u.dims, u.placement, role});
+    }
   }
   auto done = std::make_shared<uint64_t>(0);
   std::shared_ptr<ThreadPool> pool;
@@ -190,7 +227,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
         int64_t rows = 1;
         for (size_t i = 1; i < pc.dims.size(); ++i) rows *= pc.dims[i];
         const bool is_norm = pc.placement == Placement::Norm;
-        const bool is_vector = pc.dims.size() == 1;
+        const bool is_vector = pc.dims.size() == 1 || role_is_f32(pc.role);
         const float sd = pc.placement == Placement::Embedding ? 1.0f : 1.0f / std::sqrt(static_cast<float>(cols));
         const QuantizeFn quantize = storage_quantizer(pc.type);
         const size_t rb = row_bytes(pc.type, cols);
@@ -228,7 +265,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
       int64_t rows = 1;
       for (size_t i = 1; i < pc.dims.size(); ++i) rows *= pc.dims[i];
       const bool is_norm = pc.placement == Placement::Norm;
-      const bool is_vector = pc.dims.size() == 1;
+      const bool is_vector = pc.dims.size() == 1 || role_is_f32(pc.role);
       const float sd = pc.placement == Placement::Embedding ? 1.0f : 1.0f / std::sqrt(static_cast<float>(cols));
       std::vector<float> row(static_cast<size_t>(cols));
       const QuantizeFn quantize = storage_quantizer(pc.type);

@@ -46,6 +46,12 @@ ModelSpec make_moe_shape(int n_layer, int64_t n_embd, int n_head, int n_head_kv,
                          int k, int64_t n_ff_exp, int64_t n_vocab, int n_dense_lead = 0, int64_t n_ff_dense = 0,
                          int n_shared = 0, int64_t n_ff_shexp = 0);
 
+// MLA attention (deepseek2) in the layout current converters write: one kv head whose key is the latent
+// plus the rope key and whose value is the latent; n_rot = rope.
+void set_mla(ModelSpec& s, int64_t q_lora, int64_t kv_lora, int64_t qk_nope, int64_t qk_rope, int64_t v_head);
+// YaRN rope scaling by `factor` from an original context of n_ctx_orig.
+void set_yarn(ModelSpec& s, float factor, int64_t n_ctx_orig);
+
 // The tensors write_synth_model writes, in file order, with the types the placement fields give.
 struct SynthTensor {
   std::string name;
@@ -53,6 +59,7 @@ struct SynthTensor {
   int layer;  // -1 for global tensors
   std::vector<int64_t> dims;
   DType type;
+  Placement placement;
 };
 std::vector<SynthTensor> synth_tensors(const SynthConfig& cfg);
 

@@ -1,5 +1,6 @@
 // ExpertExecutor: groups the tokens of a batch by expert, acquires each needed expert from the store,
-// and computes its SwiGLU FFN on just those tokens (a small GEMM per expert in prefill, a matvec in
+// and computes its gated FFN (SwiGLU or the clamped variant, with the expert's biases if it has them)
+// on just those tokens (a small GEMM per expert in prefill, a matvec in
 // decode). Results are combined per token in selection order, as llama.cpp sums them.
 #pragma once
 #include <atomic>
@@ -99,6 +100,7 @@ class ExpertExecutor {
   uint64_t evals_[2] = {0, 0}, acquires_[2] = {0, 0};
   ExpertPrecision precision_;
   ExpertUseCounters* counters_ = nullptr;
+  const MoeSpec* spec_ = nullptr;  // the layer being run (activation)
 };
 
 }  // namespace moe

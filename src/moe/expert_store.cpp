@@ -17,6 +17,13 @@ constexpr double kSpeculationEmaRate = 0.05;
 constexpr double kMinSpeculativeSuccess = 0.5;
 constexpr uint32_t kSpeculationProbeEvery = 8;
 
+void attach_biases(const ExpertLayout& layout, int layer, int expert, ExpertWeights& w) {
+  const auto& t = layout.layers[layer];
+  w.gate_bias = t[0].bias_of(expert);
+  w.up_bias = t[1].bias_of(expert);
+  w.down_bias = t[2].bias_of(expert);
+}
+
 ExpertWeights views_of(const ExpertLayout& layout, int layer, int expert, ExpertTier tier) {
   ExpertWeights w;
   w.tier = tier;
@@ -27,6 +34,7 @@ ExpertWeights views_of(const ExpertLayout& layout, int layer, int expert, Expert
     *out[i] = t.shape;
     out[i]->data = t.data + static_cast<uint64_t>(expert) * t.matrix_bytes();
   }
+  attach_biases(layout, layer, expert, w);
   return w;
 }
 
@@ -432,6 +440,7 @@ void BudgetedExpertStore::load_into(const Job& job) {
   std::lock_guard<std::mutex> lock(mu_);
   Slot& sl = slots_[job.slot];
   sl.views = {refs[0], refs[1], refs[2], tier};
+  attach_biases(layout, layer, expert, sl.views);
   sl.state = SlotState::Ready;
   policy_->on_insert(job.key);
   if (job.preload) ++stats_.preload_loads;

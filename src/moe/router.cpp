@@ -35,9 +35,9 @@ void route_tokens(const MoeSpec& spec, float* logits, const float* selection_bia
     float* p = logits + t * E;
     if (spec.gating == Gating::Softmax) {
       kernels::softmax(p, E);
-    } else {
+    } else if (spec.gating == Gating::Sigmoid) {
       for (int e = 0; e < E; ++e) p[e] = 1.0f / (1.0f + std::exp(-p[e]));
-    }
+    }  // SoftmaxWeight: selection on the logits themselves
     for (int e = 0; e < E; ++e) sel[e] = p[e] + (selection_bias ? selection_bias[e] : 0.0f);
     if (spec.n_group > 1) {
       // Group score = sum of the two best biased scores in the group; keep the best topk_group groups.
@@ -61,6 +61,7 @@ void route_tokens(const MoeSpec& spec, float* logits, const float* selection_bia
     float* w = out.weights.data() + t * k;
     top_k(sel.data(), E, k, ids, scratch);
     for (int j = 0; j < k; ++j) w[j] = p[ids[j]];
+    if (spec.gating == Gating::SoftmaxWeight) kernels::softmax(w, k);  // over the selected logits only
     if (spec.norm_topk) {
       float sum = 0.0f;
       for (int j = 0; j < k; ++j) sum += w[j];

@@ -1,6 +1,7 @@
 // The router turns router logits into (expert ids, weights) per token, following the layer's MoeSpec:
 // score (softmax | sigmoid) -> + selection bias -> group mask -> top-k -> gather unbiased scores ->
-// optional renormalization -> route_scale. Run-time strategies will compose around this step.
+// optional renormalization -> route_scale. With Gating::SoftmaxWeight the scores are the logits and
+// the gathered k values go through a softmax of their own. Run-time strategies will compose around this step.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -25,7 +26,8 @@ struct Routing {
   float weight(int64_t t, int j) const { return weights[static_cast<size_t>(t * k + j)]; }
 };
 
-// logits: [n_tokens][n_expert] (overwritten with the scores). selection_bias: [n_expert] or null.
+// logits: [n_tokens][n_expert] (overwritten with the scores; SoftmaxWeight leaves the logits).
+// selection_bias: [n_expert] or null.
 void route_tokens(const MoeSpec& spec, float* logits, const float* selection_bias, int64_t n_tokens, Routing& out);
 
 }  // namespace moe

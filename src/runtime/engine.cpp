@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "kernels/q4k_repack.h"
+#include "model/kv_cache.h"
 #include "model/lowbit_experts.h"
 
 namespace moe {
@@ -15,11 +16,6 @@ namespace {
 
 // Fixed costs the budget must also cover: code, libraries, tokenizer tables, thread stacks.
 constexpr uint64_t kFixedOverhead = 48ull << 20;
-
-uint64_t kv_bytes_for(const ModelSpec& s, int64_t n_ctx) {
-  return static_cast<uint64_t>(s.n_layer) * static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 *
-         sizeof(uint16_t);
-}
 
 uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch, int64_t n_ctx) {
   // Per token of a batch, in floats: hidden state, normed copy and FFN output; q, k, v and attention
@@ -31,9 +27,12 @@ uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch, int64_t n_ctx) {
     const int64_t k = std::max(1, L.moe.n_expert_used);
     if (L.is_moe) ffn = std::max(ffn, 3 * k * s.n_embd + 2 * k * L.moe.n_ff_exp + (k * (s.n_embd + L.moe.n_ff_exp)) / 4);
   }
-  const int64_t per_token = 3 * s.n_embd + 2 * s.q_dim() + 2 * s.kv_dim() + ffn + s.n_vocab;
+  // MLA also holds each head's full query and its output after attn_v_b.
+  const int64_t mla = s.is_mla() ? s.n_head * (s.mla.qk_nope + s.mla.qk_rope + s.mla.v_head) : 0;
+  const int64_t per_token = 3 * s.n_embd + 2 * s.q_dim() + s.kv_dim() + s.v_dim() + mla + ffn + s.n_vocab;
   // A batch widens the layer's KV cache to fp32 for attention.
-  const uint64_t widened_kv = static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 * sizeof(float);
+  const uint64_t widened_kv =
+      static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim() + s.v_dim()) * sizeof(float);
   return static_cast<uint64_t>(per_token) * sizeof(float) * static_cast<uint64_t>(n_batch) + widened_kv +
          kFixedOverhead;
 }
@@ -57,7 +56,7 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   MemoryPlan p;
   const Model::ByteReport r = m.byte_report();
   p.weights_total = r.total;
-  p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx);
+  p.kv_bytes = KvCache::bytes_for(m.spec(), o.n_ctx);
   p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch, o.n_ctx);
   const uint64_t experts = r.by_placement[static_cast<size_t>(Placement::Expert)];
   const bool fits =

@@ -279,11 +279,11 @@ int run_bench(const BenchArgs& a) {
   const double bw = bw_stat.median;
 
   const Stat pp = stat_of(pp_rate), tg = stat_of(tg_rate), ttft = stat_of(ttft_ms);
-  // Decoding at depth also reads the KV cache (fp16 K and V of every layer, for the mean context of the
-  // tg steps), which counts toward the bytes a token needs.
-  const double kv_read = a.n_gen > 0 ? static_cast<double>(spec.n_layer) * static_cast<double>(spec.kv_dim()) * 2.0 *
-                                           sizeof(uint16_t) * (static_cast<double>(a.depth) + 0.5 * static_cast<double>(a.n_gen))
-                                     : 0.0;
+  // Decoding at depth also reads the KV cache (what each layer's cache holds for the mean context of the
+  // tg steps: fp16 K and V, a window, or MLA latents), which counts toward the bytes a token needs.
+  const double kv_read =
+      a.n_gen > 0 ? KvCache::bytes_read_per_token(spec, static_cast<double>(a.depth) + 0.5 * static_cast<double>(a.n_gen))
+                  : 0.0;
   const double active = static_cast<double>(br.active_bytes_per_token) + kv_read;
   const double decode_gbps = active * tg.median / 1e9;
   // Each decode run against the probe of its own moment, or all of them against the one probe.
@@ -315,6 +315,10 @@ int run_bench(const BenchArgs& a) {
   j["active_bytes_per_token"] = static_cast<uint64_t>(active);
   j["weight_bytes_per_token"] = br.active_bytes_per_token;
   j["kv_bytes_per_token"] = static_cast<uint64_t>(kv_read);
+  // The cache of this context as allocated, and as it would be with full per-head K and V everywhere
+  // (no window ring, MLA expanded): what the cache layout saves.
+  j["kv_cache_bytes"] = session.kv_bytes();
+  j["kv_cache_bytes_expanded"] = KvCache::expanded_bytes_for(spec, n_ctx);
   j["model_bytes"] = br.total;
   j["decode_gbps"] = decode_gbps;
   j["decode_gbps_min"] = active * tg.min / 1e9;
@@ -355,6 +359,9 @@ int run_bench(const BenchArgs& a) {
   std::printf("active bytes/tok %s (weights %s, KV cache %s at depth %lld)\n",
               human_bytes(static_cast<uint64_t>(active)).c_str(), human_bytes(br.active_bytes_per_token).c_str(),
               human_bytes(static_cast<uint64_t>(kv_read)).c_str(), (long long)a.depth);
+  std::printf("KV cache         %s for %lld positions (%s as full per-head K and V)\n",
+              human_bytes(session.kv_bytes()).c_str(), (long long)n_ctx,
+              human_bytes(KvCache::expanded_bytes_for(spec, n_ctx)).c_str());
   std::printf("decode GB/s      %.2f\n", decode_gbps);
   std::printf("memory bw GB/s   %.2f  [min %.2f, max %.2f] (read probe %s, %d threads, %.2f GiB)\n", bw, bw_stat.min,
               bw_stat.max, j["mem_bw_probe"].get<std::string>().c_str(), n_threads, a.bw_gib);
