@@ -1,7 +1,8 @@
 // `moe quantize -m IN -o OUT --type T`: whole-model quantization with llama-quantize's file types and
 // per-tensor rules (compress/quant_mix.h), so the tensor data equals llama-quantize's for the same input.
 // Per-role overrides, llama-quantize's --tensor-type patterns, streaming (one tensor in memory), atomic
-// output, a progress bar, threads. `--mixed` chooses a type per expert instead (cmd_quantize_mixed.cpp).
+// output, a progress bar, threads. `--mixed --budget B --stats S` chooses the routed experts' types per (layer,
+// projection) by the bit-allocation ILP (compress/mixed_precision.h); the rest keeps the --type mix.
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -10,7 +11,10 @@
 #include "base/thread_pool.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "compress/calib_stats.h"
+#include "compress/mixed_precision.h"
 #include "compress/quantize_model.h"
+#include "model/weights.h"
 #include "progress.h"
 #include "quantize_flags.h"
 
@@ -76,11 +80,51 @@ void check_output_path(const std::string& in, const std::string& out) {
 namespace {
 
 int run_quantize(const QuantizeFlags& a) {
-  if (a.type.empty()) fail("quantize: give --type (e.g. Q4_K_M) or --mixed");
+  if (a.type.empty())
+    fail("quantize: give --type (e.g. Q4_K_M; with --mixed, the mix of everything but the routed experts)");
   check_output_path(a.model, a.out);
   const compress::MixOptions o = mix_options(a);
   auto src = gguf::File::open(a.model, gguf::DataAccess::Pread);
-  const compress::QuantizePlan plan = compress::plan_quantize(*src, o, a.allow_requantize);
+  compress::QuantizePlan plan = compress::plan_quantize(*src, o, a.allow_requantize);
+  if (a.mixed != !a.budget.empty() || a.mixed != !a.stats.empty())
+    fail("--mixed needs --budget and --stats (and they need --mixed)");
+  if (!a.mixed && !a.candidates.empty()) fail("--candidates is for --mixed");
+  if (a.mixed) {
+    if (!a.expert_type.empty()) fail("--mixed chooses the experts' types: drop --expert-type");
+    compress::MixedOptions mo;
+    mo.budget = compress::parse_budget(a.budget);
+    mo.alpha = a.alpha;
+    mo.beta = a.beta;
+    mo.protect = !a.no_protect;
+    for (size_t p = 0; p < a.candidates.size();) {
+      size_t q = a.candidates.find(',', p);
+      if (q == std::string::npos) q = a.candidates.size();
+      const std::string name = a.candidates.substr(p, q - p);
+      p = q + 1;
+      if (!name.empty()) mo.candidates.push_back(parse_type("--candidates", name));
+    }
+    const compress::CalibStats stats = compress::load_stats(a.stats);
+    auto model = Model::load(a.model, gguf::DataAccess::Mmap, /*defer_experts=*/true);
+    if (!compress::check_stats_match(stats, *model, a.stats))
+      std::fprintf(stderr, "moe quantize: note: %s was calibrated on %s, whose expert weights differ\n",
+                   a.stats.c_str(), stats.model_file.c_str());
+    const compress::MixedResult mr = compress::allocate_mixed(stats, plan, mo);
+    std::map<std::string, int> by_type;
+    for (DType t : mr.type) ++by_type[std::string(dtype_traits(t).name)];
+    std::string chosen;
+    for (const auto& [name, n] : by_type) chosen += fmt::format("{}{} {}", chosen.empty() ? "" : ", ", n, name);
+    uint64_t expert_bytes = mr.alloc.bytes;
+    std::printf("mixed: %zu expert tensors: %s; %s of %s budget (%.3f bits/weight), cost %.6g%s\n", mr.type.size(),
+                chosen.c_str(), human_bytes(expert_bytes).c_str(), human_bytes(mr.expert_budget).c_str(),
+                8.0 * static_cast<double>(expert_bytes) / static_cast<double>(mr.expert_elements), mr.alloc.cost,
+                mr.alloc.optimal ? " (optimal)" : " (time limit)");
+    if (!mr.uniform_type.empty())
+      std::printf("mixed: the best uniform expert type within the budget, %s, costs %.6g\n", mr.uniform_type.c_str(),
+                  mr.cost_uniform_at_size);
+    if (a.verbose)
+      for (size_t j = 0; j < mr.tensor.size(); ++j)
+        std::printf("  %-36s %s\n", plan.tensors[mr.tensor[j]].name.c_str(), std::string(dtype_traits(mr.type[j]).name).c_str());
+  }
 
   std::map<std::string, int> counts;
   for (size_t i = 0; i < plan.types.size(); ++i)
@@ -117,6 +161,7 @@ int run_quantize(const QuantizeFlags& a) {
   std::printf("wrote %s in %.1fs\nsize: %s (%.2f bits/weight) -> %s (%.2f bits/weight), %.1f%%\n", a.out.c_str(),
               bar.seconds(), human_bytes(plan.bytes_in).c_str(), bpw_in, human_bytes(plan.bytes_out).c_str(), bpw_out,
               100.0 * static_cast<double>(plan.bytes_out) / static_cast<double>(plan.bytes_in));
+  report_quality(a.eval, a.model, a.out, n_threads);
   return 0;
 }
 
@@ -141,6 +186,21 @@ void register_quantize(CLI::App& app, CommandSet& cmds) {
   sub->add_flag("--allow-requantize", a->allow_requantize, "Allow re-quantizing tensors that are already quantized");
   sub->add_flag("--dry-run", a->dry_run, "Print each tensor's type and the sizes; write nothing");
   sub->add_flag("-v,--verbose", a->verbose, "Print each tensor's type");
+  sub->add_flag("--mixed", a->mixed, "Choose the routed experts' types per (layer, projection) by the bit-allocation "
+                                     "ILP (needs --budget and --stats)");
+  sub->add_option("--budget", a->budget, "--mixed: bits per expert weight (e.g. 4.5) or the file's tensor bytes "
+                                         "(e.g. 300M, 1.5G)");
+  sub->add_option("--stats", a->stats, "--mixed: calibration statistics with reconstruction errors (moe calibrate)");
+  sub->add_option("--candidates", a->candidates, "--mixed: candidate types, comma-separated (default: the stats' "
+                                                 "reconstruction types)");
+  sub->add_option("--alpha", a->alpha, "--mixed: exponent of the expert frequency in the importance")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 8.0));
+  sub->add_option("--beta", a->beta, "--mixed: exponent of the mean routing weight (0 = frequency only)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 8.0));
+  sub->add_flag("--no-protect", a->no_protect, "--mixed: no forced highest precision for super experts' layers");
+  add_eval_flags(sub, a->eval);
   sub->add_option("-t,--threads", a->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_flag("-q,--quiet", a->quiet, "No progress line");
   cmds.add(sub, [a] { return run_quantize(*a); });

@@ -35,5 +35,7 @@ void register_quantize_experts(CLI::App& app, CommandSet& cmds);
 void register_kl_logits(CLI::App& app, CommandSet& cmds);
 void register_quantize(CLI::App& app, CommandSet& cmds);
 void register_tensors(CLI::App& app, CommandSet& cmds);
+void register_calibrate(CLI::App& app, CommandSet& cmds);
+void register_prune(CLI::App& app, CommandSet& cmds);
 
 }  // namespace moe::cli

@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   moe::cli::register_kl_logits(app, cmds);
   moe::cli::register_quantize(app, cmds);
   moe::cli::register_tensors(app, cmds);
+  moe::cli::register_calibrate(app, cmds);
+  moe::cli::register_prune(app, cmds);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

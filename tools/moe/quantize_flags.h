@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "compress/quant_mix.h"
+#include "compress_quality.h"
 
 namespace moe::cli {
 
@@ -14,6 +15,12 @@ struct QuantizeFlags {
   bool pure = false, leave_output = false, allow_requantize = false, dry_run = false, verbose = false;
   int threads = 0;
   bool quiet = false;
+  EvalFlags eval;
+  // --mixed (compress/mixed_precision.h): per-(layer, projection) expert types by the bit-allocation ILP.
+  bool mixed = false;
+  std::string budget, stats, candidates;
+  double alpha = 1.0, beta = 1.5;
+  bool no_protect = false;
 };
 
 // Throws naming the flag for an unknown file type or weight type, or a malformed PATTERN=TYPE.
