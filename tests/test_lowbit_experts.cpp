@@ -101,7 +101,7 @@ std::vector<float> logits_with(Engine& e, const std::vector<int32_t>& ids, int64
 ForwardOptions tiers(float low_bit_below, float skip_below = 0, int margin = -1) {
   ForwardOptions fo;
   fo.precision.low_bit_below = low_bit_below;
-  fo.precision.skip_below = skip_below;
+  fo.routing.min_weight = skip_below;  // --skip-below is the routing policy's minimum weight
   fo.lookahead_margin = margin;
   return fo;
 }

@@ -13,8 +13,18 @@
 
 namespace moe {
 
+RoutingShape routing_shape(const ModelSpec& spec) {
+  RoutingShape shape;
+  for (const LayerSpec& L : spec.layers) {
+    shape.n_expert.push_back(L.is_moe ? L.moe.n_expert : 0);
+    shape.n_expert_used.push_back(L.is_moe ? L.moe.n_expert_used : 0);
+  }
+  return shape;
+}
+
 ForwardPass::ForwardPass(const Model& model, ExpertStore& store, ForwardOptions options)
     : model_(model), store_(store), options_(std::move(options)) {
+  set_routing_policy(options_.routing);
   executor_.configure(options_.precision, options_.expert_use);
   if (options_.lookahead_margin < 0 || options_.predictor != PrefetchPredictor::Transition) return;
   if (!options_.transitions) fail("transition prefetch predictor: no transition table was given");
@@ -23,6 +33,56 @@ ForwardPass::ForwardPass(const Model& model, ExpertStore& store, ForwardOptions 
   if (!options_.transitions->shape().same_layout(model_shape))
     fail("transition prefetch predictor: the table is for {}, but the model is {}",
          options_.transitions->shape().describe(), model_shape.describe());
+}
+
+void ForwardPass::set_routing_policy(const RoutingPolicy& policy) {
+  plan_ = std::make_shared<const RoutingPlan>(policy, routing_shape(model_.spec()));
+  options_.routing = policy;
+}
+
+void ForwardPass::route_layer(int il, int64_t n_tokens, float* logits, const float* bias, Routing& out, bool count) {
+  const MoeSpec& ms = model_.spec().layers[il].moe;
+  const bool identity = row_policies_.empty() ? plan_->layer(il) == nullptr
+                                              : std::all_of(row_policies_.begin(), row_policies_.end(),
+                                                            [&](const RowPolicy& r) { return r.plan->layer(il) == nullptr; });
+  if (identity) {
+    route_tokens(ms, logits, bias, n_tokens, out);
+    if (count && options_.routing_use)
+      options_.routing_use->add(il, static_cast<uint64_t>(n_tokens), static_cast<uint64_t>(n_tokens * out.k));
+    return;
+  }
+  RowPolicy whole{0, n_tokens, plan_};
+  const RowPolicy* rows = row_policies_.empty() ? &whole : row_policies_.data();
+  const size_t n_rows = row_policies_.empty() ? 1 : row_policies_.size();
+  int slots = 1;
+  int64_t next = 0;
+  for (size_t i = 0; i < n_rows; ++i) {
+    if (rows[i].t0 != next || rows[i].t1 < rows[i].t0 || !rows[i].plan)
+      fail("row policies: range {} [{}, {}) does not continue the ranges before it at token {}", i, rows[i].t0,
+           rows[i].t1, next);
+    next = rows[i].t1;
+    slots = std::max(slots, rows[i].plan->slots(il, ms.n_expert_used));
+  }
+  if (next != n_tokens) fail("row policies cover tokens [0, {}) of a step of {}", next, n_tokens);
+  reset_routing(out, n_tokens, slots);
+  uint64_t selected = 0, dropped = 0;
+  for (size_t i = 0; i < n_rows; ++i) {
+    const RouteCounts c = route_range(ms, il, rows[i].plan->layer(il), logits, bias, step_positions_.data(),
+                                      rows[i].t0, rows[i].t1, out, route_scratch_);
+    selected += c.selected;
+    dropped += c.min_weight_dropped;
+  }
+  compact_routing(out);
+  if (!count) return;
+  if (options_.routing_use) options_.routing_use->add(il, static_cast<uint64_t>(n_tokens), selected);
+  if (options_.expert_use && dropped) options_.expert_use->skipped_evals += dropped;
+}
+
+bool ForwardPass::masked_everywhere(int layer, int expert) const {
+  if (row_policies_.empty()) return plan_->masked(layer, expert);
+  for (const RowPolicy& r : row_policies_)
+    if (!r.plan->masked(layer, expert)) return false;
+  return true;
 }
 
 void ForwardPass::add_observer(ForwardObserver* obs) {
@@ -119,7 +179,7 @@ void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) 
   router_logits(il, xn_.data(), n_tokens, router_logits_.data(), pool);
   const float* bias = lw[Role::RouterBias] ? f32(lw[Role::RouterBias]) : nullptr;
   if (needs_.router_logits) obs_logits_.assign(router_logits_.begin(), router_logits_.end());
-  route_tokens(ms, router_logits_.data(), bias, n_tokens, routing_);
+  route_layer(il, n_tokens, router_logits_.data(), bias, routing_, /*count=*/true);
   if (!observers_.empty()) {
     MoeLayerRouting view;
     view.layer = il;
@@ -191,37 +251,76 @@ void ForwardPass::predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool)
   lookahead_logits_.resize(static_cast<size_t>(n_tokens * nm.n_expert));
   router_logits(next, xn_.data(), n_tokens, lookahead_logits_.data(), pool);
   const float* bias = model_.layer(next)[Role::RouterBias] ? f32(model_.layer(next)[Role::RouterBias]) : nullptr;
-  int want = std::min(nm.n_expert, nm.n_expert_used + options_.lookahead_margin);
-  // A group-limited gate only ever picks experts of its kept groups: the margin stays inside them.
-  if (nm.n_group > 1) want = std::min(want, nm.topk_group * (nm.n_expert / nm.n_group));
-  // The next layer's own gate (its scoring, selection bias and group limit) picks the top-(k + margin):
-  // ranking raw logits would ignore a selection bias added to sigmoid scores, and the group mask.
-  MoeSpec wide = nm;
-  wide.n_expert_used = want;
-  lookahead_scores_.assign(lookahead_logits_.begin(), lookahead_logits_.end());
-  route_tokens(wide, lookahead_scores_.data(), bias, n_tokens, predicted_routing_);
-  predicted_.assign(static_cast<size_t>(n_tokens), {});
-  hint_.clear();
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    for (int j = 0; j < want; ++j) {
-      const int32_t e = predicted_routing_.id(t, j);
-      if (e < 0) continue;
-      predicted_[static_cast<size_t>(t)].push_back(e);
-      if (std::find(hint_.begin(), hint_.end(), e) == hint_.end()) hint_.push_back(e);
-    }
-  }
-  predicted_layer_ = next;
   const ExpertPrecision& pr = options_.precision;
   const bool tiers = pr.low_bit_below > 0.0f && store_.has_low_bit();
-  if (!tiers && pr.skip_below <= 0.0f) {
+  bool policy = plan_->layer(next) != nullptr;
+  for (const RowPolicy& r : row_policies_) policy |= r.plan->layer(next) != nullptr;
+  predicted_.assign(static_cast<size_t>(n_tokens), {});
+  hint_.clear();
+  if (!policy && !tiers) {
+    int want = std::min(nm.n_expert, nm.n_expert_used + options_.lookahead_margin);
+    // A group-limited gate only ever picks experts of its kept groups: the margin stays inside them.
+    if (nm.n_group > 1) want = std::min(want, nm.topk_group * (nm.n_expert / nm.n_group));
+    // The next layer's own gate (its scoring, selection bias and group limit) picks the top-(k + margin):
+    // ranking raw logits would ignore a selection bias added to sigmoid scores, and the group mask.
+    MoeSpec wide = nm;
+    wide.n_expert_used = want;
+    lookahead_scores_.assign(lookahead_logits_.begin(), lookahead_logits_.end());
+    route_tokens(wide, lookahead_scores_.data(), bias, n_tokens, predicted_routing_);
+    for (int64_t t = 0; t < n_tokens; ++t)
+      for (int j = 0; j < want; ++j) {
+        const int32_t e = predicted_routing_.id(t, j);
+        if (e < 0) continue;
+        predicted_[static_cast<size_t>(t)].push_back(e);
+        if (std::find(hint_.begin(), hint_.end(), e) == hint_.end()) hint_.push_back(e);
+      }
+    predicted_layer_ = next;
     store_.prefetch(next, hint_.data(), static_cast<int>(hint_.size()), /*speculative=*/true);
     return;
   }
-  // Predict the weights too (the next layer's gate pipeline on the same logits), and decide as the
-  // executor will once the real routing is known: an expert predicted only below skip_below is not
-  // hinted, and one predicted below low_bit_below for every token is hinted as its low-bit copy.
-  // Margin experts (in no token's predicted top-k) are hinted, low-bit when there are tiers.
-  route_tokens(nm, lookahead_logits_.data(), bias, n_tokens, predicted_routing_);
+  // Predict the next layer's routing as it will be computed (its gate and the policies in force, on
+  // the same logits), so that only experts it would select are hinted (never a masked one, nor a pair
+  // the policy drops), with their predicted weights for the tiers. Then `margin` more per token: the
+  // best-ranked experts by the gate's own selection keys after the last one selected (masked experts
+  // and experts of groups the gate drops left out).
+  lookahead_scores_.assign(lookahead_logits_.begin(), lookahead_logits_.end());
+  route_layer(next, n_tokens, lookahead_scores_.data(), bias, predicted_routing_, /*count=*/false);
+  std::vector<int32_t> order;
+  std::vector<float> row(static_cast<size_t>(nm.n_expert)), keys(static_cast<size_t>(nm.n_expert)), fscratch;
+  std::vector<int32_t> iscratch;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    std::copy_n(lookahead_logits_.data() + t * nm.n_expert, nm.n_expert, row.data());
+    gate::scores(nm, row.data(), nullptr, fscratch);
+    gate::selection_keys(nm, row.data(), bias, nullptr, keys.data(), fscratch, iscratch);
+    order.clear();
+    for (int e = 0; e < nm.n_expert; ++e)
+      if (!masked_everywhere(next, e) && keys[static_cast<size_t>(e)] != -INFINITY) order.push_back(e);
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+      return keys[static_cast<size_t>(a)] > keys[static_cast<size_t>(b)] ||
+             (keys[static_cast<size_t>(a)] == keys[static_cast<size_t>(b)] && a < b);
+    });
+    std::vector<int32_t>& pred = predicted_[static_cast<size_t>(t)];
+    size_t last = 0;
+    for (int j = 0; j < predicted_routing_.k; ++j) {
+      const int32_t e = predicted_routing_.id(t, j);
+      if (e < 0) continue;
+      pred.push_back(e);
+      const auto at = std::find(order.begin(), order.end(), e);
+      if (at != order.end()) last = std::max(last, static_cast<size_t>(at - order.begin()));
+    }
+    for (size_t i = pred.empty() ? 0 : last + 1, m = 0;
+         i < order.size() && m < static_cast<size_t>(options_.lookahead_margin); ++i)
+      if (std::find(pred.begin(), pred.end(), order[i]) == pred.end()) pred.push_back(order[i]), ++m;
+    for (int32_t e : pred)
+      if (std::find(hint_.begin(), hint_.end(), e) == hint_.end()) hint_.push_back(e);
+  }
+  predicted_layer_ = next;
+  if (!tiers) {
+    store_.prefetch(next, hint_.data(), static_cast<int>(hint_.size()), /*speculative=*/true);
+    return;
+  }
+  // An expert predicted below low_bit_below for every token is hinted as its low-bit copy, and so are
+  // margin experts (in no token's predicted routing).
   hint_max_weight_.assign(hint_.size(), -1.0f);
   for (int64_t t = 0; t < n_tokens; ++t)
     for (int j = 0; j < predicted_routing_.k; ++j) {
@@ -230,15 +329,8 @@ void ForwardPass::predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool)
       float& m = hint_max_weight_[static_cast<size_t>(at - hint_.begin())];
       m = std::max(m, predicted_routing_.weight(t, j));
     }
-  size_t kept = 0;
   hint_low_bit_ok_.clear();
-  for (size_t i = 0; i < hint_.size(); ++i) {
-    const float m = hint_max_weight_[i];
-    if (m >= 0.0f && m < pr.skip_below) continue;
-    hint_[kept++] = hint_[i];
-    hint_low_bit_ok_.push_back(tiers && m < pr.low_bit_below ? 1 : 0);
-  }
-  hint_.resize(kept);
+  for (size_t i = 0; i < hint_.size(); ++i) hint_low_bit_ok_.push_back(hint_max_weight_[i] < pr.low_bit_below ? 1 : 0);
   store_.prefetch(next, hint_.data(), static_cast<int>(hint_.size()), /*speculative=*/true, hint_low_bit_ok_.data());
 }
 
@@ -248,15 +340,20 @@ void ForwardPass::predict_next_layer_transition(int il, int64_t n_tokens) {
   const int next = table.next_moe_layer(il);
   if (next < 0) return;
   const MoeSpec& nm = model_.spec().layers[next].moe;
-  const int want = std::min(nm.n_expert, nm.n_expert_used + options_.lookahead_margin);
+  int slots = plan_->slots(next, nm.n_expert_used);
+  for (const RowPolicy& r : row_policies_) slots = std::max(slots, r.plan->slots(next, nm.n_expert_used));
+  const int want = std::min(nm.n_expert, slots + options_.lookahead_margin);
   predicted_.assign(static_cast<size_t>(n_tokens), {});
   hint_.clear();
   std::vector<int32_t> top(static_cast<size_t>(want));
   for (int64_t t = 0; t < n_tokens; ++t) {
     const size_t at = static_cast<size_t>(t * routing_.k);
-    const int n = table.predict(il, routing_.ids.data() + at,
-                                options_.transition_weighted ? routing_.weights.data() + at : nullptr, routing_.k, want,
-                                top.data(), transition_scores_);
+    int n = table.predict(il, routing_.ids.data() + at,
+                          options_.transition_weighted ? routing_.weights.data() + at : nullptr, routing_.k, want,
+                          top.data(), transition_scores_);
+    // A masked expert is never hinted (the policy never selects it, so reading it would be waste).
+    n = static_cast<int>(std::remove_if(top.begin(), top.begin() + n, [&](int32_t e) { return masked_everywhere(next, e); }) -
+                         top.begin());
     predicted_[static_cast<size_t>(t)].assign(top.begin(), top.begin() + n);
     for (int j = 0; j < n; ++j)
       if (std::find(hint_.begin(), hint_.end(), top[j]) == hint_.end()) hint_.push_back(top[j]);

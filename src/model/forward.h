@@ -16,6 +16,7 @@
 #include "moe/executor.h"
 #include "moe/expert_store.h"
 #include "moe/router.h"
+#include "moe/routing_policy.h"
 #include "moe/transition_table.h"
 
 namespace moe {
@@ -43,13 +44,28 @@ struct ForwardOptions {
   std::shared_ptr<const TransitionTable> transitions = nullptr;
   // Weight each current expert's row of the table by its routing weight (else 1 each).
   bool transition_weighted = true;
-  // Precision tiers: thresholds for low-bit copies and skipped experts (moe/executor.h). With either,
-  // the gate predictor also predicts each hinted expert's weight: it drops hints predicted below
-  // skip_below and hints the low-bit copy for those predicted below low_bit_below. The transition
-  // predictor (no weights) hints full precision, as without tiers.
+  // Precision tiers: the threshold for low-bit copies (moe/executor.h). With it, the gate predictor also
+  // predicts each hinted expert's weight and hints the low-bit copy for those predicted below
+  // low_bit_below. The transition predictor (no weights) hints full precision, as without tiers.
   ExpertPrecision precision{};
-  // Where the executor counts full / low-bit / skipped evaluations (the Engine's); null = not counted.
+  // Where the executor counts full / low-bit evaluations, and the routing policy the pairs its minimum
+  // weight skipped (the Engine's); null = not counted.
   ExpertUseCounters* expert_use = nullptr;
+  // How this pass routes (moe/routing_policy.h): the default is the model's gate, bit for bit. Checked
+  // against the model when the pass is made; predictions and prefetch hints follow it too (a masked
+  // expert is never hinted).
+  RoutingPolicy routing{};
+  // Where routed tokens and selected experts are counted per layer (the Engine's); null = not counted.
+  RoutingUseCounters* routing_use = nullptr;
+};
+
+// The experts per layer of a model, as routing policies are checked against them.
+RoutingShape routing_shape(const ModelSpec& spec);
+
+// A token range of one step routed under its own policy (a batched server step mixing requests).
+struct RowPolicy {
+  int64_t t0 = 0, t1 = 0;
+  std::shared_ptr<const RoutingPlan> plan;  // compiled for this pass's model
 };
 
 // How well prefetch prediction (either predictor) guessed the next layer's experts (per token and layer).
@@ -78,6 +94,14 @@ class ForwardPass : private ExpertOutputSink {
   // The sequence id reported to observers for this pass's tokens (a Session's id).
   void set_seq_id(int32_t id) { seq_id_ = id; }
   int32_t seq_id() const { return seq_id_; }
+  // The routing policy (replaces ForwardOptions::routing; throws, keeping the old one, when it does not
+  // fit the model).
+  void set_routing_policy(const RoutingPolicy& policy);
+  const RoutingPolicy& routing_policy() const { return plan_->policy(); }
+  const RoutingPlan& routing_plan() const { return *plan_; }
+  // Per-range policies for the following run() calls: ranges must tile the step's tokens [0, n) in
+  // order. Empty (the default): every token routes under the pass's own policy.
+  void set_row_policies(std::vector<RowPolicy> rows) { row_policies_ = std::move(rows); }
   const PredictionStats& prediction_stats() const { return pred_stats_; }
   void reset_prediction_stats() { pred_stats_ = {}; }
 
@@ -108,6 +132,11 @@ class ForwardPass : private ExpertOutputSink {
     float* y;
   };
   void project_batch(const Projection* p, size_t n, const float* x, int64_t n_tokens, ThreadPool& pool);
+  // Routes one MoE layer's logits ([n_tokens][n_expert], overwritten with scores) under the policies
+  // in force; `count` adds to the routing and skip counters (not for predictions).
+  void route_layer(int il, int64_t n_tokens, float* logits, const float* bias, Routing& out, bool count);
+  // Whether every policy in force masks the expert (then no prediction may hint it).
+  bool masked_everywhere(int layer, int expert) const;
   // Both predictors fill predicted_ (per token) and hint_ (their union), then hint the store.
   void predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool);  // gate
   void predict_next_layer_transition(int il, int64_t n_tokens);         // table
@@ -128,6 +157,9 @@ class ForwardPass : private ExpertOutputSink {
   std::vector<int32_t> step_seq_ids_;
   std::vector<int32_t> obs_token_, obs_slot_;
   std::vector<float> obs_logits_, obs_routed_;
+  std::shared_ptr<const RoutingPlan> plan_;
+  std::vector<RowPolicy> row_policies_;
+  RouteScratch route_scratch_;
   ExpertExecutor executor_;
   FfnScratch ffn_scratch_;
   Routing routing_;

@@ -39,21 +39,15 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   // Per (token, slot) weighted expert outputs, summed in slot order at the end. Every slot is written
   // below (no zero fill: at 512 tokens x 8 slots that was 32 MiB of memset per layer).
   slots_.resize(static_cast<size_t>(n_tokens * k * n_embd));
-  uint64_t skipped = 0;
   for (int64_t t = 0; t < n_tokens; ++t)
     for (int j = 0; j < k; ++j) {
-      // An empty slot (no expert) and a skipped pair get a zero slot, so the sum over slots is unchanged by them.
+      // An empty slot (no expert) gets a zero slot, so the sum over slots is unchanged by it.
       const int32_t id = routing.id(t, j);
       if (id < 0) {
         std::fill_n(slots_.data() + (t * k + j) * n_embd, n_embd, 0.0f);
         continue;
       }
       if (id >= E) fail("layer {}: token {} was routed to expert {}, but the layer has {}", layer, t, id, E);
-      if (precision_.skip_below > 0.0f && routing.weight(t, j) < precision_.skip_below) {
-        ++skipped;
-        std::fill_n(slots_.data() + (t * k + j) * n_embd, n_embd, 0.0f);
-        continue;
-      }
       by_expert_[id].push_back({static_cast<int32_t>(t), j});
     }
 
@@ -108,7 +102,6 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   if (counters_) {
     counters_->full_evals += evals_[0];
     counters_->low_bit_evals += evals_[1];
-    counters_->skipped_evals += skipped;
     counters_->full_acquires += acquires_[0];
     counters_->low_bit_acquires += acquires_[1];
   }

@@ -102,6 +102,7 @@ BudgetedExpertStore::BudgetedExpertStore(ExpertLayout layout, Options opts) {
   int max_k = 0;
   for (int k : full.n_expert_used) max_k = std::max(max_k, k);
   if (n_expert_ == 0 || max_k == 0) fail("{}: the model has no experts to offload", full.path);
+  max_k = std::max(max_k, opts.min_slots);
   for (int t = 0; t < (has_low_ ? 2 : 1); ++t) {
     readers_[t] = std::make_unique<DirectReader>(layouts_[t].path, opts.io_mode);
     slot_bytes_[t] = slot_bytes_for(layouts_[t], readers_[t]->alignment());

@@ -147,6 +147,9 @@ class BudgetedExpertStore final : public ExpertStore {
     std::string policy = "distance";
     DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
     ExpertLayout low_bit;  // low-bit copies (file offsets into the side file); empty = none
+    // The pool must hold at least this many experts (one layer's experts for one token: more than the
+    // model's k when a routing policy selects more); 0 = the model's largest k.
+    int min_slots = 0;
   };
   BudgetedExpertStore(ExpertLayout layout, Options opts);
   ~BudgetedExpertStore() override;

@@ -32,6 +32,10 @@ class Session {
     return n_past_;
   }
   ForwardPass& forward() { return forward_; }
+  // The session's routing policy (moe/routing_policy.h); it applies to the tokens evaluated after the
+  // call. Throws when the policy does not fit the model.
+  void set_routing_policy(const RoutingPolicy& policy) { forward_.set_routing_policy(policy); }
+  const RoutingPolicy& routing_policy() const { return forward_.routing_policy(); }
   const Model& model() const { return model_; }
   size_t kv_bytes() const { return kv_.bytes(); }
 

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   moe::cli::register_tensors(app, cmds);
   moe::cli::register_calibrate(app, cmds);
   moe::cli::register_prune(app, cmds);
+  moe::cli::register_remix(app, cmds);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
