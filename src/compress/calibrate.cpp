@@ -93,16 +93,19 @@ void CalibrationObserver::on_routing(const MoeLayerRouting& r) {
   }
   std::vector<int> top(static_cast<size_t>(stats_.tcess_k));
   for (int64_t t = 0; t < T; ++t) {
-    // REAP's g: the gate scores renormalized over the token's selected experts.
+    // REAP's g: the gate weights renormalized over the token's selected experts. Taken from the final routing
+    // weights (not the scores, which are raw logits for softmax-over-selected gates such as gpt-oss's): the
+    // renormalization removes any routed scaling factor, and for softmax or sigmoid gates it equals the
+    // renormalized scores.
     double sum = 0;
     for (int j = 0; j < k; ++j)
-      if (rt.id(t, j) >= 0) sum += r.scores[t * E + rt.id(t, j)];
+      if (rt.id(t, j) >= 0) sum += std::max(0.0f, rt.weight(t, j));
     for (int j = 0; j < k; ++j) {
       const int e = rt.id(t, j);
       if (e < 0) continue;
       ls.count[e] += 1;
       ls.weight_sum[e] += rt.weight(t, j);
-      g_[static_cast<size_t>(t * k + j)] = sum > 0 ? static_cast<float>(r.scores[t * E + e] / sum) : 0.0f;
+      g_[static_cast<size_t>(t * k + j)] = sum > 0 ? static_cast<float>(std::max(0.0f, rt.weight(t, j)) / sum) : 0.0f;
     }
     // M-SMoE's similarity: the Gram matrix of router-logit columns.
     const float* z = r.logits + t * E;
