@@ -13,7 +13,7 @@ RECIPE_DIR ?= $(BUILD_DIR)/recipe
 DEFAULT_MODEL_FILE ?= tiny-qwen3moe-8x2-kjv-py-fortunes-F16.gguf
 THREADS ?= 2
 
-.PHONY: deps configure build run test bench fuzz clean default-model compare-routing routing-lab analysis-fidelity
+.PHONY: deps configure build run test bench fuzz clean default-model compare-routing routing-lab analysis-fidelity compression-table
 
 deps:
 	@bash scripts/deps.sh
@@ -50,6 +50,10 @@ routing-lab: build
 analysis-fidelity: build
 	@bash scripts/deps.sh corpus
 	MOE=$(BUILD_DIR)/bin/moe THREADS=$(THREADS) bash scripts/analysis_fidelity.sh $(BUILD_DIR)/analysis-fidelity
+# docs/compression.md's results table: pruning, TCESS and mixed precision on the bundled model (about 10 minutes).
+compression-table: build
+	@bash scripts/deps.sh corpus
+	MOE=$(BUILD_DIR)/bin/moe CORPUS=$(BUILD_DIR)/corpus bash scripts/compression_table.sh
 
 test: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS) --target moe moe_tests

@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev liburing-dev libopenblas-dev
-  libgtest-dev libbenchmark-dev libcpp-httplib-dev
+  libgtest-dev libbenchmark-dev libcpp-httplib-dev libglpk-dev
 )
 # Optional groups, asked for by name: "fuzz" (clang + libFuzzer runtime), "corpus" (the Debian packages
 # scripts/build_corpus.sh reads: the King James Bible, fortunes, Python's standard library).

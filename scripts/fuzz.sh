@@ -58,6 +58,15 @@ if [[ $TARGET == remix_fuzz && -x $ROOT/build/bin/moe && -d $FIXTURES ]]; then
   done
 fi
 
+# calib_stats_fuzz: valid statistics files from the fixture models (needs a normal build's moe).
+if [[ $TARGET == calib_stats_fuzz && -x $ROOT/build/bin/moe && -d $FIXTURES ]]; then
+  for m in tiny-qwen3moe tiny-deepseekmoe; do
+    seed=$CORPUS/seed-$m.stats.gguf
+    [[ -f $seed ]] || "$ROOT/build/bin/moe" calibrate -q -m "$FIXTURES/models/$m.gguf" -f "$FIXTURES/text/t1.txt" \
+      --label a -c 32 --max-windows 1 --recon-types q4_K -o "$seed" -t 1 > /dev/null 2>&1 || true
+  done
+fi
+
 # Plus small, fully valid files (the truncated fixtures fail at the tensor bounds check): every
 # value type, arrays, several tensor types, non-default alignment, overlapping tensors.
 if [[ $TARGET == gguf_fuzz ]]; then

@@ -385,19 +385,14 @@ TEST(Mxfp4Synth, Mxfp4MoeMixIsLlamaQuantizesMix) {
       << info.out;
 }
 
-TEST(Mxfp4Synth, UniformMxfp4KeepsOnlyTheOutputAtQ8_0) {
+TEST(Mxfp4Synth, TypeIsALlamaFileTypeAndMxfp4MoeIsOne) {
+  // --type takes llama-quantize's file types (compress/quant_mix), which have MXFP4 only as the MXFP4_MOE mix.
   const std::string out = (test::cli_temp_dir() / "mxfp4_synth.gguf").string();
   const auto r = test::run_cli({"synth", "--arch", "qwen3moe", "--layers", "1", "--embd", "128", "--experts", "4",
                                 "--ff", "64", "--heads", "4", "--vocab", "300", "--type", "mxfp4", "-q", "-o", out});
-  ASSERT_EQ(r.status, 0) << r.err;
-  auto f = gguf::File::open(out);
-  int mx = 0;
-  for (const auto& t : f->tensors()) {
-    if (t.dims.size() < 2 || t.name.find("ffn_gate_inp") != std::string::npos) continue;
-    EXPECT_EQ(t.type, t.name == "output.weight" ? DType::Q8_0 : DType::MXFP4) << t.name;
-    mx += t.type == DType::MXFP4;
-  }
-  EXPECT_EQ(mx, 8);  // token_embd, q, k, v, o, and the three expert matrices
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("--type mxfp4"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("MXFP4_MOE"), std::string::npos) << r.err;
 }
 
 namespace {

@@ -11,6 +11,7 @@
 
 #include "base/error.h"
 #include "cli_runner.h"
+#include "compress/expert_edit.h"
 #include "fixture_util.h"
 #include "format/gguf.h"
 #include "model/weights.h"
@@ -73,43 +74,18 @@ TEST_P(RoutingLabFixture, DefaultAndNoOpPoliciesAreBitIdentical) {
 // Writes `src` with experts `drop` (the same in every MoE layer) removed: their slices of the stacked
 // expert tensors, their router rows and selection-bias entries (found through the arch's role table),
 // per-expert biases and router-logit biases, and expert_count lowered.
+// The real pruner (compress/expert_edit.h, what `moe prune` writes): every MoE layer keeps the experts not in `drop`.
 void write_pruned(const Model& m, const std::set<int>& drop, const std::string& out) {
-  const gguf::File& f = m.file();
   const ModelSpec& s = m.spec();
-  gguf::Writer w;
-  for (const auto& [key, v] : f.metadata()) w.set(key, v);
-  const int E = s.layers[first_moe_layer(s)].moe.n_expert;
-  w.set(s.arch + ".expert_count", gguf::Value::make_u32(static_cast<uint32_t>(E - static_cast<int>(drop.size()))));
-  std::set<std::string> sliced;
-  for (const TensorRoleDesc& r : m.arch().roles) {
-    if (!r.per_layer) continue;
-    const bool per_expert = r.placement == Placement::Expert || r.placement == Placement::ExpertBias ||
-                            r.role == Role::Router || r.role == Role::RouterBias || r.role == Role::RouterLogitBias;
-    if (!per_expert) continue;
-    for (int il = 0; il < s.n_layer; ++il) {
-      if (!s.layers[il].is_moe) continue;
-      char name[128];
-      std::snprintf(name, sizeof(name), r.gguf_name, il);
-      sliced.insert(name);
-    }
-  }
-  for (const gguf::TensorInfo& t : f.tensors()) {
-    std::vector<uint8_t> bytes(t.nbytes);
-    f.read_tensor_bytes(t, 0, t.nbytes, bytes.data());
-    std::vector<int64_t> dims = t.dims;
-    if (sliced.count(t.name)) {
-      // The experts are the outermost dimension of every such tensor.
-      ASSERT_EQ(dims.back(), E) << t.name;
-      const uint64_t per = t.nbytes / static_cast<uint64_t>(E);
-      std::vector<uint8_t> kept;
-      for (int e = 0; e < E; ++e)
-        if (!drop.count(e)) kept.insert(kept.end(), bytes.begin() + e * per, bytes.begin() + (e + 1) * per);
-      bytes = std::move(kept);
-      dims.back() = E - static_cast<int64_t>(drop.size());
-    }
-    w.add_tensor(t.name, t.type, dims, std::move(bytes));
-  }
-  w.write(out);
+  compress::ExpertEdit edit;
+  edit.copy_from.resize(static_cast<size_t>(s.n_layer));
+  for (int il = 0; il < s.n_layer; ++il)
+    if (s.layers[il].is_moe)
+      for (int e = 0; e < s.layers[il].moe.n_expert; ++e)
+        if (!drop.count(e)) edit.copy_from[il].push_back(e);
+  edit.router_from = edit.copy_from;
+  auto src = gguf::File::open(m.file().path(), gguf::DataAccess::Pread);
+  compress::write_expert_edit(*src, edit, out);
 }
 
 TEST_P(RoutingLabFixture, MaskEqualsAFilePrunedToTheSameExperts) {

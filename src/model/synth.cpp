@@ -28,20 +28,7 @@ uint64_t hash_name(const std::string& s, uint64_t seed) {
   return h;
 }
 
-// llama.cpp's fallback when a row length is not a multiple of the target's block (llama-quant.cpp).
-DType llama_fallback_type(DType t) {
-  switch (t) {
-    case DType::Q2_K: case DType::Q3_K: return DType::Q4_0;
-    case DType::Q4_K: return DType::Q5_0;
-    case DType::Q5_K: return DType::Q5_1;
-    case DType::Q6_K: return DType::Q8_0;
-    default: return DType::F16;
-  }
-}
-
-DType type_for(const SynthConfig& c, Placement p, Role role, int layer, const std::vector<int64_t>& dims) {
-  const size_t n_dims = dims.size();
-  const int64_t cols = dims[0];
+DType type_for(const SynthConfig& c, Placement p, Role role, size_t n_dims, int64_t cols) {
   DType t;
   switch (p) {
     case Placement::Embedding: t = c.embd_type; break;
@@ -54,13 +41,7 @@ DType type_for(const SynthConfig& c, Placement p, Role role, int layer, const st
   }
   // Norms, biases, sinks and gate vectors stay fp32, as llama.cpp keeps them.
   if (n_dims < 2 || role_is_f32(role)) return DType::F32;
-  if (c.type_override) t = c.type_override(role, layer, t);
-  if (c.stacked_type && n_dims == 3 && dims[2] > 1) t = *c.stacked_type;
-  if (cols % dtype_traits(t).block_elems != 0) {
-    if (!c.llama_fallback) return DType::F16;
-    t = llama_fallback_type(t);
-    if (cols % dtype_traits(t).block_elems != 0) return DType::F16;
-  }
+  if (cols % dtype_traits(t).block_elems != 0) return DType::F16;
   return t;
 }
 
@@ -113,6 +94,43 @@ void set_yarn(ModelSpec& s, float factor, int64_t n_ctx_orig) {
   s.rope_freq_scale = 1.0f / factor;
   s.yarn.ext_factor = 1.0f;
   s.yarn.n_ctx_orig = n_ctx_orig;
+}
+
+std::vector<SynthTensor> synth_tensors(const SynthConfig& cfg) {
+  const ArchDescriptor* arch = find_arch(cfg.arch);
+  if (!arch) fail("synth: unknown architecture '{}'", cfg.arch);
+  const ModelSpec& s = cfg.spec;
+  // The spec the loader will see (arch hooks decide e.g. qk-norm shape) comes from the descriptor.
+  ModelSpec shaped = s;
+  shaped.arch = arch->name;
+  // Optional roles are written only when the spec asks for them.
+  auto wanted = [&](const TensorRoleDesc& d, int il) {
+    if (!d.optional) return true;
+    switch (d.role) {
+      case Role::Output: return !s.tied_output;
+      case Role::RouterBias: return s.layers[il].moe.has_selection_bias;
+      case Role::AttnQNorm: case Role::AttnKNorm: return s.qk_norm != QkNorm::None;
+      case Role::AttnOutBias: return s.attn_out_bias;
+      default: return false;
+    }
+  };
+  std::vector<SynthTensor> out;
+  for (const TensorRoleDesc& d : arch->roles) {
+    const int n_iter = d.per_layer ? s.n_layer : 1;
+    for (int il = 0; il < n_iter; ++il) {
+      std::vector<int64_t> dims = d.shape(shaped, il);
+      if (dims.empty()) continue;
+      if (!wanted(d, il)) continue;
+      if (d.role == Role::Output && s.tied_output) continue;
+      char name[256];
+      std::snprintf(name, sizeof name, d.gguf_name, il);
+      const std::string n = d.per_layer ? std::string(name) : std::string(d.gguf_name);
+      DType t = type_for(cfg, d.placement, d.role, dims.size(), dims[0]);
+      if (auto it = cfg.tensor_types.find(n); it != cfg.tensor_types.end()) t = it->second;
+      out.push_back({n, d.role, d.per_layer ? il : -1, dims, t, d.placement});
+    }
+  }
+  return out;
 }
 
 void write_synth_model(const std::string& path, const SynthConfig& cfg,
@@ -177,38 +195,18 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
     Role role;
   };
   std::vector<Planned> plan;
-  // Optional roles are written only when the spec asks for them.
-  auto wanted = [&](const TensorRoleDesc& d, int il) {
-    if (!d.optional) return true;
-    switch (d.role) {
-      case Role::Output: return !s.tied_output;
-      case Role::RouterBias: return s.layers[il].moe.has_selection_bias;
-      case Role::AttnQNorm: case Role::AttnKNorm: return s.qk_norm != QkNorm::None;
-      case Role::AttnOutBias: return s.attn_out_bias;
-      default: return false;
-    }
-  };
-  for (const TensorRoleDesc& d : arch->roles) {
-    const int n_iter = d.per_layer ? s.n_layer : 1;
-    for (int il = 0; il < n_iter; ++il) {
-      std::vector<int64_t> dims = d.shape(shaped, il);
-      if (dims.empty()) continue;
-      if (!wanted(d, il)) continue;
-      if (d.role == Role::Output && s.tied_output) continue;
-      char name[256];
-      std::snprintf(name, sizeof name, d.gguf_name, il);
-      const DType t = type_for(cfg, d.placement, d.role, d.per_layer ? il : -1, dims);
-      int64_t rows = 1;
-      for (size_t i = 1; i < dims.size(); ++i) rows *= dims[i];
-      total += row_bytes(t, dims[0]) * static_cast<uint64_t>(rows);
-      plan.push_back({d.per_layer ? std::string(name) : std::string(d.gguf_name), t, dims, d.placement, d.role});
-    }
+  for (const SynthTensor& st : synth_tensors(cfg)) {
+    int64_t rows = 1;
+    for (size_t i = 1; i < st.dims.size(); ++i) rows *= st.dims[i];
+    total += row_bytes(st.type, st.dims[0]) * static_cast<uint64_t>(rows);
+    plan.push_back({st.name, st.type, st.dims, st.placement, st.role});
   }
   // Trailing next-token-prediction layers: in the file (as real checkpoints ship them), never read.
   if (s.n_layer_nextn > 0 && arch->unused_tensors) {
     for (const UnusedTensorDesc& u : arch->unused_tensors(shaped)) {
       const Role role = u.role == Role::Count ? (u.dims.size() < 2 ? Role::AttnNorm : Role::AttnQ) : u.role;
-      const DType t = type_for(cfg, u.placement, role, s.n_layer, u.dims);
+      DType t = type_for(cfg, u.placement, role, u.dims.size(), u.dims[0]);
+      if (auto it = cfg.tensor_types.find(u.name); it != cfg.tensor_types.end()) t = it->second;
       int64_t rows = 1;
       for (size_t i = 1; i < u.dims.size(); ++i) rows *= u.dims[i];
       total += row_bytes(t, u.dims[0]) * static_cast<uint64_t>(rows);

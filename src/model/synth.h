@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
-#include <optional>
+#include <map>
 #include <string>
 
 #include "model/arch.h"
@@ -26,12 +26,9 @@ struct SynthConfig {
   bool with_vocab = true;  // write a byte-level placeholder vocabulary so text tools work
 
   // Additions for `moe synth` (additive: the defaults keep the old behaviour and the old bytes).
-  // Finer per-role type choice (e.g. llama.cpp's Q4_K_M mix: Q6_K for some attn_v / ffn_down).
-  // Called for every matrix (n_dims >= 2) with the placement type as `def`; layer is -1 for globals.
-  std::function<DType(Role, int layer, DType def)> type_override;
-  // When a row length is not a multiple of the chosen type's block: use llama.cpp's fallback
-  // (Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0, Q2_K/Q3_K->Q4_0, then F16) instead of going straight to F16.
-  bool llama_fallback = false;
+  // Exact types for named tensors (e.g. llama.cpp's Q4_K_M mix, planned by compress/quant_mix.h from
+  // synth_tensors()); tensors not named keep the placement types above.
+  std::map<std::string, DType> tensor_types;
   int file_type = -1;        // general.file_type (llama_ftype) to write; -1 = derived as before
   // One RNG stream per row (a cheap near-normal draw) instead of one stream per tensor: rows are then
   // generated and quantized in parallel on `threads` threads, and the bytes do not depend on `threads`.
@@ -42,9 +39,6 @@ struct SynthConfig {
   // benchmarks the bytes only need to be valid and not all equal; the reference K-quant
   // quantizers run at a few MB/s, so this is what makes a 17 GB model take minutes instead of hours.
   int64_t unique_rows = 0;
-  // When set: the type of every 3-D matrix with more than one slice, after type_override (llama.cpp's
-  // MXFP4_MOE rule, which keys on the shape: routed experts, and MLA's per-head attn_k_b / attn_v_b).
-  std::optional<DType> stacked_type;
 };
 
 // Fills a ModelSpec with a uniform MoE shape (every layer MoE unless n_dense_lead > 0).
@@ -57,6 +51,17 @@ ModelSpec make_moe_shape(int n_layer, int64_t n_embd, int n_head, int n_head_kv,
 void set_mla(ModelSpec& s, int64_t q_lora, int64_t kv_lora, int64_t qk_nope, int64_t qk_rope, int64_t v_head);
 // YaRN rope scaling by `factor` from an original context of n_ctx_orig.
 void set_yarn(ModelSpec& s, float factor, int64_t n_ctx_orig);
+
+// The tensors write_synth_model writes, in file order, with the types the placement fields give.
+struct SynthTensor {
+  std::string name;
+  Role role;
+  int layer;  // -1 for global tensors
+  std::vector<int64_t> dims;
+  DType type;
+  Placement placement;
+};
+std::vector<SynthTensor> synth_tensors(const SynthConfig& cfg);
 
 // Writes the model atomically. `progress(done_bytes, total_bytes)` is called as tensors are written.
 void write_synth_model(const std::string& path, const SynthConfig& cfg,

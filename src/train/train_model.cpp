@@ -457,6 +457,11 @@ void MoeTransformer<Real>::backward(ThreadPool* pool) {
             for (int64_t i = 0; i < d; ++i) dey[row * d + i] = wj * dx[n * d + i];
           }
       });
+      if (expert_grad_hook_)
+        for (int e = 0; e < E; ++e) {
+          const int64_t r0 = L.expert_begin[e], ne = L.expert_begin[e + 1] - r0;
+          if (ne > 0) expert_grad_hook_(il, e, ne, L.eh.data() + r0 * ff, dey.data() + r0 * d);
+        }
       std::vector<Real> dex(static_cast<size_t>(A * d), Real(0));
       const Real* Wg = W(Role::ExpGate);
       const Real* Wu = W(Role::ExpUp);

@@ -9,6 +9,7 @@
 // Templated on the scalar type: training uses float; the gradient-check tests instantiate double.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -93,6 +94,12 @@ class MoeTransformer {
   // Tokens routed to each expert by the last forward, [layer][expert] (empty for dense layers).
   const std::vector<std::vector<int64_t>>& expert_load() const;
 
+  // Optional, for analysis (HEAPr, compress/heapr.h): backward() calls it on the calling thread for every
+  // MoE layer and every expert that had tokens, with the activations entering the expert's down
+  // projection u [n][ff] and the gradient of the loss at the expert's (unweighted) output g [n][n_embd].
+  using ExpertGradHook = std::function<void(int layer, int expert, int64_t n, const Real* u, const Real* g)>;
+  void set_expert_grad_hook(ExpertGradHook hook) { expert_grad_hook_ = std::move(hook); }
+
  private:
   struct State;
   ModelSpec spec_;
@@ -101,6 +108,7 @@ class MoeTransformer {
   std::vector<Real> params_, grads_;
   std::vector<std::vector<Real>> selection_bias_;
   State* state_;  // activations kept for backward (pimpl, owned)
+  ExpertGradHook expert_grad_hook_;
 };
 
 extern template class MoeTransformer<float>;

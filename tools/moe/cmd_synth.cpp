@@ -2,20 +2,9 @@
 // random-weight model with a real shape, for benchmarks. Streaming: the writer holds one tensor at a
 // time; rows are generated and quantized on -t threads (bytes do not depend on -t).
 //
-// --type names a uniform type (Q8_0, Q4_0, F16, ...) or one of llama.cpp's K-quant mixes. The mixes
-// follow the rules of llama.cpp's llama-quant.cpp (restated, not copied):
-//   * output.weight: Q6_K for every quantized type except Q8_0 (which stays Q8_0); token_embd keeps
-//     the base type.
-//   * Q4_K_M / Q5_K_M: base Q4_K / Q5_K; attn_v and every ffn_down* (dense, routed experts, shared)
-//     of layer i become Q6_K when use_more_bits(i, n_layer): i < n/8 || i >= 7n/8 || (i - n/8) % 3 == 2.
-//   * Q4_K_S: base Q4_K; attn_v of layers 0..3 and ffn_down of layers < n/8 become Q5_K.
-//   * With exactly 8 experts (Mixtral) and any K-quant mix: attn_v and attn_k become Q8_0, attn_output Q5_K.
-//   * A row length that is not a multiple of 256 falls back: Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0.
-//   * Norms, biases and the router (ffn_gate_inp) stay F32.
-//   * MXFP4_MOE: every 3-D matrix with more than one slice (the routed experts; MLA's attn_k_b/v_b) is
-//     MXFP4, every other matrix Q8_0, output and token_embd included (llama.cpp keeps the router in its
-//     source type, F32 here). Plain MXFP4 makes every matrix MXFP4 except the output (Q8_0).
-//   * A row length that is not a multiple of 32 makes an MXFP4 or Q8_0 matrix F16.
+// --type is a file type as llama-quantize names it (Q4_K_M, Q8_0, F16, ...); every tensor gets the type
+// llama.cpp's rules give it for that file type (compress/quant_mix.h, the table `moe quantize` uses), as if
+// an F16 file of this shape had been quantized by llama-quantize. Norms, biases and the router stay F32.
 #include <unistd.h>
 
 #include <chrono>
@@ -26,6 +15,7 @@
 #include "base/error.h"
 #include "cli_util.h"
 #include "commands.h"
+#include "compress/quantize_model.h"
 #include "model/synth.h"
 
 namespace moe::cli {
@@ -116,15 +106,15 @@ NamedShape named_shape(const std::string& name) {
     // gpt-oss-20b: 24 layers of 64 q / 8 kv heads of 64, sinks, a 128-token window on even layers, 32 experts
     // top-4 of ff 2880 with biases, clamped SwiGLU, YaRN x32 from 4096.
     s.arch = "gpt-oss";
-    // The real file (ggml-org's gpt-oss-20b-mxfp4.gguf, 12.1 GB) ships the experts in MXFP4 and every other
-    // matrix in Q8_0: llama.cpp's MXFP4_MOE mix.
-    s.default_type = "MXFP4_MOE";
     s.spec = make_moe_shape(24, 2880, 64, 8, 64, 32, 4, 2880, 201088);
     s.spec.rope_base = 150000.0f;
     s.spec.rms_eps = 1e-5f;
     s.spec.n_ctx_train = 131072;
     set_yarn(s.spec, 32.0f, 4096);
     for (int il = 0; il < s.spec.n_layer; ++il) s.spec.layers[il].n_swa = il % 2 == 0 ? 128 : 0;
+    // The real file (ggml-org's gpt-oss-20b-mxfp4.gguf, 12.1 GB) ships the experts in MXFP4 and every other
+    // matrix in Q8_0: llama.cpp's MXFP4_MOE mix.
+    s.default_type = "MXFP4_MOE";
   } else if (name == "glm-4.5-air") {
     // GLM-4.5-Air: 46 layers (+1 next-token-prediction layer in the file), 96 q / 8 kv heads of 128 with
     // rope on half of each, 1 dense layer (ff 10944), 128 experts top-8 of ff 1408 + 1 shared, sigmoid with
@@ -146,68 +136,6 @@ NamedShape named_shape(const std::string& name) {
   }
   s.spec.name = "synth-" + name;
   return s;
-}
-
-bool use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
-
-bool is_down(Role r) { return r == Role::FfnDown || r == Role::ExpDown || r == Role::ShexpDown; }
-
-struct TypePlan {
-  DType base;
-  DType output;
-  int file_type;
-  std::function<DType(Role, int, DType)> override;  // null for uniform types
-  std::optional<DType> stacked;                      // SynthConfig::stacked_type
-};
-
-TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
-  static const std::map<std::string, int> mixes = {{"Q4_K_S", 14}, {"Q4_K_M", 15}, {"Q5_K_S", 16}, {"Q5_K_M", 17}};
-  std::string upper;
-  for (char c : type_name) upper += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  TypePlan p;
-  if (upper == "MXFP4_MOE") {
-    p.base = p.output = DType::Q8_0;
-    p.stacked = DType::MXFP4;
-    p.file_type = 38;  // LLAMA_FTYPE_MOSTLY_MXFP4_MOE
-    return p;
-  }
-  if (auto it = mixes.find(upper); it != mixes.end()) {
-    const bool q4 = upper[1] == '4';
-    const bool medium = upper.back() == 'M';
-    p.base = q4 ? DType::Q4_K : DType::Q5_K;
-    p.output = DType::Q6_K;
-    p.file_type = it->second;
-    p.override = [=](Role r, int il, DType def) -> DType {
-      if (r == Role::Output || r == Role::TokenEmbd || il < 0) return def;
-      if (n_expert == 8) {
-        if (r == Role::AttnV || r == Role::AttnK) return DType::Q8_0;
-        if (r == Role::AttnOut) return DType::Q5_K;
-      }
-      if (medium) {
-        if ((r == Role::AttnV || is_down(r)) && use_more_bits(il, n_layer)) return DType::Q6_K;
-      } else if (q4) {  // Q4_K_S
-        if (r == Role::AttnV && il < 4) return DType::Q5_K;
-        if (is_down(r) && il < n_layer / 8) return DType::Q5_K;
-      }
-      return def;
-    };
-    return p;
-  }
-  static const std::map<DType, int> uniform_ftype = {
-      {DType::F32, 0},  {DType::F16, 1},  {DType::Q4_0, 2}, {DType::Q4_1, 3}, {DType::Q8_0, 7},
-      {DType::Q5_0, 8}, {DType::Q5_1, 9}, {DType::Q2_K, 10}, {DType::Q3_K, 11}, {DType::Q4_K, 14},
-      {DType::Q5_K, 16}, {DType::Q6_K, 18}, {DType::BF16, 32}, {DType::MXFP4, 38}};
-  std::optional<DType> t = dtype_from_name(type_name);
-  if (!t || !uniform_ftype.count(*t)) {
-    fail("--type: unknown or unsupported type '{}' (Q4_K_M, Q4_K_S, Q5_K_M, Q5_K_S, MXFP4_MOE, Q8_0, Q4_0, Q4_1, "
-         "Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, MXFP4, F16, BF16, F32)",
-         type_name);
-  }
-  p.base = *t;
-  p.file_type = uniform_ftype.at(*t);
-  const bool float_type = *t == DType::F32 || *t == DType::F16 || *t == DType::BF16;
-  p.output = (float_type || *t == DType::Q8_0) ? *t : *t == DType::MXFP4 ? DType::Q8_0 : DType::Q6_K;
-  return p;
 }
 
 // The shape's MoE layout with another number of leading dense layers (before --layers cuts it).
@@ -298,19 +226,27 @@ int run_synth(const SynthArgs& a) {
   int n_expert = 0;
   for (const auto& L : ns.spec.layers) n_expert = std::max(n_expert, L.is_moe ? L.moe.n_expert : 0);
   const std::string type_name = !a.type.empty() ? a.type : ns.default_type;
-  const TypePlan tp = plan_types(type_name, ns.spec.n_layer, n_expert);
+  const compress::QuantMix* mix = compress::find_quant_mix(type_name);
+  if (!mix) fail("--type {}: unknown file type (known: {})", type_name, compress::quant_mix_names());
 
+  // The tensors as an F16 file would hold them, typed by llama.cpp's rules for the file type (the table
+  // `moe quantize` uses), so a synth file has the types llama-quantize would give it.
   SynthConfig cfg;
   cfg.arch = ns.arch;
   cfg.spec = ns.spec;
-  cfg.attn_type = cfg.expert_type = cfg.shared_type = cfg.embd_type = tp.base;
-  cfg.output_type = tp.output;
+  cfg.attn_type = cfg.expert_type = cfg.shared_type = cfg.embd_type = cfg.output_type = DType::F16;
   cfg.router_type = DType::F32;
+  std::vector<compress::MixTensor> tensors;
+  for (const SynthTensor& t : synth_tensors(cfg)) tensors.push_back({t.name, t.role, t.layer, t.dims, t.type});
+  compress::sort_llama_order(tensors);
+  ModelSpec shaped = ns.spec;
+  shaped.arch = ns.arch;
+  compress::MixOptions mo;
+  mo.mix = mix;
+  const compress::MixPlan plan = compress::plan_mix(compress::mix_model(shaped), tensors, mo);
+  for (size_t i = 0; i < tensors.size(); ++i) cfg.tensor_types[tensors[i].name] = plan.types[i];
+  cfg.file_type = mix->ftype;
   cfg.seed = a.seed;
-  cfg.type_override = tp.override;
-  cfg.stacked_type = tp.stacked;
-  cfg.llama_fallback = true;
-  cfg.file_type = tp.file_type;
   cfg.row_streams = true;
   cfg.threads = resolve_threads(a.threads);
   cfg.unique_rows = a.unique_rows;
@@ -347,7 +283,7 @@ void register_synth(CLI::App& app, CommandSet& cmds) {
   CLI::App* sub = app.add_subcommand("synth", "Write a random-weight model with a real shape (for benchmarks)");
   sub->add_option("-o,--output", a->out, "Output GGUF file")->required();
   sub->add_option("--shape", a->shape, kShapeNames);
-  sub->add_option("--type", a->type, "Q4_K_M (default; MXFP4_MOE for gpt-oss-20b), Q4_K_S, Q5_K_M, Q5_K_S, MXFP4_MOE, Q8_0, Q4_0, MXFP4, F16, ...");
+  sub->add_option("--type", a->type, "Q4_K_M (default; MXFP4_MOE for gpt-oss-20b), Q4_K_S, Q5_K_M, Q5_K_S, MXFP4_MOE, Q8_0, Q4_0, F16, ...");
   sub->add_option("--arch", a->arch, "Architecture (custom shapes; default qwen3moe)");
   sub->add_option("--name", a->name, "general.name");
   sub->add_option("--layers", a->layers, "Layers (with --shape: keep that many of the shape's layers)")
@@ -369,18 +305,14 @@ void register_synth(CLI::App& app, CommandSet& cmds) {
       ->check(CLI::Range(int64_t{0}, int64_t{65536}));
   sub->add_option("--qk-nope", a->qk_nope, "With an MLA --shape: per-head query/key part without rope")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  sub->add_option("--qk-rope", a->qk_rope, "With an MLA --shape: per-head rope part")
-      ->check(CLI::Range(int64_t{2}, int64_t{4096}));
-  sub->add_option("--v-head", a->v_head, "With an MLA --shape: per-head value width")
-      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  sub->add_option("--rot", a->rot, "Rotated dims per head (rope.dimension_count)")
-      ->check(CLI::Range(int64_t{2}, int64_t{4096}));
+  sub->add_option("--qk-rope", a->qk_rope, "With an MLA --shape: per-head rope part")->check(CLI::Range(int64_t{2}, int64_t{4096}));
+  sub->add_option("--v-head", a->v_head, "With an MLA --shape: per-head value width")->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  sub->add_option("--rot", a->rot, "Rotated dims per head (rope.dimension_count)")->check(CLI::Range(int64_t{2}, int64_t{4096}));
   sub->add_option("--window", a->window, "Sliding window of the shape's window layers")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   sub->add_option("--groups", a->groups, "Expert groups for group-limited routing")->check(CLI::Range(1, 4096));
   sub->add_option("--groups-used", a->groups_used, "Groups kept per token")->check(CLI::Range(1, 4096));
-  sub->add_option("--nextn", a->nextn, "Trailing next-token-prediction layers written (not run)")
-      ->check(CLI::Range(0, 8));
+  sub->add_option("--nextn", a->nextn, "Trailing next-token-prediction layers written (not run)")->check(CLI::Range(0, 8));
   sub->add_option("--seed", a->seed, "Random seed");
   sub->add_option("--unique-rows", a->unique_rows,
                   "Quantize only N distinct rows per tensor, copy the rest (fast; 0 = all distinct)")

@@ -36,6 +36,10 @@ void register_kl_logits(CLI::App& app, CommandSet& cmds);
 void register_serve(CLI::App& app, CommandSet& cmds);
 void register_trace(CLI::App& app, CommandSet& cmds);
 void register_analyze(CLI::App& app, CommandSet& cmds);
+void register_quantize(CLI::App& app, CommandSet& cmds);
+void register_tensors(CLI::App& app, CommandSet& cmds);
+void register_calibrate(CLI::App& app, CommandSet& cmds);
+void register_prune(CLI::App& app, CommandSet& cmds);
 void register_remix(CLI::App& app, CommandSet& cmds);  // remix-build, remix-eval
 
 }  // namespace moe::cli

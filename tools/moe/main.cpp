@@ -25,6 +25,10 @@ int main(int argc, char** argv) {
   moe::cli::register_serve(app, cmds);
   moe::cli::register_trace(app, cmds);
   moe::cli::register_analyze(app, cmds);
+  moe::cli::register_quantize(app, cmds);
+  moe::cli::register_tensors(app, cmds);
+  moe::cli::register_calibrate(app, cmds);
+  moe::cli::register_prune(app, cmds);
   moe::cli::register_remix(app, cmds);
   try {
     app.parse(argc, argv);
