@@ -43,27 +43,30 @@ struct NamedShape {
   ModelSpec spec;
 };
 
-NamedShape named_shape(const std::string& name) {
+// layers > 0 overrides the shape's layer count (e.g. a few layers of a real shape for a kernel benchmark);
+// every layer keeps the real shape.
+NamedShape named_shape(const std::string& name, int layers) {
   NamedShape s;
+  auto n = [&](int real) { return layers > 0 ? layers : real; };
   if (name == "olmoe-1b-7b") {
     s.arch = "olmoe";
-    s.spec = make_moe_shape(16, 2048, 16, 16, 128, 64, 8, 1024, 50304);
+    s.spec = make_moe_shape(n(16), 2048, 16, 16, 128, 64, 8, 1024, 50304);
     s.spec.rms_eps = 1e-5f;
   } else if (name == "qwen3-30b-a3b") {
     s.arch = "qwen3moe";
-    s.spec = make_moe_shape(48, 2048, 32, 4, 128, 128, 8, 768, 151936);
+    s.spec = make_moe_shape(n(48), 2048, 32, 4, 128, 128, 8, 768, 151936);
     s.spec.rope_base = 1e6f;
     s.spec.n_ctx_train = 40960;
   } else if (name == "mixtral-8x7b") {
     s.arch = "llama";
-    s.spec = make_moe_shape(32, 4096, 32, 8, 128, 8, 2, 14336, 32000);
+    s.spec = make_moe_shape(n(32), 4096, 32, 8, 128, 8, 2, 14336, 32000);
     s.spec.rope_base = 1e6f;
     s.spec.rms_eps = 1e-5f;
     s.spec.n_ctx_train = 32768;
   } else if (name == "deepseek-moe-16b") {
     s.arch = "deepseek";
     // 1 leading dense layer (ff 10944), 2 shared experts stored as one FFN of width 2 * 1408.
-    s.spec = make_moe_shape(28, 2048, 16, 16, 128, 64, 6, 1408, 102400, 1, 10944, 2, 2 * 1408);
+    s.spec = make_moe_shape(n(28), 2048, 16, 16, 128, 64, 6, 1408, 102400, 1, 10944, 2, 2 * 1408);
   } else {
     fail("--shape: unknown shape '{}' (known: olmoe-1b-7b, qwen3-30b-a3b, mixtral-8x7b, deepseek-moe-16b)", name);
   }
@@ -129,7 +132,7 @@ TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
 int run_synth(const SynthArgs& a) {
   NamedShape ns;
   if (!a.shape.empty()) {
-    ns = named_shape(a.shape);
+    ns = named_shape(a.shape, a.layers);
   } else {
     if (a.layers <= 0 || a.embd <= 0 || a.heads <= 0 || a.vocab <= 0 || a.experts < 0 || a.ff <= 0) {
       fail("synth: give --shape NAME, or all of --layers --embd --heads --vocab --experts --ff (custom shape)");
@@ -197,7 +200,7 @@ void register_synth(CLI::App& app, CommandSet& cmds) {
   sub->add_option("--type", a->type, "Q4_K_M (default), Q4_K_S, Q5_K_M, Q5_K_S, Q8_0, Q4_0, F16, ...");
   sub->add_option("--arch", a->arch, "Architecture (custom shapes; default qwen3moe)");
   sub->add_option("--name", a->name, "general.name");
-  sub->add_option("--layers", a->layers, "Layers")->check(CLI::Range(1, 1024));
+  sub->add_option("--layers", a->layers, "Layers (with --shape: that many layers of the shape)")->check(CLI::Range(1, 1024));
   sub->add_option("--embd", a->embd, "Model width")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   sub->add_option("--experts", a->experts, "Routed experts per layer (0 = dense)")->check(CLI::Range(0, 4096));
   sub->add_option("--top-k", a->top_k, "Experts used per token")->check(CLI::Range(0, 4096));
