@@ -52,6 +52,43 @@ ForwardPass::ForwardPass(const Model& model, ExpertStore& store, ForwardOptions 
          options_.transitions->shape().describe(), model_shape.describe());
 }
 
+void ForwardPass::add_observer(ForwardObserver* obs) {
+  if (!obs) return;
+  observers_.push_back(obs);
+  needs_ |= obs->needs();
+}
+
+void ForwardPass::remove_observer(ForwardObserver* obs) {
+  observers_.erase(std::remove(observers_.begin(), observers_.end(), obs), observers_.end());
+  needs_ = {};
+  for (ForwardObserver* o : observers_) needs_ |= o->needs();
+}
+
+void ForwardPass::set_observer(ForwardObserver* obs) {
+  observers_.clear();
+  needs_ = {};
+  add_observer(obs);
+}
+
+void ForwardPass::on_expert_output(int layer, int expert, const std::pair<int32_t, int32_t>* members, int64_t n_rows,
+                                   const float* rows, int64_t n_embd) {
+  obs_token_.resize(static_cast<size_t>(n_rows));
+  obs_slot_.resize(static_cast<size_t>(n_rows));
+  for (int64_t i = 0; i < n_rows; ++i) {
+    obs_token_[static_cast<size_t>(i)] = members[i].first;
+    obs_slot_[static_cast<size_t>(i)] = members[i].second;
+  }
+  ExpertOutputs out;
+  out.layer = layer;
+  out.expert = expert;
+  out.n_rows = n_rows;
+  out.token = obs_token_.data();
+  out.slot = obs_slot_.data();
+  out.rows = rows;
+  out.n_embd = n_embd;
+  for (ForwardObserver* o : observers_) o->on_expert_output(out);
+}
+
 void ForwardPass::project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
   act_.convert(dtype_traits(w.type).vec_dot_type, x, n_tokens, w.cols, w.cols);
   kernels::matmul(to_matrix(w), act_, y, w.rows, pool);
@@ -282,22 +319,42 @@ void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) 
   router_logits_.resize(static_cast<size_t>(n_tokens * ms.n_expert));
   project(lw[Role::Router], xn_.data(), n_tokens, router_logits_.data(), pool);
   const float* bias = lw[Role::RouterBias] ? f32(lw[Role::RouterBias]) : nullptr;
+  if (needs_.router_logits) obs_logits_.assign(router_logits_.begin(), router_logits_.end());
   route_tokens(ms, router_logits_.data(), bias, n_tokens, routing_);
-  if (observer_) observer_->on_routing(il, pos0, routing_);
+  if (!observers_.empty()) {
+    MoeLayerRouting view;
+    view.layer = il;
+    view.tokens = &step_;
+    view.n_embd = d;
+    view.n_expert = ms.n_expert;
+    view.input = xn_.data();
+    view.residual = needs_.moe_io ? x_.data() : nullptr;
+    view.logits = needs_.router_logits ? obs_logits_.data() : nullptr;
+    view.scores = router_logits_.data();  // route_tokens left the gate's scores there
+    view.routing = &routing_;
+    for (ForwardObserver* o : observers_) o->on_routing(view);
+  }
   if (predicted_layer_ == il && static_cast<int64_t>(predicted_.size()) == n_tokens) {
     for (int64_t t = 0; t < n_tokens; ++t) {
       const auto& pred = predicted_[t];
       pred_stats_.predicted += pred.size();
       pred_stats_.actual += routing_.k;
-      for (int j = 0; j < routing_.k; ++j)
+      for (int j = 0; j < routing_.k; ++j) {
+        if (routing_.id(t, j) < 0) {
+          --pred_stats_.actual;  // an empty slot is no expert to predict
+          continue;
+        }
         pred_stats_.correct += std::find(pred.begin(), pred.end(), routing_.id(t, j)) != pred.end();
+      }
     }
   }
   if (options_.lookahead_margin >= 0) {
     if (options_.predictor == PrefetchPredictor::Transition) predict_next_layer_transition(il, n_tokens);
     else predict_next_layer(il, n_tokens, pool);
   }
-  executor_.run(il, ms, xn_.data(), n_tokens, d, routing_, store_, pool, tmp_.data());
+  executor_.run(il, ms, xn_.data(), n_tokens, d, routing_, store_, pool, tmp_.data(),
+                needs_.expert_outputs && !observers_.empty() ? this : nullptr);
+  if (needs_.moe_io && !observers_.empty()) obs_routed_.assign(tmp_.begin(), tmp_.begin() + n_tokens * d);
 
   if (ms.n_shared > 0) {
     shexp_out_.resize(static_cast<size_t>(n_tokens * d));
@@ -313,6 +370,15 @@ void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) 
       }
     }
     kernels::add(tmp_.data(), shexp_out_.data(), n_tokens * d);
+  }
+  if (needs_.moe_io && !observers_.empty()) {
+    MoeLayerOutput out;
+    out.layer = il;
+    out.tokens = &step_;
+    out.n_embd = d;
+    out.routed = obs_routed_.data();
+    out.block = tmp_.data();
+    for (ForwardObserver* o : observers_) o->on_moe_output(out);
   }
 }
 
@@ -407,6 +473,11 @@ void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvC
   x_.resize(static_cast<size_t>(n_tokens * d));
   xn_.resize(static_cast<size_t>(n_tokens * d));
 
+  step_positions_.resize(static_cast<size_t>(n_tokens));
+  step_seq_ids_.assign(static_cast<size_t>(n_tokens), seq_id_);
+  for (int64_t t = 0; t < n_tokens; ++t) step_positions_[static_cast<size_t>(t)] = pos0 + t;
+  step_ = {tokens, step_positions_.data(), step_seq_ids_.data(), n_tokens};
+
   const WeightView& emb = model_.global(Role::TokenEmbd);
   const DTypeTraits& emb_tr = dtype_traits(emb.type);
   for (int64_t t = 0; t < n_tokens; ++t) {
@@ -415,6 +486,7 @@ void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvC
     emb_tr.dequantize(emb.row(id), x_.data() + t * d, d);
     if (s.embedding_scale != 0.0f) kernels::scale(x_.data() + t * d, s.embedding_scale, d);
   }
+  for (ForwardObserver* o : observers_) o->on_step_begin(step_);
 
   for (int il = 0; il < s.n_layer; ++il) {
     const LayerWeights& lw = model_.layer(il);
@@ -431,6 +503,9 @@ void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvC
     kernels::add(x_.data(), tmp_.data(), n_tokens * d);
   }
 
+  if (needs_.final_hidden)
+    for (ForwardObserver* o : observers_) o->on_final_hidden(step_, x_.data(), d);
+
   const int64_t first = all_logits ? 0 : n_tokens - 1;
   const int64_t n_out = n_tokens - first;
   for (int64_t t = first; t < n_tokens; ++t)
@@ -438,6 +513,7 @@ void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvC
                       s.rms_eps);
   project(model_.global(Role::Output), xn_.data(), n_out, logits, pool);
   if (s.logit_scale != 0.0f) kernels::scale(logits, 1.0f / s.logit_scale, n_out * s.n_vocab);
+  for (ForwardObserver* o : observers_) o->on_step_end(step_);
 }
 
 }  // namespace moe

@@ -9,6 +9,7 @@
 #include "base/direct_io.h"
 #include "base/thread_pool.h"
 #include "kernels/matmul.h"
+#include "model/forward_observer.h"
 #include "model/weights.h"
 #include "moe/executor.h"
 #include "moe/expert_store.h"
@@ -41,13 +42,6 @@ class KvCache {
   }
   int64_t n_ctx_, head_dim_, n_head_kv_;
   AlignedBuffer k_, v_;  // large caches get 2 MiB pages where the kernel allows
-};
-
-// Observes routing decisions (design.md seam 4); traces and statistics subscribe here.
-class RoutingObserver {
- public:
-  virtual ~RoutingObserver() = default;
-  virtual void on_routing(int layer, int64_t pos0, const Routing& routing) = 0;
 };
 
 // What predicts the next MoE layer's experts for prefetching (techniques.md section 5).
@@ -91,7 +85,7 @@ struct PredictionStats {
   double recall() const { return actual ? double(correct) / double(actual) : 0.0; }
 };
 
-class ForwardPass {
+class ForwardPass : private ExpertOutputSink {
  public:
   ForwardPass(const Model& model, ExpertStore& store, ForwardOptions options = {});
 
@@ -100,7 +94,14 @@ class ForwardPass {
   void run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool, float* logits,
            bool all_logits);
 
-  void set_observer(RoutingObserver* obs) { observer_ = obs; }
+  // Observers (model/forward_observer.h), called in the order added. set_observer replaces them all
+  // with one (nullptr: none). An observer's needs() are read when it is added.
+  void add_observer(ForwardObserver* obs);
+  void remove_observer(ForwardObserver* obs);
+  void set_observer(ForwardObserver* obs);
+  // The sequence id reported to observers for this pass's tokens (a Session's id).
+  void set_seq_id(int32_t id) { seq_id_ = id; }
+  int32_t seq_id() const { return seq_id_; }
   const PredictionStats& prediction_stats() const { return pred_stats_; }
   void reset_prediction_stats() { pred_stats_ = {}; }
 
@@ -119,10 +120,22 @@ class ForwardPass {
   void predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool);  // gate
   void predict_next_layer_transition(int il, int64_t n_tokens);         // table
 
+  // ExpertOutputSink: hands the executor's expert outputs to the observers.
+  void on_expert_output(int layer, int expert, const std::pair<int32_t, int32_t>* members, int64_t n_rows,
+                        const float* rows, int64_t n_embd) override;
+
   const Model& model_;
   ExpertStore& store_;
   ForwardOptions options_;
-  RoutingObserver* observer_ = nullptr;
+  std::vector<ForwardObserver*> observers_;
+  ObserverNeeds needs_;  // the union of the observers' needs
+  int32_t seq_id_ = 0;
+  // The step being run, as observers see it.
+  StepTokens step_;
+  std::vector<int64_t> step_positions_;
+  std::vector<int32_t> step_seq_ids_;
+  std::vector<int32_t> obs_token_, obs_slot_;
+  std::vector<float> obs_logits_, obs_routed_;
   ExpertExecutor executor_;
   FfnScratch ffn_scratch_;
   Routing routing_;

@@ -57,7 +57,9 @@ RoutingCallRecorder::RoutingCallRecorder(const ModelSpec& spec, Sink sink)
     if (spec.layers[static_cast<size_t>(il)].is_moe) last_moe_layer_ = il;
 }
 
-void RoutingCallRecorder::on_routing(int layer, int64_t, const Routing& routing) {
+void RoutingCallRecorder::on_routing(const MoeLayerRouting& r) {
+  const int layer = r.layer;
+  const Routing& routing = *r.routing;
   if (layer < 0 || layer >= static_cast<int>(call_.size())) return;
   call_[static_cast<size_t>(layer)] = routing;
   if (layer != last_moe_layer_) return;

@@ -1,5 +1,5 @@
 // The model side of the transition-table predictor (moe/transition_table.h): a table's shape from a
-// Model, loading a side file checked against the model, and a RoutingObserver that hands each forward
+// Model, loading a side file checked against the model, and a forward observer that hands each forward
 // call's routing (every MoE layer, same tokens) to whoever builds or scores a table.
 #pragma once
 #include <functional>
@@ -35,11 +35,11 @@ LoadedTransitions load_transition_table(const std::string& path, const Model& mo
 // Gathers the routing of one forward call (the forward pass reports layers in order, all over the
 // batch's tokens) and passes it, complete, to `sink` after the last MoE layer. Dense layers' entries
 // have n_tokens 0.
-class RoutingCallRecorder final : public RoutingObserver {
+class RoutingCallRecorder final : public ForwardObserver {
  public:
   using Sink = std::function<void(const std::vector<Routing>& per_layer)>;
   RoutingCallRecorder(const ModelSpec& spec, Sink sink);
-  void on_routing(int layer, int64_t pos0, const Routing& routing) override;
+  void on_routing(const MoeLayerRouting& r) override;
 
  private:
   int last_moe_layer_ = -1;

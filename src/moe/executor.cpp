@@ -29,7 +29,8 @@ void swiglu_ffn(const kernels::MatrixRef& gate, const kernels::MatrixRef& up, co
 }
 
 void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t n_tokens, int64_t n_embd,
-                         const Routing& routing, ExpertStore& store, ThreadPool& pool, float* out) {
+                         const Routing& routing, ExpertStore& store, ThreadPool& pool, float* out,
+                         ExpertOutputSink* sink) {
   const int E = spec.n_expert;
   const int k = routing.k;
   by_expert_.resize(E);
@@ -40,13 +41,19 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   uint64_t skipped = 0;
   for (int64_t t = 0; t < n_tokens; ++t)
     for (int j = 0; j < k; ++j) {
-      // A skipped pair gets a zero slot, so the sum over slots is unchanged by it.
+      // An empty slot (no expert) and a skipped pair get a zero slot, so the sum over slots is unchanged by them.
+      const int32_t id = routing.id(t, j);
+      if (id < 0) {
+        std::fill_n(slots_.data() + (t * k + j) * n_embd, n_embd, 0.0f);
+        continue;
+      }
+      if (id >= E) fail("layer {}: token {} was routed to expert {}, but the layer has {}", layer, t, id, E);
       if (precision_.skip_below > 0.0f && routing.weight(t, j) < precision_.skip_below) {
         ++skipped;
         std::fill_n(slots_.data() + (t * k + j) * n_embd, n_embd, 0.0f);
         continue;
       }
-      by_expert_[routing.id(t, j)].push_back({static_cast<int32_t>(t), j});
+      by_expert_[id].push_back({static_cast<int32_t>(t), j});
     }
 
   // Tell the store everything this layer needs before computing the first expert, so an offloading
@@ -81,6 +88,11 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   }
   evals_[0] = evals_[1] = acquires_[0] = acquires_[1] = 0;
   compute_ready_first(layer, n_embd, store, pool);
+  if (sink)
+    for (size_t i = 0; i < needed_.size(); ++i)
+      sink->on_expert_output(layer, needed_[i], by_expert_[needed_[i]].data(),
+                             static_cast<int64_t>(by_expert_[needed_[i]].size()),
+                             down_.data() + row0_[i] * n_embd, n_embd);
   for (size_t i = 0; i < needed_.size(); ++i) {
     const auto& members = by_expert_[needed_[i]];
     for (size_t m = 0; m < members.size(); ++m) {

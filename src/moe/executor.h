@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "base/thread_pool.h"
@@ -49,6 +50,16 @@ struct ExpertUseCounters {
   }
 };
 
+// Receives each computed expert's unweighted outputs E_e(x), before they are weighted and summed
+// (observers of the forward pass subscribe through this; design.md seam 4). members[i] is the
+// (token, slot) pair of row i.
+class ExpertOutputSink {
+ public:
+  virtual ~ExpertOutputSink() = default;
+  virtual void on_expert_output(int layer, int expert, const std::pair<int32_t, int32_t>* members, int64_t n_rows,
+                                const float* rows, int64_t n_embd) = 0;
+};
+
 class ExpertExecutor {
  public:
   // Thresholds, and where to count (null = nowhere). Defaults: everything at full precision.
@@ -58,9 +69,10 @@ class ExpertExecutor {
   }
 
   // x: [n_tokens][n_embd] (the normalized MoE input). out: [n_tokens][n_embd], overwritten with
-  // sum_j w_j * E_j(x).
+  // sum_j w_j * E_j(x) over the token's non-empty slots (id >= 0). sink (optional) sees every computed
+  // expert's unweighted outputs.
   void run(int layer, const MoeSpec& spec, const float* x, int64_t n_tokens, int64_t n_embd, const Routing& routing,
-           ExpertStore& store, ThreadPool& pool, float* out);
+           ExpertStore& store, ThreadPool& pool, float* out, ExpertOutputSink* sink = nullptr);
 
  private:
   // Computes needed_ experts' outputs into down_ (rows in needed_ order, each expert's tokens in

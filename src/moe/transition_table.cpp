@@ -122,6 +122,7 @@ void TransitionTable::add_usage(int layer, const int32_t* ids, int k) {
     fail("transition table: layer {} is not a MoE layer of {}", layer, shape_.describe());
   const int E = shape_.n_expert[layer];
   for (int s = 0; s < k; ++s) {
+    if (ids[s] == Routing::kEmpty) continue;  // an empty slot: no expert
     if (ids[s] < 0 || ids[s] >= E) fail("transition table: layer {}: expert {} outside [0, {})", layer, ids[s], E);
     ++usage_[layer][static_cast<size_t>(ids[s])];
   }
@@ -133,8 +134,10 @@ void TransitionTable::add_transition(int layer, const int32_t* ids, int k, const
   const int E = shape_.n_expert[layer], En = shape_.n_expert[next];
   std::vector<uint64_t>& c = counts_[static_cast<size_t>(layer)];
   for (int s = 0; s < k; ++s) {
+    if (ids[s] == Routing::kEmpty) continue;
     if (ids[s] < 0 || ids[s] >= E) fail("transition table: layer {}: expert {} outside [0, {})", layer, ids[s], E);
     for (int r = 0; r < k_next; ++r) {
+      if (next_ids[r] == Routing::kEmpty) continue;
       if (next_ids[r] < 0 || next_ids[r] >= En)
         fail("transition table: layer {}: expert {} outside [0, {})", next, next_ids[r], En);
       ++c[pair_index(layer, ids[s], next_ids[r])];

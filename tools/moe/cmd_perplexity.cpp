@@ -3,7 +3,7 @@
 //
 // Each file is tokenized whole (no BOS), cut into windows of --ctx tokens, and every window is evaluated
 // from an empty context; every token but a window's first is scored. The routing counts come from the
-// forward pass's RoutingObserver, so they are exactly the experts inference ran. --html writes a heatmap
+// forward pass's observer (on_routing), so they are exactly the experts inference ran. --html writes a heatmap
 // of expert usage (files x experts, one panel per MoE layer); --json writes everything as JSON.
 #include <algorithm>
 #include <chrono>
@@ -42,16 +42,18 @@ struct PerplexityArgs {
 };
 
 // counts[layer][expert]: how many (token, slot) routings chose the expert. Dense layers stay empty.
-class ExpertCounter : public RoutingObserver {
+class ExpertCounter : public ForwardObserver {
  public:
   explicit ExpertCounter(const ModelSpec& spec) : counts_(static_cast<size_t>(spec.n_layer)) {
     for (int il = 0; il < spec.n_layer; ++il)
       if (spec.layers[il].is_moe) counts_[il].assign(static_cast<size_t>(spec.layers[il].moe.n_expert), 0);
   }
-  void on_routing(int layer, int64_t, const Routing& r) override {
-    std::vector<uint64_t>& c = counts_[static_cast<size_t>(layer)];
+  void on_routing(const MoeLayerRouting& view) override {
+    const Routing& r = *view.routing;
+    std::vector<uint64_t>& c = counts_[static_cast<size_t>(view.layer)];
     for (int64_t t = 0; t < r.n_tokens; ++t)
-      for (int j = 0; j < r.k; ++j) ++c[static_cast<size_t>(r.id(t, j))];
+      for (int j = 0; j < r.k; ++j)
+        if (r.id(t, j) >= 0) ++c[static_cast<size_t>(r.id(t, j))];
   }
   const std::vector<std::vector<uint64_t>>& counts() const { return counts_; }
 

@@ -4,7 +4,7 @@
 //
 // Each file is tokenized whole (no BOS) and cut into windows of --ctx tokens, each evaluated from an
 // empty context as one forward call, like `moe perplexity`. The routing comes from the forward pass's
-// RoutingObserver, so it is exactly what inference ran. Accuracy is measured on the last --holdout
+// routing observer, so it is exactly what inference ran. Accuracy is measured on the last --holdout
 // fraction of the windows with a table built from the others (the table written includes them all);
 // with --holdout 0 it is in-sample, which flatters the table, most on little data.
 #include <algorithm>
