@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "kernels/q4k_repack.h"
+#include "model/kv_cache.h"
 #include "model/lowbit_experts.h"
 
 namespace moe {
@@ -16,24 +17,28 @@ namespace {
 // Fixed costs the budget must also cover: code, libraries, tokenizer tables, thread stacks.
 constexpr uint64_t kFixedOverhead = 48ull << 20;
 
-uint64_t kv_bytes_for(const ModelSpec& s, int64_t n_ctx) {
-  return static_cast<uint64_t>(s.n_layer) * static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 *
-         sizeof(uint16_t);
+// The experts a token may get in a layer: the model's k, or what the routing policy allows.
+int64_t planned_k(const MoeSpec& m, int experts_per_token) {
+  if (experts_per_token < 0) return m.n_expert;
+  return std::min<int64_t>(m.n_expert, std::max(m.n_expert_used, experts_per_token));
 }
 
-uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch, int64_t n_ctx) {
+uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch, int64_t n_ctx, int experts_per_token) {
   // Per token of a batch, in floats: hidden state, normed copy and FFN output; q, k, v and attention
   // output; the larger of a dense / shared-expert FFN (gate, up) and a MoE layer (the executor's
   // gathered inputs, per-slot outputs, expert outputs, gate and up, and 8-bit activations); logits.
   int64_t ffn = 0;
   for (const auto& L : s.layers) {
     ffn = std::max(ffn, 2 * std::max(L.n_ff_dense, L.moe.n_ff_shexp));
-    const int64_t k = std::max(1, L.moe.n_expert_used);
+    const int64_t k = std::max<int64_t>(1, planned_k(L.moe, experts_per_token));
     if (L.is_moe) ffn = std::max(ffn, 3 * k * s.n_embd + 2 * k * L.moe.n_ff_exp + (k * (s.n_embd + L.moe.n_ff_exp)) / 4);
   }
-  const int64_t per_token = 3 * s.n_embd + 2 * s.q_dim() + 2 * s.kv_dim() + ffn + s.n_vocab;
+  // MLA also holds each head's full query and its output after attn_v_b.
+  const int64_t mla = s.is_mla() ? s.n_head * (s.mla.qk_nope + s.mla.qk_rope + s.mla.v_head) : 0;
+  const int64_t per_token = 3 * s.n_embd + 2 * s.q_dim() + s.kv_dim() + s.v_dim() + mla + ffn + s.n_vocab;
   // A batch widens the layer's KV cache to fp32 for attention.
-  const uint64_t widened_kv = static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 * sizeof(float);
+  const uint64_t widened_kv =
+      static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim() + s.v_dim()) * sizeof(float);
   return static_cast<uint64_t>(per_token) * sizeof(float) * static_cast<uint64_t>(n_batch) + widened_kv +
          kFixedOverhead;
 }
@@ -57,8 +62,8 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   MemoryPlan p;
   const Model::ByteReport r = m.byte_report();
   p.weights_total = r.total;
-  p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx);
-  p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch, o.n_ctx);
+  p.kv_bytes = KvCache::bytes_for(m.spec(), o.n_ctx);
+  p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch, o.n_ctx, o.experts_per_token);
   const uint64_t experts = r.by_placement[static_cast<size_t>(Placement::Expert)];
   const bool fits =
       o.mem_bytes == 0 || p.weights_total + low_bit_expert_bytes + p.kv_bytes + p.buffer_bytes <= o.mem_bytes;
@@ -98,6 +103,11 @@ void repack_for_kernels(Model& m, const EngineOptions& o) {
 std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOptions& o) {
   auto e = std::unique_ptr<Engine>(new Engine());
   const bool low_bit = !o.low_bit_path.empty();
+  auto count_routing = [&] {
+    std::vector<int> model_k;
+    for (const LayerSpec& L : e->model_->spec().layers) model_k.push_back(L.is_moe ? L.moe.n_expert_used : 0);
+    e->routing_use_ = std::make_unique<RoutingUseCounters>(std::move(model_k));
+  };
   // Plan from a header-only view (deferred experts, mmap: nothing is read yet).
   {
     auto header = Model::load(path, gguf::DataAccess::Mmap, /*defer_experts=*/true);
@@ -115,6 +125,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
       low_layout = std::move(lb.layout);
     }
     e->store_ = std::make_unique<ResidentExpertStore>(e->model_->expert_layout(), std::move(low_layout));
+    count_routing();
     return e;
   }
   // Resident part read into owned memory, so the experts' file pages are never mapped or cached.
@@ -124,6 +135,8 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
   so.pool_bytes = e->plan_.expert_pool_bytes;
   so.policy = o.cache_policy;
   so.io_mode = o.io_mode;
+  for (const LayerSpec& L : e->model_->spec().layers)
+    if (L.is_moe) so.min_slots = std::max<int>(so.min_slots, static_cast<int>(planned_k(L.moe, o.experts_per_token)));
   if (low_bit) {
     // Only the header is read: the store reads the copies into its pool with its own reader.
     LowBitExperts lb = open_low_bit_experts(o.low_bit_path, *e->model_, gguf::DataAccess::Pread);
@@ -140,17 +153,21 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
     std::vector<std::pair<int, int>> order;
     for (int x = 0; x < layout.n_expert; ++x)
       for (int l = 0; l < layout.n_layer(); ++l)
-        if (layout.n_expert_used[static_cast<size_t>(l)] > 0) order.emplace_back(l, x);
+        if (layout.n_expert_used[static_cast<size_t>(l)] > 0 &&
+            std::find(o.preload_exclude.begin(), o.preload_exclude.end(), std::make_pair(l, x)) == o.preload_exclude.end())
+          order.emplace_back(l, x);
     store->preload(order);
   }
   e->budgeted_ = store.get();
   e->store_ = std::move(store);
+  count_routing();
   return e;
 }
 
 void Engine::reset_stats() {
   if (budgeted_) budgeted_->reset_stats();
   expert_use_.reset();
+  routing_use_->reset();
 }
 
 uint64_t parse_size(const std::string& text, const std::string& what) {

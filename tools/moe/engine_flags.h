@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/forward.h"
+#include "routing_flags.h"
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
 
@@ -32,7 +33,8 @@ struct EngineFlags {
   std::string lowbit;
   double lowbit_below = 0;
   bool lowbit_below_given = false;
-  double skip_below = 0;
+  double skip_below = 0;       // the routing policy's minimum weight (--route-min-weight without renorm)
+  RoutingFlags routing;         // the routing policy (routing_flags.h)
 };
 
 void add_engine_flags(CLI::App* sub, EngineFlags& f);
@@ -40,14 +42,21 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f);
 void add_sampling_flags(CLI::App* sub, SamplerParams& p);
 
 // Opens the model under the budget. Vocabulary-only files get an error saying so.
-std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch);
+// experts_per_token: plan buffers and the expert pool for at least this many experts per token (beyond
+// what the routing flags need; e.g. `run --k-list`).
+std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
+                                    int experts_per_token = 0);
 
 // The precision-tier thresholds of the flags; throws on a bad combination (a threshold without
 // --lowbit or the reverse, W < 0, S > W).
 ExpertPrecision expert_precision(const EngineFlags& f);
 
+// The routing policy of the flags (checked for contradictions; against the model by forward_options).
+RoutingPolicy routing_policy(const EngineFlags& f);
+
 // Forward options implied by the flags (lookahead only when experts stream). The transition table is
-// loaded (and checked against the model) when experts stream or when --transitions names one.
+// loaded (and checked against the model) when experts stream or when --transitions names one. The
+// routing policy is checked against the model here.
 ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_compat);
 
 // The predictor the flags choose: "gate", "transition" or "none".
