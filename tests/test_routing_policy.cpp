@@ -163,6 +163,23 @@ TEST(RoutingPolicyTopP, SigmoidScoresAreNormalizedToAMass) {
   EXPECT_EQ(ids_of(route(spec(4, 1, false, Gating::Sigmoid), pol, z), 0), (std::vector<int32_t>{0, 1, 2}));
 }
 
+TEST(RoutingPolicyTopP, SoftmaxOverSelectedGateTakesItsMassFromASoftmaxOfTheLogits) {
+  // gpt-oss's gate keeps raw logits as scores; top-p must measure a softmax of them, not the logits.
+  const std::vector<float> z = {2.0f, 1.5f, 0.0f, -1.0f};
+  const auto q = softmax_of(z);
+  RoutingPolicy pol;
+  pol.top_p_weights = TopPWeights::Raw;
+  pol.top_p = q[0] + q[1] - 1e-4;  // two experts
+  const Routing two = route(spec(4, 1, false, Gating::SoftmaxWeight), pol, z);
+  EXPECT_EQ(ids_of(two, 0), (std::vector<int32_t>{0, 1}));
+  // Weights: the gate's own softmax over the selected logits.
+  const double w0 = 1.0 / (1.0 + std::exp(1.5 - 2.0));
+  EXPECT_NEAR(two.weight(0, 0), w0, 1e-6);
+  EXPECT_NEAR(two.weight(0, 1), 1.0 - w0, 1e-6);
+  pol.top_p = q[0] + q[1] + 1e-4;  // three
+  EXPECT_EQ(ids_of(route(spec(4, 1, false, Gating::SoftmaxWeight), pol, z), 0), (std::vector<int32_t>{0, 1, 2}));
+}
+
 TEST(RoutingPolicyRatio, DropsBelowBetaTimesTheLargestAndRescales) {
   const auto p = softmax_of(kZ);
   RoutingPolicy pol;

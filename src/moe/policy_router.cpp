@@ -242,16 +242,23 @@ RouteCounts route_range(const MoeSpec& spec, int layer, const LayerRoutingPlan* 
     for (int32_t e : lp->forced) s.sel[static_cast<size_t>(n++)] = e;
     const int n_rest = static_cast<int>(rest.size());
     if (lp->top_p >= 0) {
-      // Probability mass: a softmax gate's scores (over the experts left); other gates' scores
+      // Probability mass: a softmax gate's scores (over the experts left); a softmax-over-selected
+      // gate's (gpt-oss) logits through a softmax over the experts left; other gates' scores
       // normalized to sum 1 over the experts left.
-      double total = 1.0;
+      double total = 1.0, shift = 0.0;
+      const bool logit_mass = spec.gating == Gating::SoftmaxWeight;
+      if (logit_mass) {
+        shift = -INFINITY;
+        for (int32_t e : s.cand) shift = std::max(shift, static_cast<double>(p[e]));
+      }
+      auto mass = [&](int32_t e) { return logit_mass ? std::exp(static_cast<double>(p[e]) - shift) : p[e]; };
       if (spec.gating != Gating::Softmax) {
         total = 0;
-        for (int32_t e : s.cand) total += p[e];
+        for (int32_t e : s.cand) total += mass(e);
         if (!(total > 0)) total = 1.0;
       }
       double cum = 0;
-      for (int j = 0; j < n; ++j) cum += p[s.sel[static_cast<size_t>(j)]] / total;
+      for (int j = 0; j < n; ++j) cum += mass(s.sel[static_cast<size_t>(j)]) / total;
       ranked.resize(static_cast<size_t>(n_rest));
       gate::top_n(key, rest.data(), n_rest, n_rest, ranked.data(), s.scratch);
       for (int32_t e : ranked) {
@@ -259,7 +266,7 @@ RouteCounts route_range(const MoeSpec& spec, int layer, const LayerRoutingPlan* 
         if (lp->top_p < 1.0 && cum > lp->top_p) break;
         if (key[e] == -INFINITY) break;  // outside the groups the gate kept
         s.sel[static_cast<size_t>(n++)] = e;
-        cum += p[e] / total;
+        cum += mass(e) / total;
       }
     } else {
       const int want = std::min(lp->k - n, n_rest);
