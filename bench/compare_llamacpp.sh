@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Compares `moe bench` with llama.cpp on the same GGUF file and thread count, alternating A/B.
+# Compares `moe bench` with llama.cpp (and optionally a third llama-bench-compatible engine such as
+# ik_llama.cpp) on the same GGUF file and thread count, alternating the engines round by round.
 #
 #   bench/compare_llamacpp.sh MODEL [THREADS=2]
-#   env: ROUNDS=4 (A/B rounds; odd rounds run moe first, even rounds llama.cpp first)
-#        REPS=3 (repetitions inside each run)  P=512  N=64
-#        MOE_BIN=path/to/moe (default: build/bin/moe, as `make build` leaves it)
+#   env: ROUNDS=4 (rounds; each round runs every engine once, in an order rotated per round)
+#        REPS=3 (repetitions inside each run)  P=512 (prompt sizes, comma-separated: P=512,2048)  N=64
+#        MOE_BIN=path/to/moe (default: build/bin/moe, as `make build` leaves it)  MOE_ARGS=extra moe flags
+#        LLAMA_BENCH=path to a native llama-bench (e.g. /work/llama.cpp/build/bin/llama-bench); unset: llama.cpp
+#          runs through node-llama-cpp's prebuilt libraries (bench/llamacpp/bench.mjs, slower than native)
+#        LLAMA_ARGS=extra llama-bench flags (e.g. "-fa 1")
+#        THIRD_BENCH=path to any llama-bench-compatible binary (e.g. ik_llama.cpp's llama-bench); unset: two engines
+#        THIRD_ARGS=its extra flags (e.g. "-rtr 1 -fa 1")  THIRD_NAME=its column label (default: third)
 #        NLC_DIR=dir whose node_modules already holds node-llama-cpp (default: npm-install into a temp dir)
 #        OUT=dir to keep the raw JSON lines (default: a temp dir)
 #
-# llama.cpp comes from npm: @node-llama-cpp/linux-x64 ships prebuilt CPU libraries but no llama-bench
-# binary, so bench/llamacpp/bench.mjs drives them through node-llama-cpp and measures the same things.
-# Nothing is installed into the repository.
+# llama-bench runs go through `llama-bench -o jsonl`: its samples_ts (one tok/s per repetition) give the
+# per-run median, min and max; peak RSS comes from /usr/bin/time. Per prompt size and for tg, the table
+# shows the median of the per-run medians, [min, max] over every repetition, and moe.cpp's median over each
+# other engine's. The script prints the load average before and after: read numbers taken on a busy
+# machine as provisional. Nothing is installed into the repository.
 set -euo pipefail
 MODEL=${1:?usage: compare_llamacpp.sh MODEL [THREADS]}
 THREADS=${2:-2}
@@ -20,6 +28,7 @@ P=${P:-512}
 N=${N:-64}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
+IFS=, read -r -a PS <<< "$P"
 
 if [[ -z "${MOE_BIN:-}" ]]; then
   for c in "$ROOT/build/bin/moe"; do
@@ -28,57 +37,149 @@ if [[ -z "${MOE_BIN:-}" ]]; then
 fi
 [[ -x "${MOE_BIN:-}" ]] || { echo "compare: no moe binary (set MOE_BIN)" >&2; exit 1; }
 [[ -f "$MODEL" ]] || { echo "compare: no such model: $MODEL" >&2; exit 1; }
-
-# shellcheck source=llamacpp/ensure_nlc.sh
-source "$HERE/llamacpp/ensure_nlc.sh"
-ensure_nlc
+for p in "${PS[@]}"; do [[ "$p" =~ ^[0-9]+$ ]] || { echo "compare: P must be comma-separated integers: $P" >&2; exit 1; }; done
+if [[ -n "${LLAMA_BENCH:-}" ]]; then
+  [[ -x "$LLAMA_BENCH" ]] || { echo "compare: LLAMA_BENCH is not an executable: $LLAMA_BENCH" >&2; exit 1; }
+else
+  # shellcheck source=llamacpp/ensure_nlc.sh
+  source "$HERE/llamacpp/ensure_nlc.sh"
+  ensure_nlc
+fi
+if [[ -n "${THIRD_BENCH:-}" ]]; then
+  [[ -x "$THIRD_BENCH" ]] || { echo "compare: THIRD_BENCH is not an executable: $THIRD_BENCH" >&2; exit 1; }
+fi
 OUT=${OUT:-$(mktemp -d /tmp/moe-compare.XXXXXX)}
 mkdir -p "$OUT"
-: > "$OUT/moe.jsonl"
-: > "$OUT/llama.jsonl"
+: > "$OUT/results.jsonl"
+read -r -a MOE_EXTRA <<< "${MOE_ARGS:-}"
+read -r -a LLAMA_EXTRA <<< "${LLAMA_ARGS:-}"
+read -r -a THIRD_EXTRA <<< "${THIRD_ARGS:-}"
 
+# Every run appends normalized lines {"engine", "test" (pp512, tg64), "samples" or median/min/max, ...}.
 run_moe() {
-  "$MOE_BIN" bench -m "$MODEL" -t "$THREADS" -p "$P" -n "$N" -r "$REPS" --json >> "$OUT/moe.jsonl"
-}
-run_llama() {
-  NLC_DIR="$NLC_DIR" node "$HERE/llamacpp/bench.mjs" "$MODEL" "$THREADS" "$P" "$N" "$REPS" >> "$OUT/llama.jsonl"
+  local i=0 p
+  for p in "${PS[@]}"; do
+    # tg and the bandwidth probe once per round, with the first prompt size.
+    local n=0 bw=(--bw-gib 0)
+    ((i == 0)) && n=$N && bw=()
+    "$MOE_BIN" bench -m "$MODEL" -t "$THREADS" -p "$p" -n "$n" -r "$REPS" --json "${bw[@]}" "${MOE_EXTRA[@]}" \
+      > "$OUT/last.json"
+    python3 - "$OUT/last.json" >> "$OUT/results.jsonl" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+common = {"engine": "moe", "peak_rss_bytes": r["peak_rss_bytes"]}
+if r["n_prompt"] > 0:
+    print(json.dumps({**common, "test": f"pp{r['n_prompt']}", "median": r["pp_tok_s"], "min": r["pp_tok_s_min"],
+                      "max": r["pp_tok_s_max"], "pp_gflops": r.get("pp_gflops", 0)}))
+if r["n_gen"] > 0:
+    print(json.dumps({**common, "test": f"tg{r['n_gen']}", "median": r["tg_tok_s"], "min": r["tg_tok_s_min"],
+                      "max": r["tg_tok_s_max"], "roofline_frac": r.get("roofline_frac", 0),
+                      "active_bytes_per_token": r["active_bytes_per_token"], "mem_bw_gbps": r.get("mem_bw_gbps", 0)}))
+PY
+    i=$((i + 1))
+  done
 }
 
-for ((r = 1; r <= ROUNDS; r++)); do
-  echo "compare: round $r/$ROUNDS" >&2
-  if ((r % 2)); then run_moe; run_llama; else run_llama; run_moe; fi
-done
-
-python3 - "$OUT/moe.jsonl" "$OUT/llama.jsonl" "$MODEL" "$THREADS" <<'PY'
+# A llama-bench-compatible binary: one process for every prompt size and tg.
+run_llama_bench() {  # ENGINE BINARY ARGS...
+  local engine=$1 bin=$2
+  shift 2
+  /usr/bin/time -f '%M' -o "$OUT/last.rss" "$bin" -m "$MODEL" -t "$THREADS" -p "$P" -n "$N" -r "$REPS" -o jsonl "$@" \
+    > "$OUT/last.jsonl" 2> "$OUT/last.err" || { cat "$OUT/last.err" >&2; echo "compare: $engine failed" >&2; exit 1; }
+  python3 - "$engine" "$OUT/last.jsonl" "$OUT/last.rss" >> "$OUT/results.jsonl" <<'PY'
 import json, statistics, sys
-moe = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-lla = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
-model, threads = sys.argv[3], sys.argv[4]
-def agg(runs, key):
-    vals = [r[key] for r in runs]
-    lo = [r.get(key + "_min", r[key]) for r in runs]
-    hi = [r.get(key + "_max", r[key]) for r in runs]
-    return statistics.median(vals), min(lo), max(hi)
-m0 = moe[0]
-print(f"model {model}  threads {threads}  rounds {len(moe)} x {m0['reps']} reps  "
-      f"(medians of per-round medians; [min, max] over every repetition)")
-print(f"{'metric':<16}{'moe.cpp':>30}{'llama.cpp':>30}{'moe/llama':>11}")
-for key, label, unit in [("pp_tok_s", f"pp{m0['n_prompt']} tok/s", ""), ("tg_tok_s", f"tg{m0['n_gen']} tok/s", ""),
-                         ("ttft_ms", "ttft ms", "")]:
-    a, b = agg(moe, key), agg(lla, key)
-    fa = f"{a[0]:.2f} [{a[1]:.2f}, {a[2]:.2f}]"
-    fb = f"{b[0]:.2f} [{b[1]:.2f}, {b[2]:.2f}]"
-    print(f"{label:<16}{fa:>30}{fb:>30}{a[0] / b[0] if b[0] else float('nan'):>11.3f}")
-ra = statistics.median(r["peak_rss_bytes"] for r in moe) / 2**20
-rb = statistics.median(r["peak_rss_bytes"] for r in lla) / 2**20
-print(f"{'peak RSS MiB':<16}{ra:>30.0f}{rb:>30.0f}{ra / rb:>11.3f}   (llama.cpp's includes node, ~50-100 MiB)")
-act = m0["active_bytes_per_token"]
-bw = statistics.median(r["mem_bw_gbps"] for r in moe)
-tga, tgb = agg(moe, "tg_tok_s")[0], agg(lla, "tg_tok_s")[0]
-print(f"active bytes/token {act / 2**20:.1f} MiB; measured read bandwidth {bw:.1f} GB/s "
-      f"-> decode roofline {bw * 1e9 / act:.1f} tok/s")
-print(f"roofline fraction against that median: moe.cpp {act * tga / 1e9 / bw:.3f}, llama.cpp {act * tgb / 1e9 / bw:.3f}")
-fr = agg(moe, "roofline_frac")
-print(f"moe.cpp's decode runs against the probe taken just before each: {fr[0]:.3f} [{fr[1]:.3f}, {fr[2]:.3f}]")
+engine, rss = sys.argv[1], int(open(sys.argv[3]).read().split()[-1]) * 1024
+for line in open(sys.argv[2]):
+    if not line.strip().startswith("{"):
+        continue
+    r = json.loads(line)
+    s = r.get("samples_ts") or [r["avg_ts"]]
+    test = f"pp{r['n_prompt']}" if r["n_prompt"] > 0 else f"tg{r['n_gen']}"
+    print(json.dumps({"engine": engine, "test": test, "median": statistics.median(s), "min": min(s), "max": max(s),
+                      "peak_rss_bytes": rss}))
+PY
+}
+
+run_llama() {
+  if [[ -n "${LLAMA_BENCH:-}" ]]; then
+    run_llama_bench llama "$LLAMA_BENCH" "${LLAMA_EXTRA[@]}"
+    return
+  fi
+  local p i=0
+  for p in "${PS[@]}"; do
+    local n=0
+    ((i == 0)) && n=$N
+    NLC_DIR="$NLC_DIR" node "$HERE/llamacpp/bench.mjs" "$MODEL" "$THREADS" "$p" "$n" "$REPS" > "$OUT/last.json"
+    python3 - "$OUT/last.json" >> "$OUT/results.jsonl" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+c = {"engine": "llama", "peak_rss_bytes": r["peak_rss_bytes"]}
+if r["n_prompt"] > 0:
+    print(json.dumps({**c, "test": f"pp{r['n_prompt']}", "median": r["pp_tok_s"], "min": r["pp_tok_s_min"], "max": r["pp_tok_s_max"]}))
+if r["n_gen"] > 0:
+    print(json.dumps({**c, "test": f"tg{r['n_gen']}", "median": r["tg_tok_s"], "min": r["tg_tok_s_min"], "max": r["tg_tok_s_max"]}))
+PY
+    i=$((i + 1))
+  done
+}
+run_third() { run_llama_bench third "$THIRD_BENCH" "${THIRD_EXTRA[@]}"; }
+
+ENGINES=(moe llama)
+[[ -n "${THIRD_BENCH:-}" ]] && ENGINES+=(third)
+echo "compare: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+for ((r = 0; r < ROUNDS; r++)); do
+  order=()
+  for ((k = 0; k < ${#ENGINES[@]}; k++)); do order+=("${ENGINES[$(((k + r) % ${#ENGINES[@]}))]}"); done
+  echo "compare: round $((r + 1))/$ROUNDS: ${order[*]}" >&2
+  for e in "${order[@]}"; do "run_$e"; done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "compare: load average after: $LOAD_AFTER" >&2
+
+LLAMA_LABEL="llama.cpp"
+[[ -z "${LLAMA_BENCH:-}" ]] && LLAMA_LABEL="llama.cpp (node)"
+python3 - "$OUT/results.jsonl" "$MODEL" "$THREADS" "$LLAMA_LABEL" "${THIRD_NAME:-third}" "$LOAD_AFTER" \
+  "${LLAMA_ARGS:-}" "${THIRD_ARGS:-}" <<'PY'
+import json, statistics, sys
+from collections import defaultdict
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+model, threads, llama_label, third_label, load, largs, targs = sys.argv[2:9]
+engines = [e for e in ("moe", "llama", "third") if any(r["engine"] == e for r in rows)]
+label = {"moe": "moe.cpp", "llama": llama_label + (f" {largs}" if largs else ""),
+         "third": third_label + (f" {targs}" if targs else "")}
+by = defaultdict(list)
+for r in rows:
+    by[(r["engine"], r["test"])].append(r)
+def order(t):
+    return (t.startswith("tg"), int(t[2:]))
+tests = sorted({r["test"] for r in rows}, key=order)
+def agg(e, t):
+    v = by.get((e, t))
+    if not v:
+        return None
+    return statistics.median(r["median"] for r in v), min(r["min"] for r in v), max(r["max"] for r in v), len(v)
+rounds = max(len(v) for v in by.values())
+print(f"model {model}  threads {threads}  {rounds} rounds  load average after {load}")
+print("tok/s: median of per-run medians [min, max over every repetition]; moe/X = moe.cpp median / X median (above 1: moe.cpp faster)")
+w = 34
+print(f"{'test':<9}" + "".join(f"{label[e][:w - 2]:>{w}}" for e in engines) +
+      "".join(f"{'moe/' + label[e].split()[0][:12]:>18}" for e in engines if e != "moe"))
+for t in tests:
+    a = {e: agg(e, t) for e in engines}
+    cells = "".join(f"{(f'{a[e][0]:.2f} [{a[e][1]:.2f}, {a[e][2]:.2f}]' if a[e] else '-'):>{w}}" for e in engines)
+    m = a.get("moe")
+    ratios = "".join(f"{(m[0] / a[e][0] if m and a[e] and a[e][0] else float('nan')):>18.3f}" for e in engines if e != "moe")
+    print(f"{t:<9}{cells}{ratios}")
+rss = {e: statistics.median(r["peak_rss_bytes"] for r in rows if r["engine"] == e) / 2**20 for e in engines}
+print("peak RSS MiB: " + ", ".join(f"{label[e].split()[0]} {rss[e]:.0f}" for e in engines) +
+      ("  (node's llama.cpp includes the node runtime)" if "node" in llama_label else ""))
+pp = [r for r in rows if r["engine"] == "moe" and r["test"].startswith("pp") and r.get("pp_gflops")]
+for t in sorted({r["test"] for r in pp}, key=order):
+    g = statistics.median(r["pp_gflops"] for r in pp if r["test"] == t)
+    print(f"moe.cpp {t}: {g:.1f} GFLOP/s of matmul (median)")
+tg = [r for r in rows if r["engine"] == "moe" and r["test"].startswith("tg")]
+if tg:
+    fr = [r["roofline_frac"] for r in tg]
+    print(f"moe.cpp decode against the bandwidth probe just before it: {statistics.median(fr):.3f} [{min(fr):.3f}, {max(fr):.3f}]")
 PY
 echo "compare: raw results in $OUT" >&2

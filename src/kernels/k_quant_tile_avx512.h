@@ -1,6 +1,10 @@
 // AVX-512 K-quant kernel templates shared by the tile translation units (vec_dot_tile_avx512.cpp and
 // q4k_repacked_avx512vbmi.cpp). Include only from files compiled with the AVX-512 flag set.
 //
+// The includers compile with `#pragma GCC optimize("fp-contract=off")` before any include: these kernels
+// follow the scalar reference's float operations exactly, and GCC would otherwise fuse a multiply and
+// an add (even written as intrinsics) into one fma.
+//
 // Everything here sits in an anonymous namespace on purpose: the two including files are compiled with
 // different instruction sets (the second adds VBMI and GFNI), so each must keep its own copy of these
 // inline functions and templates instead of the linker merging them into one.
@@ -116,181 +120,167 @@ struct K4Decoder {
 // The eight 32-element sums of a Q8_K block (pairs of its 16-element bsums).
 inline __m128i q8k_pair_sums(const BlockQ8_K& y) { return _mm_hadd_epi16(ld128(y.bsums), ld128(y.bsums + 8)); }
 
-// Sum of the four partial min corrections of one (row, token), in a fixed order shared by all kernels.
-inline float sum4(const float* m) { return (m[0] + m[1]) + (m[2] + m[3]); }
+// v with 32-bit lane `lane` (a compile-time constant after unrolling) loaded from p.
+inline __m128i insert_epi32_from(__m128i v, const void* p, int lane) {
+  int32_t x;
+  std::memcpy(&x, p, 4);
+  switch (lane) {
+    case 0: return _mm_insert_epi32(v, x, 0);
+    case 1: return _mm_insert_epi32(v, x, 1);
+    case 2: return _mm_insert_epi32(v, x, 2);
+    default: return _mm_insert_epi32(v, x, 3);
+  }
+}
+// The same for a 16-bit lane 0..7.
+inline __m128i insert_epi16_from(__m128i v, const void* p, int lane) {
+  uint16_t x;
+  std::memcpy(&x, p, 2);
+  switch (lane) {
+    case 0: return _mm_insert_epi16(v, x, 0);
+    case 1: return _mm_insert_epi16(v, x, 1);
+    case 2: return _mm_insert_epi16(v, x, 2);
+    case 3: return _mm_insert_epi16(v, x, 3);
+    case 4: return _mm_insert_epi16(v, x, 4);
+    case 5: return _mm_insert_epi16(v, x, 5);
+    case 6: return _mm_insert_epi16(v, x, 6);
+    default: return _mm_insert_epi16(v, x, 7);
+  }
+}
 
-// NR rows x one token. acc: scaled integer sums; accmin: the min corrections, kept apart so a multi-token
-// kernel can compute four tokens' corrections in one zmm (see k4_gemm) with the same per-lane operations.
-// The block's (d, dmin) pair is widened and multiplied by the token's scale in one xmm: lane for lane the
-// same IEEE products as the scalar d * dy of the other kernels. pf: software-prefetch distance in bytes.
+// Lane sums of four int32 vectors: lane i of the result is the sum of all 16 lanes of x[i] (exact).
+inline __m128i hsum4_epi32(__m512i x0, __m512i x1, __m512i x2, __m512i x3) {
+  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(x0, x1), _mm512_unpackhi_epi32(x0, x1));
+  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(x2, x3), _mm512_unpackhi_epi32(x2, x3));
+  // Each 128-bit lane: [x0, x1, x2, x3] summed over that lane.
+  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+  const __m256i v = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
+// Float part of the block-exact dot product for up to four rows at once (lane r = row r): the scalar
+// reference's sum += (d * dy) * I - (dmin * dy) * M, operation for operation (this file's includers
+// compile with fp-contract=off, so nothing is fused).
+inline __m128 k_quant_block_sum(__m128 sum, __m128 d, __m128 dmin, __m128 dy, __m128i I, __m128i M) {
+  const __m128 a = _mm_mul_ps(_mm_mul_ps(d, dy), _mm_cvtepi32_ps(I));
+  const __m128 m = _mm_mul_ps(_mm_mul_ps(dmin, dy), _mm_cvtepi32_ps(M));
+  return _mm_add_ps(sum, _mm_sub_ps(a, m));
+}
+
+// NR rows x one token, the arithmetic of vec_dot_q4_K_ref / vec_dot_q5_K_ref: per block each row's exact
+// integer sums (its 16 lanes and its 4 min lanes reduced), then the float part per row in block order.
+// pf: software-prefetch distance in bytes.
 template <int NR, class Dec>
 void k4_rows(int64_t n, const uint8_t* w, size_t ws, const uint8_t* act, float* out, size_t pf) {
-  __m512 acc[NR];
-  __m128 accmin[NR];
-  #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) {
-    acc[r] = _mm512_setzero_ps();
-    accmin[r] = _mm_setzero_ps();
-  }
+  __m128 sum = _mm_setzero_ps();
   const int64_t nb = n / kQKK;
   constexpr size_t xb = Dec::kBlockBytes;
+  const __m256i deinterleave = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
   for (int64_t b = 0; b < nb; ++b) {
     const BlockQ8_K& y = reinterpret_cast<const BlockQ8_K*>(act)[b];
     __m512i ys[4];
     #pragma GCC unroll 8
     for (int i = 0; i < 4; ++i) ys[i] = ld512(y.qs + 64 * i);
     const __m128i pairs = q8k_pair_sums(y);
-    const __m128 dy = _mm_set1_ps(y.d);
+    __m512i isum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    __m128i msum[4] = {_mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128()};
+    __m128i dd = _mm_setzero_si128();  // d | dmin << 16 per row (inserted from memory: no store forwarding)
     #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       const uint8_t* blk = w + r * ws + b * xb;
       prefetch_block(blk + pf, xb);
       K4Weights k;
       Dec::decode(blk, k);
-      __m512i isum = _mm512_setzero_si512();
       #pragma GCC unroll 8
-      for (int i = 0; i < 4; ++i) isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(k.v[i], ys[i]), k.s[i]);
-      int32_t d_dmin;
-      std::memcpy(&d_dmin, blk, 4);
-      const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d_dmin)), dy);
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_broadcastss_ps(dd), acc[r]);
-      const __m128i msum = _mm_madd_epi16(k.mins16, pairs);
-      accmin[r] = _mm_fmadd_ps(_mm_cvtepi32_ps(msum), _mm_permute_ps(dd, 0x55), accmin[r]);
+      for (int i = 0; i < 4; ++i) isum[r] = _mm512_dpwssd_epi32(isum[r], _mm512_maddubs_epi16(k.v[i], ys[i]), k.s[i]);
+      msum[r] = _mm_madd_epi16(k.mins16, pairs);
+      dd = insert_epi32_from(dd, blk, r);
     }
+    const __m128i I = hsum4_epi32(isum[0], isum[1], isum[2], isum[3]);
+    const __m128i M = _mm_hadd_epi32(_mm_hadd_epi32(msum[0], msum[1]), _mm_hadd_epi32(msum[2], msum[3]));
+    const __m256 dm = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(dd), deinterleave);
+    sum = k_quant_block_sum(sum, _mm256_castps256_ps128(dm), _mm256_extractf128_ps(dm, 1), _mm_set1_ps(y.d), I, M);
   }
+  alignas(16) float s[4];
+  _mm_store_ps(s, sum);
   #pragma GCC unroll 8
-  for (int r = 0; r < NR; ++r) {
-    alignas(16) float m[4];
-    _mm_store_ps(m, accmin[r]);
-    out[r] = _mm512_reduce_add_ps(acc[r]) - sum4(m);
-  }
+  for (int r = 0; r < NR; ++r) out[r] = s[r];
 }
 
-// Per-block activation data shared by all rows of a multi-token (prefill) kernel, built once per group
-// of up to eight tokens: scales, the 32-element sums (Q4_K/Q5_K mins) and negated 16-element sums (Q6_K
-// offset), laid out so that four tokens' values fill one zmm. Unused token slots are zero.
-inline constexpr int kGemmTokens = 8;
-inline constexpr int64_t kGemmMaxBlocks = 64;  // K <= 16384 per row; longer rows take the per-token path
-struct alignas(64) KGemmExtras {
-  int16_t pairs[kGemmTokens][8];
-  float dy4[kGemmTokens][4];  // each token's scale repeated for its four min lanes
-  float dy[kGemmTokens];
-  int16_t negb[kGemmTokens][16];
-};
-
-template <bool kQ6>
-void build_extras(const uint8_t* act, size_t as, int nt, int64_t nb, KGemmExtras* ex) {
-  for (int64_t b = 0; b < nb; ++b) {
-    KGemmExtras& e = ex[b];
-    std::memset(&e, 0, sizeof(e));
-    for (int t = 0; t < nt; ++t) {
-      const BlockQ8_K& y = reinterpret_cast<const BlockQ8_K*>(act + t * as)[b];
-      e.dy[t] = y.d;
-      if constexpr (kQ6) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(e.negb[t]), _mm256_sub_epi16(_mm256_setzero_si256(), ld256(y.bsums)));
-      } else {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(e.pairs[t]), q8k_pair_sums(y));
-        #pragma GCC unroll 8
-        for (int i = 0; i < 4; ++i) e.dy4[t][i] = y.d;
-      }
-    }
-  }
+// Adds lanes 0 .. m-1 of v to the scalar in lane 0 of sum, one after the other (block order).
+inline __m128 add_lanes_in_order(__m128 sum, __m128 v, int m) {
+  sum = _mm_add_ss(sum, v);
+  if (m > 1) sum = _mm_add_ss(sum, _mm_shuffle_ps(v, v, 1));
+  if (m > 2) sum = _mm_add_ss(sum, _mm_shuffle_ps(v, v, 2));
+  if (m > 3) sum = _mm_add_ss(sum, _mm_shuffle_ps(v, v, 3));
+  return sum;
 }
 
-// isum[t] += sum over the block's four 64-weight groups of (u8 weights . token t's s8 quants) x the
-// groups' int16 scales. yb: token 0's Q8_K block, tokens `as` bytes apart (quants as memory operands).
-template <int NT>
-inline void k_quant_mac(const __m512i* w, const __m512i* scale, const uint8_t* yb, size_t as, __m512i* isum) {
-#pragma GCC unroll 8
-  for (int i = 0; i < 4; ++i)
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      const __m512i y = ld512(reinterpret_cast<const BlockQ8_K*>(yb + t * as)->qs + 64 * i);
-      isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(w[i], y), scale[i]);
-    }
-}
-
-// One row x NT tokens: each weight block is decoded once for all NT tokens, whose quants are read
-// straight from the activation rows (memory operands), so the decode cost is spread over NT.
-template <int NT, class Dec>
-void k4_gemm(int64_t nb, const uint8_t* w, const uint8_t* act, size_t as, const KGemmExtras* ex, float* out, int64_t os) {
-  constexpr int NG = (NT + 3) / 4;
+// One row x one token (the trait table's vec_dot, and decode's matvec): the arithmetic of k4_rows<1>,
+// with four consecutive blocks' integer sums reduced together and their float parts computed in one
+// register, then added to the running sum in block order.
+template <class Dec>
+void k4_row1(int64_t n, const uint8_t* w, size_t, const uint8_t* act, float* out, size_t pf) {
+  __m128 sum = _mm_setzero_ps();
+  const int64_t nb = n / kQKK;
   constexpr size_t xb = Dec::kBlockBytes;
-  __m512 acc[NT], accmin[NG];
-  #pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
-  #pragma GCC unroll 8
-  for (int g = 0; g < NG; ++g) accmin[g] = _mm512_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
-    K4Weights k;
-    Dec::decode(w + b * xb, k);
-    const uint8_t* yb = act + b * sizeof(BlockQ8_K);
-    __m512i isum[NT];
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) isum[t] = _mm512_setzero_si512();
-    k_quant_mac<NT>(k.v, k.s, yb, as, isum);
-    const KGemmExtras& e = ex[b];
-    const __m512 dxv = _mm512_set1_ps(k.dx), dmv = _mm512_set1_ps(k.dmx);
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t)
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dxv, _mm512_set1_ps(e.dy[t])), acc[t]);
-    const __m512i mins = _mm512_broadcast_i32x4(k.mins16);
-    #pragma GCC unroll 8
-    for (int g = 0; g < NG; ++g) {
-      const __m512i msum = _mm512_madd_epi16(mins, ld512(e.pairs[4 * g]));
-      accmin[g] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(dmv, _mm512_load_ps(e.dy4[4 * g])), accmin[g]);
+  const __m256i deinterleave = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  for (int64_t b0 = 0; b0 < nb; b0 += 4) {
+    const int m = nb - b0 < 4 ? static_cast<int>(nb - b0) : 4;
+    __m512i isum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    __m128i msum[4] = {_mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128()};
+    __m128i dd = _mm_setzero_si128(), dy = _mm_setzero_si128();
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      if (i >= m) break;
+      const BlockQ8_K& y = reinterpret_cast<const BlockQ8_K*>(act)[b0 + i];
+      const uint8_t* blk = w + (b0 + i) * xb;
+      prefetch_block(blk + pf, xb);
+      K4Weights k;
+      Dec::decode(blk, k);
+      #pragma GCC unroll 8
+      for (int j = 0; j < 4; ++j) isum[i] = _mm512_dpwssd_epi32(isum[i], _mm512_maddubs_epi16(k.v[j], ld512(y.qs + 64 * j)), k.s[j]);
+      msum[i] = _mm_madd_epi16(k.mins16, q8k_pair_sums(y));
+      dd = insert_epi32_from(dd, blk, i);
+      dy = insert_epi32_from(dy, &y.d, i);
     }
+    const __m128i I = hsum4_epi32(isum[0], isum[1], isum[2], isum[3]);
+    const __m128i M = _mm_hadd_epi32(_mm_hadd_epi32(msum[0], msum[1]), _mm_hadd_epi32(msum[2], msum[3]));
+    const __m256 dm = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(dd), deinterleave);
+    const __m128 dyf = _mm_castsi128_ps(dy);
+    const __m128 a = _mm_mul_ps(_mm_mul_ps(_mm256_castps256_ps128(dm), dyf), _mm_cvtepi32_ps(I));
+    const __m128 mm = _mm_mul_ps(_mm_mul_ps(_mm256_extractf128_ps(dm, 1), dyf), _mm_cvtepi32_ps(M));
+    sum = add_lanes_in_order(sum, _mm_sub_ps(a, mm), m);
   }
-  alignas(64) float m[NG * 16];
-  #pragma GCC unroll 8
-  for (int g = 0; g < NG; ++g) _mm512_store_ps(m + 16 * g, accmin[g]);
-  #pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) out[t * os] = _mm512_reduce_add_ps(acc[t]) - sum4(m + 4 * t);
+  *out = _mm_cvtss_f32(sum);
 }
 
-// K-quants: one-token kernels over up to four rows, and one-row kernels over up to eight tokens.
+// K-quant row kernels for one token over up to four rows, and the panel GEMM for more tokens.
 using RowsImpl = void (*)(int64_t, const uint8_t*, size_t, const uint8_t*, float*, size_t);
-using GemmImpl = void (*)(int64_t, const uint8_t*, const uint8_t*, size_t, const KGemmExtras*, float*, int64_t);
 struct KQuantKernels {
-  RowsImpl rows[kTileRows];
-  GemmImpl gemm[kGemmTokens];
-  bool q6;
+  DType type;  // for the panel GEMM
+  RowsImpl rows[kTileRows];  // rows[0] is the single-row kernel
 };
 
-#define MOE_K4_KERNELS(DEC)                                                                            \
-  {{k4_rows<1, DEC>, k4_rows<2, DEC>, k4_rows<3, DEC>, k4_rows<4, DEC>},                                 \
-   {k4_gemm<1, DEC>, k4_gemm<2, DEC>, k4_gemm<3, DEC>, k4_gemm<4, DEC>, k4_gemm<5, DEC>, k4_gemm<6, DEC>, \
-    k4_gemm<7, DEC>, k4_gemm<8, DEC>},                                                                    \
-   false}
+#define MOE_K4_KERNELS(TYPE, DEC) \
+  {TYPE, {k4_row1<DEC>, k4_rows<2, DEC>, k4_rows<3, DEC>, k4_rows<4, DEC>}}
 
 // One row streamed from DRAM (decode, one token): prefetch this far ahead of the block being decoded.
 // The hardware prefetcher alone left the single-thread Q4_K matvec about 10% slower.
 inline constexpr size_t kSingleRowPrefetch = 4096;
 
+// One token: the row kernels. Two or more: the panel GEMM (gemm_panel_avx512.cpp), which gives the same
+// bits per (row, token) and converts each weight block once for all tokens.
 template <const KQuantKernels& K>
 void drive_k(int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as, int nt, float* out, int64_t os) {
-  const auto* wp = static_cast<const uint8_t*>(w);
-  const auto* ap = static_cast<const uint8_t*>(act);
-  const int64_t nb = n / kQKK;
-  if (nt == 1 || nb > kGemmMaxBlocks) {
-    for (int t = 0; t < nt; ++t)
-      for (int r0 = 0; r0 < nr; r0 += kTileRows) {
-        const int mr = nr - r0 < kTileRows ? nr - r0 : kTileRows;
-        K.rows[mr - 1](n, wp + r0 * ws, ws, ap + t * as, out + t * os + r0, 2 * static_cast<size_t>(mr) * ws);
-      }
+  if (nt >= 2) {
+    panel_gemm_avx512(K.type, n, w, ws, nr, act, as, nullptr, nt, out, os);
     return;
   }
-  // Token groups outer, rows inner: the group's activations (8 x 292 bytes per block) and the caller's
-  // row group stay in L1/L2 while every row meets every token of the group.
-  KGemmExtras ex[kGemmMaxBlocks];
-  for (int t0 = 0; t0 < nt; t0 += kGemmTokens) {
-    const int mt = nt - t0 < kGemmTokens ? nt - t0 : kGemmTokens;
-    const uint8_t* a0 = ap + t0 * as;
-    if (K.q6)
-      build_extras<true>(a0, as, mt, nb, ex);
-    else
-      build_extras<false>(a0, as, mt, nb, ex);
-    for (int r = 0; r < nr; ++r) K.gemm[mt - 1](nb, wp + r * ws, a0, as, ex, out + t0 * os + r, os);
+  const auto* wp = static_cast<const uint8_t*>(w);
+  const auto* ap = static_cast<const uint8_t*>(act);
+  for (int r0 = 0; r0 < nr; r0 += kTileRows) {
+    const int mr = nr - r0 < kTileRows ? nr - r0 : kTileRows;
+    K.rows[mr - 1](n, wp + r0 * ws, ws, ap, out + r0, 2 * static_cast<size_t>(mr) * ws);
   }
 }
 

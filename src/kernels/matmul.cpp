@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "base/error.h"
+#include "kernels/quant_tile.h"
 
 namespace moe::kernels {
 
@@ -23,7 +24,35 @@ void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n,
       tr.quantize(x + t * x_stride, dst, n);
     }
   }
+  // The panel GEMM of Q8_0 / Q4_0 weights starts each block's integer sum at -offset * sum(y); summing
+  // here once saves every chunk of rows from doing it again.
+  block_sums_.clear();
+  if (type == DType::Q8_0 && n_tokens > 1) {
+    const int64_t nb = n / 32;
+    block_sums_.resize(static_cast<size_t>(n_tokens * nb));
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const uint8_t* blocks = row(t);
+      for (int64_t b = 0; b < nb; ++b) {
+        const auto* q = reinterpret_cast<const int8_t*>(blocks + b * 34 + 2);  // BlockQ8_0: fp16 d, then 32 quants
+        int32_t s = 0;
+        for (int i = 0; i < 32; ++i) s += q[i];
+        block_sums_[static_cast<size_t>(t * nb + b)] = s;
+      }
+    }
+  }
 }
+
+namespace {
+
+// Token block of the panel GEMM: its activations (about 256 KB) stay in L2 while the chunk's panels
+// sweep them.
+int64_t gemm_token_block(size_t act_row_bytes) {
+  return std::max<int64_t>(16, static_cast<int64_t>((256 << 10) / std::max<size_t>(1, act_row_bytes))) & ~int64_t{7};
+}
+
+bool uses_panel_gemm(const DTypeTraits& tr) { return tr.vec_dot_tile && quant::has_panel_gemm(tr.type); }
+
+}  // namespace
 
 void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, int64_t r0, int64_t r1) {
   const DTypeTraits& tr = dtype_traits(w.type);
@@ -31,6 +60,16 @@ void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_s
   if (tr.tile_one_token && act.n_tokens() == 1 && r1 > r0) {
     tr.vec_dot_tile(w.cols, w.data + static_cast<size_t>(r0) * w.row_bytes, w.row_bytes, static_cast<int>(r1 - r0),
                     act.row(0), act.row_bytes(), 1, y + r0, y_stride);
+    return;
+  }
+  if (act.n_tokens() > 1 && uses_panel_gemm(tr)) {
+    const int64_t nt = act.n_tokens(), tb = gemm_token_block(act.row_bytes());
+    for (int64_t t0 = 0; t0 < nt; t0 += tb) {
+      const int mt = static_cast<int>(std::min(tb, nt - t0));
+      quant::panel_gemm_avx512(w.type, w.cols, w.data + static_cast<size_t>(r0) * w.row_bytes, w.row_bytes,
+                               static_cast<int>(r1 - r0), act.row(t0), act.row_bytes(), act.block_sums(t0), mt,
+                               y + t0 * y_stride + r0, y_stride);
+    }
     return;
   }
   // One token (decode) streams weights from DRAM: one row at a time keeps the hardware prefetcher on a
@@ -68,9 +107,12 @@ void check_operands(const MatrixRef& w, const ActBuffer& act) {
 namespace {
 
 // Rows per chunk of a batch of tokens: a few tens of KB of weights, a multiple of 4 so chunks do not
-// split the tile kernels' row groups.
+// split the tile kernels' row groups. The panel GEMM converts 16 rows at a time, and each chunk reads
+// its token block once per panel: chunks of about 128 KB of weights, whole panels.
 int64_t row_grain(const MatrixRef& w) {
-  return std::max<int64_t>(4, static_cast<int64_t>(32768 / std::max<size_t>(1, w.row_bytes))) & ~int64_t{3};
+  const size_t rb = std::max<size_t>(1, w.row_bytes);
+  if (uses_panel_gemm(dtype_traits(w.type))) return std::max<int64_t>(16, static_cast<int64_t>((128 << 10) / rb)) & ~int64_t{15};
+  return std::max<int64_t>(4, static_cast<int64_t>(32768 / rb)) & ~int64_t{3};
 }
 
 }  // namespace

@@ -1,10 +1,11 @@
 // Matrix-times-activations driver over the dtype trait table. Activations are converted once per
 // call into the weight type's vec_dot format (as llama.cpp does: F16 for F16 weights, Q8_0 / Q8_1 /
-// Q8_K for quantized ones). Where the type has a tile kernel (DTypeTraits::vec_dot_tile), rows are taken
-// four at a time against all tokens (decode: the activation block is shared by four rows; prefill: each
-// weight block is decoded once per pair of tokens); otherwise each output is one vec_dot. Either way
-// every output equals vec_dot(row, token) bit for bit, whatever the thread count or chunking. Rows are
-// split across the pool in dynamic chunks.
+// Q8_K for quantized ones). Where the type has a tile kernel (DTypeTraits::vec_dot_tile), a decoded token
+// takes rows four at a time (the activation block is shared by four rows), and a batch goes to the panel
+// GEMM where the type has one (Q4_0, Q8_0, Q4_K(_R), Q5_K, Q6_K on AVX-512: 16 rows converted once per
+// chunk and token block) or to the tile kernel; otherwise each output is one vec_dot. Either way every
+// output equals vec_dot(row, token) bit for bit, whatever the thread count or chunking. Rows are split
+// across the pool in dynamic chunks.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -33,9 +34,15 @@ class ActBuffer {
   int64_t n() const { return n_; }
   const uint8_t* row(int64_t t) const { return data_.data() + static_cast<size_t>(t) * row_bytes_; }
   size_t row_bytes() const { return row_bytes_; }
+  // Q8_0 batches (more than one token): the sum of each block's 32 quants, [n_tokens][n / 32], from
+  // token t on; nullptr otherwise. The panel GEMM of Q8_0 / Q4_0 weights uses them.
+  const int32_t* block_sums(int64_t t) const {
+    return block_sums_.empty() ? nullptr : block_sums_.data() + static_cast<size_t>(t * (n_ / 32));
+  }
 
  private:
   std::vector<uint8_t> data_;
+  std::vector<int32_t> block_sums_;
   DType type_ = DType::F32;
   int64_t n_tokens_ = 0;
   int64_t n_ = 0;

@@ -1,3 +1,4 @@
+#pragma GCC optimize("fp-contract=off")  // the kernels follow the scalar reference's float operations
 // Kernels for Q4_K_R, the in-memory Q4_K layout repacked for AVX-512 (q4k_repack.h describes it).
 // Compiled with VBMI and GFNI on top of the AVX-512 set (file name ends in _avx512vbmi.cpp); only
 // reached after cpu_features().has_avx512vbmi_kernels().
@@ -51,7 +52,7 @@ struct K4RepackedDecoder {
   }
 };
 
-const KQuantKernels kQ4KR = MOE_K4_KERNELS(K4RepackedDecoder);
+const KQuantKernels kQ4KR = MOE_K4_KERNELS(DType::Q4_K_R, K4RepackedDecoder);
 
 }  // namespace
 }  // namespace avx512t

@@ -1,0 +1,171 @@
+// Prefill GEMM micro-benchmarks: the machine's int8 peak and the panel GEMM against it, in one process.
+//
+//  BM_Int8Peak/{threads}: vpdpbusd on register operands, 12 independent accumulators per thread (the
+//    instruction's throughput bound; 128 int8 ops = 64 multiply-adds each). Counter GOPS: int8 ops per
+//    second over all threads (CPU time with 1 thread, wall time with 2).
+//  BM_PanelGemm/{dtype}/{shape}/{tokens}: quant::panel_gemm_avx512 on one thread over an expert-shaped
+//    matrix, shape 0 = Qwen3-30B-A3B gate/up (768 x 2048), 1 = its down projection (2048 x 768),
+//    2 = an attention projection (4096 x 2048), for `tokens` tokens, conversion included. Counters:
+//    GFLOP/s (2 * rows * cols * tokens / thread CPU time), of_peak (GOPS over BM_Int8Peak's 1-thread
+//    figure, measured in the same process just before), x_rows (speed-up over the one-token row
+//    kernels run once per token, timed in the same run), x_scalar (over the scalar reference per pair).
+// The activations are quantized once, outside the timed loop.
+// GCC 12 warns about the intentionally undefined upper halves in its own reduce intrinsics.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <benchmark/benchmark.h>
+#include <immintrin.h>
+
+#include <chrono>
+#include <ctime>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+#include "kernels/matmul.h"
+#include "kernels/q4k_repack.h"
+#include "kernels/quant_tile.h"
+#include "tensor/dtype.h"
+
+namespace {
+
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// 12 independent vpdpbusd chains on registers; returns a value that depends on all of them.
+__attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) int64_t dpbusd_loop(int64_t iters) {
+  __m512i a[12];
+  for (int k = 0; k < 12; ++k) a[k] = _mm512_set1_epi32(k);
+  __m512i w = _mm512_set1_epi8(3), y = _mm512_set1_epi8(5);
+  for (int64_t i = 0; i < iters; ++i) {
+#pragma GCC unroll 12
+    for (int k = 0; k < 12; ++k) a[k] = _mm512_dpbusd_epi32(a[k], w, y);
+    __asm__ volatile("" : "+v"(w), "+v"(y));
+  }
+  __m512i s = a[0];
+  for (int k = 1; k < 12; ++k) s = _mm512_add_epi32(s, a[k]);
+  return _mm512_reduce_add_epi32(s);
+}
+constexpr double kOpsPerIter = 12.0 * 128.0;
+
+// Best of 3 single-thread measurements, in int8 GOPS (thread CPU time).
+double int8_peak_gops_1t() {
+  constexpr int64_t iters = 20'000'000;
+  double best = 1e30;
+  for (int r = 0; r < 3; ++r) {
+    const double t0 = thread_cpu_seconds();
+    benchmark::DoNotOptimize(dpbusd_loop(iters));
+    best = std::min(best, thread_cpu_seconds() - t0);
+  }
+  return kOpsPerIter * static_cast<double>(iters) / best * 1e-9;
+}
+
+bool vnni_ok() { return moe::cpu_features().has_avx512_kernels(); }
+
+void BM_Int8Peak(benchmark::State& state) {
+  if (!vnni_ok()) {
+    state.SkipWithError("no AVX-512 VNNI");
+    return;
+  }
+  const int threads = static_cast<int>(state.range(0));
+  constexpr int64_t iters = 10'000'000;
+  for (auto _ : state) {
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back([] { benchmark::DoNotOptimize(dpbusd_loop(iters)); });
+    benchmark::DoNotOptimize(dpbusd_loop(iters));
+    for (auto& th : pool) th.join();
+  }
+  state.counters["GOPS"] = benchmark::Counter(kOpsPerIter * iters * threads * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(std::to_string(threads) + "t");
+}
+BENCHMARK(BM_Int8Peak)->Arg(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Int8Peak)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+std::vector<uint8_t> make_weights(moe::DType type, int64_t rows, int64_t cols, uint32_t seed) {
+  const moe::DType file_type = moe::file_dtype(type);
+  const size_t rb = moe::row_bytes(type, cols);
+  std::vector<uint8_t> w(rb * rows);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> row(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (auto& v : row) v = dist(rng);
+    moe::dtype_traits(file_type).quantize(row.data(), w.data() + r * rb, cols);
+  }
+  if (type == moe::DType::Q4_K_R) moe::quant::repack_q4k(w.data(), w.data(), rows * (cols / 256));
+  return w;
+}
+
+template <class F>
+double cpu_seconds_per_call(F&& fn, int reps) {
+  fn();
+  const double c0 = thread_cpu_seconds();
+  for (int i = 0; i < reps; ++i) fn();
+  return (thread_cpu_seconds() - c0) / reps;
+}
+
+void BM_PanelGemm(benchmark::State& state) {
+  const auto type = static_cast<moe::DType>(state.range(0));
+  const int shape = static_cast<int>(state.range(1));
+  const int nt = static_cast<int>(state.range(2));
+  const moe::DTypeTraits& tr = moe::dtype_traits(type);
+  if (!vnni_ok() || moe::best_isa() != moe::Isa::Avx512 || !tr.vec_dot_tile || !moe::quant::has_panel_gemm(type)) {
+    state.SkipWithError("no AVX-512 panel GEMM for this type here");
+    return;
+  }
+  const int64_t rows = shape == 0 ? 768 : shape == 1 ? 2048 : 4096, cols = shape == 1 ? 768 : 2048;
+  const size_t rb = moe::row_bytes(type, cols);
+  const std::vector<uint8_t> w = make_weights(type, rows, cols, 5);
+  std::mt19937 rng(6);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(cols * nt));
+  for (auto& v : x) v = dist(rng);
+  moe::kernels::ActBuffer act;
+  act.convert(tr.vec_dot_type, x.data(), nt, cols, cols);
+  std::vector<float> y(static_cast<size_t>(rows * nt));
+  auto gemm = [&] {
+    moe::quant::panel_gemm_avx512(type, cols, w.data(), rb, static_cast<int>(rows), act.row(0), act.row_bytes(),
+                                  act.block_sums(0), nt, y.data(), rows);
+    benchmark::DoNotOptimize(y.data());
+  };
+  // The row kernels, one token at a time (what a batch cost before the GEMM, minus its tile reuse).
+  auto rows_per_token = [&] {
+    for (int t = 0; t < nt; ++t)
+      tr.vec_dot_tile(cols, w.data(), rb, static_cast<int>(rows), act.row(t), act.row_bytes(), 1, y.data() + t * rows, rows);
+    benchmark::DoNotOptimize(y.data());
+  };
+  auto scalar = [&] {  // an eighth of the rows
+    for (int64_t r = 0; r < rows / 8; ++r)
+      for (int t = 0; t < nt; ++t) y[t * rows + r] = tr.vec_dot_ref(cols, w.data() + r * rb, act.row(t));
+    benchmark::DoNotOptimize(y.data());
+  };
+  const double peak = int8_peak_gops_1t();
+  const double rows_s = cpu_seconds_per_call(rows_per_token, 2);
+  const double scalar_s = cpu_seconds_per_call(scalar, 1) * 8;
+  for (auto _ : state) gemm();
+  const double flops = 2.0 * static_cast<double>(rows * cols) * nt;
+  const double own_s = cpu_seconds_per_call(gemm, 5);
+  state.counters["GFLOP/s"] = flops / own_s * 1e-9;
+  state.counters["of_peak"] = flops / own_s * 1e-9 / peak;
+  state.counters["peak_GOPS"] = peak;
+  state.counters["x_rows"] = rows_s / own_s;
+  state.counters["x_scalar"] = scalar_s / own_s;
+  state.SetLabel(std::string(tr.name) + "/" + std::to_string(rows) + "x" + std::to_string(cols) + "/" +
+                 std::to_string(nt) + "tok");
+}
+
+void PanelArgs(benchmark::internal::Benchmark* b) {
+  const moe::DType types[] = {moe::DType::Q4_K, moe::DType::Q4_K_R, moe::DType::Q6_K, moe::DType::Q8_0,
+                              moe::DType::Q5_K, moe::DType::Q4_0};
+  for (moe::DType t : types)
+    for (int nt : {8, 32, 128}) b->Args({static_cast<int64_t>(t), 0, nt});
+  for (moe::DType t : {moe::DType::Q4_K, moe::DType::Q6_K, moe::DType::Q8_0}) b->Args({static_cast<int64_t>(t), 1, 32});
+  for (moe::DType t : {moe::DType::Q4_K_R, moe::DType::Q8_0}) b->Args({static_cast<int64_t>(t), 2, 112});
+}
+BENCHMARK(BM_PanelGemm)->Apply(PanelArgs)->Unit(benchmark::kMillisecond);
+
+}  // namespace
