@@ -13,15 +13,22 @@ namespace moe {
 
 namespace {
 
-// Fixed costs the budget must also cover: code, libraries, tokenizer tables, thread stacks.
-constexpr uint64_t kFixedOverhead = 48ull << 20;
+// What the engine allocates beyond weights, KV cache, activations and the expert pool: its threads'
+// stacks, the expert store's I/O rings, OpenBLAS's per-thread packing buffers, allocator slack and the
+// kernel's page tables. Code, libraries and what the command built before the engine opened (a
+// tokenizer, its inputs) are EngineOptions::held_bytes, measured by the caller.
+constexpr uint64_t kEngineOverhead = 32ull << 20;
+// The engine's gguf::File keeps the metadata parsed (token strings, merges, tensor infos): measured at
+// 1.5-3.1x the header's bytes in the file (llama-bpe: 7.8 MB of header, 23 MB parsed).
+constexpr uint64_t kParsedMetadataPerHeaderByte = 4;
 
 uint64_t kv_bytes_for(const ModelSpec& s, int64_t n_ctx) {
   return static_cast<uint64_t>(s.n_layer) * static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 *
          sizeof(uint16_t);
 }
 
-uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch, int64_t n_ctx) {
+uint64_t buffer_bytes_for(const Model& m, int64_t n_batch, int64_t n_ctx) {
+  const ModelSpec& s = m.spec();
   // Per token of a batch, in floats: hidden state, normed copy and FFN output; q, k, v and attention
   // output; the larger of a dense / shared-expert FFN (gate, up) and a MoE layer (the executor's
   // gathered inputs, per-slot outputs, expert outputs, gate and up, and 8-bit activations); logits.
@@ -34,23 +41,39 @@ uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch, int64_t n_ctx) {
   const int64_t per_token = 3 * s.n_embd + 2 * s.q_dim() + 2 * s.kv_dim() + ffn + s.n_vocab;
   // A batch widens the layer's KV cache to fp32 for attention.
   const uint64_t widened_kv = static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 * sizeof(float);
+  const uint64_t metadata = kParsedMetadataPerHeaderByte * m.file().data_offset();
   return static_cast<uint64_t>(per_token) * sizeof(float) * static_cast<uint64_t>(n_batch) + widened_kv +
-         kFixedOverhead;
+         kEngineOverhead + metadata;
 }
 
 }  // namespace
 
+uint64_t MemoryPlan::reserved_bytes() const {
+  uint64_t sum = 0;
+  for (const MemoryReservation& r : reserved) sum += r.bytes;
+  return sum;
+}
+
+uint64_t MemoryPlan::total_bytes() const {
+  return held_bytes + weights_resident + low_bit_bytes + kv_bytes + buffer_bytes + reserved_bytes() +
+         expert_pool_bytes;
+}
+
 std::string MemoryPlan::describe() const {
   auto gib = [](uint64_t b) { return static_cast<double>(b) / (1ull << 30); };
+  // What the process holds besides the engine, and what the caller reserved: only when there is some.
+  std::string extra;
+  if (held_bytes) extra += fmt::format(", held before loading {:.2f} GiB", gib(held_bytes));
+  for (const MemoryReservation& r : reserved) extra += fmt::format(", {} {:.2f} GiB", r.what, gib(r.bytes));
   if (!offload) {
     const std::string low = low_bit_bytes ? fmt::format(" + low-bit experts {:.2f} GiB", gib(low_bit_bytes)) : "";
-    return fmt::format("all weights resident ({:.2f} GiB){} + KV {:.2f} GiB + buffers {:.2f} GiB", gib(weights_total),
-                       low, gib(kv_bytes), gib(buffer_bytes));
+    return fmt::format("all weights resident ({:.2f} GiB){} + KV {:.2f} GiB + buffers {:.2f} GiB{}", gib(weights_total),
+                       low, gib(kv_bytes), gib(buffer_bytes), extra);
   }
   return fmt::format(
-      "experts stream from disk: resident weights {:.2f} GiB of {:.2f} GiB, KV {:.2f} GiB, buffers {:.2f} GiB, "
+      "experts stream from disk: resident weights {:.2f} GiB of {:.2f} GiB, KV {:.2f} GiB, buffers {:.2f} GiB{}, "
       "expert pool {:.2f} GiB",
-      gib(weights_resident), gib(weights_total), gib(kv_bytes), gib(buffer_bytes), gib(expert_pool_bytes));
+      gib(weights_resident), gib(weights_total), gib(kv_bytes), gib(buffer_bytes), extra, gib(expert_pool_bytes));
 }
 
 MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_expert_bytes) {
@@ -58,32 +81,44 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   const Model::ByteReport r = m.byte_report();
   p.weights_total = r.total;
   p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx);
-  p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch, o.n_ctx);
+  p.buffer_bytes = buffer_bytes_for(m, o.n_batch, o.n_ctx);
+  p.held_bytes = o.held_bytes;
+  p.reserved = o.reserved;
+  // Held and reserved bytes share the budget with the engine.
+  const uint64_t outside = p.held_bytes + p.reserved_bytes();
+  std::string outside_text;
+  if (p.held_bytes) outside_text += fmt::format(" + {} held before loading", p.held_bytes);
+  for (const MemoryReservation& res : p.reserved) outside_text += fmt::format(" + {} {}", res.bytes, res.what);
   const uint64_t experts = r.by_placement[static_cast<size_t>(Placement::Expert)];
-  const bool fits =
-      o.mem_bytes == 0 || p.weights_total + low_bit_expert_bytes + p.kv_bytes + p.buffer_bytes <= o.mem_bytes;
+  const bool fits = o.mem_bytes == 0 ||
+                    outside + p.weights_total + low_bit_expert_bytes + p.kv_bytes + p.buffer_bytes <= o.mem_bytes;
   p.offload = experts > 0 && (o.force_offload || !fits);
   if (!p.offload) {
     p.weights_resident = p.weights_total;
     p.low_bit_bytes = low_bit_expert_bytes;
     if (o.mem_bytes != 0 && !fits)
-      fail("--mem {} bytes: the model needs {} bytes of weights + {} KV + {} buffers and has no experts to stream",
-           o.mem_bytes, p.weights_total, p.kv_bytes, p.buffer_bytes);
+      fail("--mem {} bytes: the model needs {} bytes of weights + {} KV + {} buffers{} and has no experts to stream",
+           o.mem_bytes, p.weights_total, p.kv_bytes, p.buffer_bytes, outside_text);
     return p;
   }
   p.weights_resident = p.weights_total - experts;
-  const uint64_t fixed = p.weights_resident + p.kv_bytes + p.buffer_bytes;
+  const uint64_t fixed = outside + p.weights_resident + p.kv_bytes + p.buffer_bytes;
   if (o.mem_bytes == 0) {
     // Forced offload without a budget: room for every expert (and every low-bit copy).
     p.expert_pool_bytes = experts + low_bit_expert_bytes;
   } else {
     if (o.mem_bytes <= fixed)
-      fail("--mem {} bytes is too small: non-expert weights {} + KV cache {} + buffers {} already need {} bytes "
+      fail("--mem {} bytes is too small: non-expert weights {} + KV cache {} + buffers {}{} already need {} bytes "
            "(a smaller -c context also helps)",
-           o.mem_bytes, p.weights_resident, p.kv_bytes, p.buffer_bytes, fixed);
+           o.mem_bytes, p.weights_resident, p.kv_bytes, p.buffer_bytes, outside_text, fixed);
     p.expert_pool_bytes = o.mem_bytes - fixed;
   }
   return p;
+}
+
+MemoryPlan plan_memory(const std::string& path, const EngineOptions& o) {
+  auto header = Model::load(path, gguf::DataAccess::Mmap, /*defer_experts=*/true);
+  return plan_memory(*header, o, o.low_bit_path.empty() ? 0 : low_bit_file_expert_bytes(o.low_bit_path));
 }
 
 namespace {
@@ -99,10 +134,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
   auto e = std::unique_ptr<Engine>(new Engine());
   const bool low_bit = !o.low_bit_path.empty();
   // Plan from a header-only view (deferred experts, mmap: nothing is read yet).
-  {
-    auto header = Model::load(path, gguf::DataAccess::Mmap, /*defer_experts=*/true);
-    e->plan_ = plan_memory(*header, o, low_bit ? low_bit_file_expert_bytes(o.low_bit_path) : 0);
-  }
+  e->plan_ = plan_memory(path, o);
   if (!e->plan_.offload) {
     e->model_ = Model::load(path, o.mmap ? gguf::DataAccess::Mmap : gguf::DataAccess::Pread);
     repack_for_kernels(*e->model_, o);

@@ -1,6 +1,7 @@
 #include "engine_flags.h"
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "base/error.h"
@@ -86,7 +87,8 @@ void add_sampling_flags(CLI::App* sub, SamplerParams& p) {
   sub->add_option("--seed", p.seed, "Sampling seed");
 }
 
-std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch) {
+EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
+                             std::vector<MemoryReservation> reserved) {
   EngineOptions o;
   if (!f.mem.empty()) o.mem_bytes = parse_size(f.mem, "--mem");
   o.n_ctx = n_ctx;
@@ -98,6 +100,14 @@ std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& 
   o.preload = f.preload;
   expert_precision(f);  // bad thresholds are reported before anything is loaded
   o.low_bit_path = f.lowbit;
+  o.held_bytes = current_rss_bytes();
+  o.reserved = std::move(reserved);
+  return o;
+}
+
+std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
+                                    std::vector<MemoryReservation> reserved) {
+  const EngineOptions o = engine_options(f, n_ctx, n_batch, std::move(reserved));
   try {
     return Engine::open(path, o);
   } catch (const Error&) {
@@ -139,12 +149,32 @@ ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_
   return fo;
 }
 
-uint64_t peak_rss_bytes() {
+namespace {
+uint64_t proc_status_kib(const char* field) {
   std::ifstream in("/proc/self/status");
   std::string line;
+  const size_t n = std::strlen(field);
   while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    if (line.compare(0, n, field) == 0 && line.size() > n && line[n] == ':') return std::stoull(line.substr(n + 1)) * 1024;
   return 0;
+}
+}  // namespace
+
+uint64_t peak_rss_bytes() { return proc_status_kib("VmHWM"); }
+
+uint64_t current_rss_bytes() { return proc_status_kib("VmRSS"); }
+
+nlohmann::ordered_json plan_bytes_json(const MemoryPlan& p) {
+  nlohmann::ordered_json j;
+  j["held"] = p.held_bytes;
+  j["weights_resident"] = p.weights_resident;
+  j["low_bit"] = p.low_bit_bytes;
+  j["kv"] = p.kv_bytes;
+  j["buffers"] = p.buffer_bytes;
+  for (const MemoryReservation& r : p.reserved) j["reserved"][r.what] = r.bytes;
+  j["expert_pool"] = p.expert_pool_bytes;
+  j["total"] = p.total_bytes();
+  return j;
 }
 
 nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* pred, uint64_t tokens,
@@ -153,6 +183,7 @@ nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* 
   const MemoryPlan& plan = engine.plan();
   j["mode"] = plan.offload ? "offload" : "resident";
   j["plan"] = plan.describe();
+  j["plan_bytes"] = plan_bytes_json(plan);
   j["tokens"] = tokens;
   j["seconds"] = seconds;
   j["tok_s"] = seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
