@@ -21,6 +21,7 @@
 #include "commands.h"
 #include "engine_flags.h"
 #include "generation.h"
+#include "text_inputs.h"
 #include "model/forward.h"
 #include "moe/expert_load.h"
 #include "runtime/engine.h"
@@ -159,19 +160,24 @@ std::string usage_html(const std::string& model, const std::vector<FileResult>& 
 }
 
 int run_perplexity(const PerplexityArgs& a) {
+  // Tokenized before the engine opens: under --mem the tokenizer and the texts never share the budget
+  // with the model, and the ids that stay count as held.
+  const std::vector<std::vector<int32_t>> all_ids = tokenize_text_files(a.model, a.files, a.engine);
+  for (size_t f = 0; f < a.files.size(); ++f)
+    if (all_ids[f].size() < 2) fail("{}: fewer than 2 tokens, nothing to score", a.files[f]);
   ThreadPool pool(resolve_threads(a.threads));
+  // The batch is the window: its [ctx][n_vocab] logits are part of the plan's buffers.
   auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx);
   const Model& model = engine->model();
   const ModelSpec& spec = model.spec();
-  auto tok = Tokenizer::from_gguf(model.file());
   Session session(model, engine->store(), a.ctx, forward_options(a.engine, *engine, false));
 
   std::vector<FileResult> results;
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t evaluated = 0;
-  for (const std::string& path : a.files) {
-    const std::vector<int32_t> ids = tok->encode(read_text_file(path), false, false);
-    if (ids.size() < 2) fail("{}: fewer than 2 tokens, nothing to score", path);
+  for (size_t fi = 0; fi < a.files.size(); ++fi) {
+    const std::string& path = a.files[fi];
+    const std::vector<int32_t>& ids = all_ids[fi];
     ExpertCounter counter(spec);
     session.forward().set_observer(&counter);
     FileResult r;
