@@ -125,7 +125,8 @@ int run_run(const RunArgs& a) {
     };
   }
   const GenerateResult r = generate(session, pool, sampler, tok.get(), logits, gp, emit, nullptr);
-  if (text_prompt && isatty(STDOUT_FILENO)) std::fputs("\n", stdout);
+  // Text output: the statistics below start on a line of their own (ids always end with a newline).
+  if (text_prompt) end_open_line(r.text);
   std::fflush(stdout);
   if (r.reason == StopReason::ContextFull)
     std::fprintf(stderr, "moe run: the context is full (%lld tokens); generation stopped\n",
