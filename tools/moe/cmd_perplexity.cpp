@@ -264,6 +264,10 @@ void register_perplexity(CLI::App& app, CommandSet& cmds) {
   sub->add_option("--json", a->json_out, "write the results as JSON");
   sub->add_option("--html", a->html_out, "write an HTML report with expert-usage heatmaps");
   add_engine_flags(sub, a->engine);
+  sub->footer(
+      "Memory: with --mem SIZE, at most SIZE (the experts stream from disk when the model does not fit). Without "
+      "it, the whole model, plus one window's KV cache, activations and [ctx][n_vocab] logits, plus the token ids "
+      "of every file. The files are tokenized before the model loads.");
   cmds.add(sub, [a] {
     if (a->model.empty()) a->model = default_model_path();
     return run_perplexity(*a);

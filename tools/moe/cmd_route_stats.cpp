@@ -215,6 +215,11 @@ void register_route_stats(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-t,--threads", a->threads, "threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("--json", a->json_out, "write the statistics as JSON");
   add_engine_flags(sub, a->engine);
+  sub->footer(
+      "Memory: with --mem SIZE, at most SIZE (the experts stream from disk when the model does not fit). Without "
+      "it, the whole model, plus one window's KV cache and activations, the token ids of every file and the "
+      "held-out windows' routing (8 bytes per token, layer and routed expert). The files are tokenized before the "
+      "model loads.");
   cmds.add(sub, [a] {
     if (a->model.empty()) a->model = default_model_path();
     return run_route_stats(*a);

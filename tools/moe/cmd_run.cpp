@@ -87,6 +87,18 @@ int run_run(const RunArgs& a) {
                                n_prompt + a.n_predict});
     if (s.n_ctx_train > 0) n_ctx = std::min(n_ctx, std::max<int64_t>(s.n_ctx_train, 512));
   }
+  if (a.n_ctx <= 0 && !a.engine.mem.empty()) {
+    // Under --mem the KV cache shares the budget with the expert pool: a run never uses more context
+    // than its prompt and -n, so the rest would only take memory from the experts.
+    const int64_t need = n_prompt + std::max(a.n_predict, 1);
+    if (need < n_ctx) {
+      std::fprintf(stderr,
+                   "moe run: --mem: a context of %lld tokens (the prompt and -n) instead of the default %lld, so the "
+                   "KV cache leaves the rest of the budget to the experts; -c sets it\n",
+                   static_cast<long long>(need), static_cast<long long>(n_ctx));
+      n_ctx = need;
+    }
+  }
   if (n_prompt >= n_ctx)
     fail("run: the prompt has {} tokens but the context size is {} ({}); it must be smaller (pass a larger -c{})",
          n_prompt, n_ctx, a.n_ctx > 0 ? "-c" : "default", a.n_ctx > 0 ? "" : " or shorten the prompt");
@@ -161,7 +173,8 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-n,--n-predict", args->n_predict, "Tokens to generate")->check(CLI::Range(0, 1 << 20));
   sub->add_option("--ids-out", args->ids_out, "Write generated ids here, one per line");
   sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
-  sub->add_option("-c,--ctx-size", args->n_ctx, "Context size (default: prompt + n, at least min(train ctx, 4096), at most train ctx)")
+  sub->add_option("-c,--ctx-size", args->n_ctx, "Context size (default: prompt + n, at least min(train ctx, 4096), at most train ctx; with --mem, "
+                  "prompt + n)")
       ->check(CLI::Range(0, 1 << 24));
   add_sampling_flags(sub, args->sampling);
   sub->add_option("--stop", args->stops, "Stop before this string would be printed (repeatable)");

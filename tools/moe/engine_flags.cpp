@@ -13,8 +13,9 @@ namespace moe::cli {
 
 void add_engine_flags(CLI::App* sub, EngineFlags& f) {
   sub->add_option("--mem", f.mem,
-                  "Memory budget for weights + KV cache + buffers (e.g. 8G). Experts stream from disk when the "
-                  "model does not fit");
+                  "Memory budget for everything the command holds: weights, KV cache, buffers, its own inputs and "
+                  "outputs (e.g. 8G; a container of that size is enough). Experts stream from disk when the model "
+                  "does not fit");
   sub->add_option("--cache-policy", f.cache_policy, "Expert cache policy when streaming: distance (to the executing layer; default), lru, lfu, arc, layer")
       ->check(CLI::IsMember(cache_policy_names()));
   sub->add_option("--prefetch-margin", f.prefetch_margin,
