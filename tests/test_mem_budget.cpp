@@ -3,6 +3,9 @@
 // bandwidth probe inside the budget; `moe logits` writes batch by batch with the same numbers as one
 // in-memory pass.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -156,6 +159,79 @@ TEST(LogitsOutput, BatchByBatchIsBitIdenticalToOnePass) {
     for (const auto& e : fs::directory_iterator(test::cli_temp_dir()))
       EXPECT_EQ(e.path().string().find("budget-logits.f32.tmp"), std::string::npos) << e.path();
   }
+}
+
+// Bytes of [offset, offset + size) of a file that are in the page cache now.
+uint64_t cached_bytes(const std::string& path, uint64_t offset = 0, uint64_t size = UINT64_MAX) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return 0;
+  const uint64_t file = fs::file_size(path);
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t begin = offset / page * page, end = std::min(file, size == UINT64_MAX ? file : offset + size);
+  uint64_t cached = 0;
+  if (end > begin) {
+    void* m = ::mmap(nullptr, end - begin, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(begin));
+    if (m != MAP_FAILED) {
+      std::vector<unsigned char> v((end - begin + page - 1) / page);
+      if (::mincore(m, end - begin, v.data()) == 0)
+        for (unsigned char c : v) cached += (c & 1) ? page : 0;
+      ::munmap(m, end - begin);
+    }
+  }
+  ::close(fd);
+  return cached;
+}
+
+void drop_cache(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0) << path;
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
+}
+
+TEST(PageCache, QuantizeExpertsLeavesLittleOfItsInputOrOutputCached) {
+  // A memory cgroup counts page cache; the writer must not let the output pile up in it, nor the reader the input.
+  const std::string model = synth_model(), out = (test::cli_temp_dir() / "budget-side.gguf").string();
+  drop_cache(model);
+  ASSERT_EQ(cached_bytes(model), 0u) << "the page cache could not be dropped here";
+  const auto r = test::run_cli({"quantize-experts", "-m", model, "--type", "q8_0", "-o", out, "-t", "2", "-q"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto side = gguf::File::open(out, gguf::DataAccess::Pread);
+  uint64_t largest = 0;
+  for (const auto& t : side->tensors()) largest = std::max(largest, t.nbytes);
+  // Output: only the last tensors written (their writeback is what the next tensor waited for) may stay.
+  EXPECT_LE(cached_bytes(out), 2 * largest + (1u << 20)) << "of " << fs::file_size(out);
+  // Input: every expert tensor was read once and dropped, but for the first pages of each, which the side
+  // file's fingerprint reads through the model's mapping (the kernel maps up to 16 pages around a fault).
+  auto src = gguf::File::open(model, gguf::DataAccess::Pread);
+  for (const auto& t : src->tensors())
+    if (t.name.find("_exps") != std::string::npos)
+      EXPECT_LE(cached_bytes(model, src->data_offset() + t.offset, t.nbytes), 128u << 10) << t.name;
+}
+
+TEST(PageCache, LogitsOutputIsNotLeftCached) {
+  const std::string out = (test::cli_temp_dir() / "budget-cache.f32").string();
+  const auto r = test::run_cli({"logits", "-m", test::model_path(kModel), "--tokens", test::ref_path(kModel, "seq.tok"),
+                                "-o", out, "-t", "2"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  ASSERT_GT(fs::file_size(out), 0u);
+  EXPECT_EQ(cached_bytes(out), 0u);
+}
+
+TEST(RunContext, SizedToThePromptAndNUnderMem) {
+  // Without -c the KV cache of a 4096-token default context would take memory from the expert pool.
+  const std::string json = (test::cli_temp_dir() / "budget-run.json").string();
+  const std::string tokens = (test::cli_temp_dir() / "budget-run.tok").string();
+  test::write_text(tokens, "1 2 3 4 5 6 7 8\n");
+  const auto r = test::run_cli({"run", "-m", synth_model(), "--tokens", tokens, "-n", "8", "-t", "2", "--mem", "112M",
+                                "--stats-json", json});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.err.find("a context of 16 tokens"), std::string::npos) << r.err;
+  const auto j = nlohmann::json::parse(test::slurp(json));
+  // 4 layers x 16 positions x 256 kv dims x K and V x fp16.
+  EXPECT_EQ(j.at("plan_bytes").at("kv").get<uint64_t>(), 4u * 16 * 256 * 2 * 2);
+  EXPECT_EQ(j.at("mode"), "offload");
 }
 
 }  // namespace
