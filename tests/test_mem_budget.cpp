@@ -205,9 +205,11 @@ TEST(PageCache, QuantizeExpertsLeavesLittleOfItsInputOrOutputCached) {
   // Input: every expert tensor was read once and dropped, but for the first pages of each, which the side
   // file's fingerprint reads through the model's mapping (the kernel maps up to 16 pages around a fault).
   auto src = gguf::File::open(model, gguf::DataAccess::Pread);
-  for (const auto& t : src->tensors())
-    if (t.name.find("_exps") != std::string::npos)
+  for (const auto& t : src->tensors()) {
+    if (t.name.find("_exps") != std::string::npos) {
       EXPECT_LE(cached_bytes(model, src->data_offset() + t.offset, t.nbytes), 128u << 10) << t.name;
+    }
+  }
 }
 
 TEST(PageCache, LogitsOutputIsNotLeftCached) {

@@ -159,7 +159,9 @@ TEST_P(MemCeiling, StaysUnderTheCgroupLimit) {
   ASSERT_EQ(r.status, 0) << r.err;
   EXPECT_LE(r.peak, limit);
   EXPECT_LE(r.limit, limit);
-  if (!c.expect_stderr.empty()) EXPECT_NE(r.err.find(c.expect_stderr), std::string::npos) << r.err;
+  if (!c.expect_stderr.empty()) {
+    EXPECT_NE(r.err.find(c.expect_stderr), std::string::npos) << r.err;
+  }
   if (!budgeted) return;
   nlohmann::json j;
   if (stats_json) {

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "base/error.h"
+#include "kernels/matmul.h"
 #include "kernels/q4k_repack.h"
 #include "model/lowbit_experts.h"
 
@@ -29,20 +30,31 @@ uint64_t kv_bytes_for(const ModelSpec& s, int64_t n_ctx) {
 
 uint64_t buffer_bytes_for(const Model& m, int64_t n_batch, int64_t n_ctx) {
   const ModelSpec& s = m.spec();
-  // Per token of a batch, in floats: hidden state, normed copy and FFN output; q, k, v and attention
-  // output; the larger of a dense / shared-expert FFN (gate, up) and a MoE layer (the executor's
-  // gathered inputs, per-slot outputs, expert outputs, gate and up, and 8-bit activations); logits.
+  // Per token of a batch, in floats: hidden state, normed copy and FFN output; the router's fp32 input
+  // copies and the 8-bit activations of the dense projections; q, k, v and attention output; the FFN;
+  // the logits. The FFN: a MoE layer's gathered inputs, per-slot outputs and expert outputs, gate and up,
+  // and 8-bit activations of its experts (gate/up input, up input when its type differs, down input: at
+  // most 1.14 bytes per element, and a kernels::ActBuffer keeps up to twice what it last needed), plus
+  // any dense or shared-expert FFN in the same layer (gate, up, its 8-bit activations and its output).
   int64_t ffn = 0;
+  int max_experts = 0;
   for (const auto& L : s.layers) {
-    ffn = std::max(ffn, 2 * std::max(L.n_ff_dense, L.moe.n_ff_shexp));
-    const int64_t k = std::max(1, L.moe.n_expert_used);
-    if (L.is_moe) ffn = std::max(ffn, 3 * k * s.n_embd + 2 * k * L.moe.n_ff_exp + (k * (s.n_embd + L.moe.n_ff_exp)) / 4);
+    const int64_t dense_ff = std::max(L.n_ff_dense, L.moe.n_ff_shexp);
+    int64_t layer = dense_ff > 0 ? 3 * dense_ff + s.n_embd : 0;
+    if (L.is_moe) {
+      const int64_t k = std::max(1, L.moe.n_expert_used);
+      layer += 3 * k * s.n_embd + 2 * k * L.moe.n_ff_exp + (3 * k * (2 * s.n_embd + L.moe.n_ff_exp)) / 5;
+      max_experts = std::max(max_experts, L.moe.n_expert);
+    }
+    ffn = std::max(ffn, layer);
   }
-  const int64_t per_token = 3 * s.n_embd + 2 * s.q_dim() + 2 * s.kv_dim() + ffn + s.n_vocab;
+  const int64_t per_token = 6 * s.n_embd + 2 * s.q_dim() + 2 * s.kv_dim() + ffn + s.n_vocab;
   // A batch widens the layer's KV cache to fp32 for attention.
   const uint64_t widened_kv = static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 * sizeof(float);
+  // The executor's per-expert activation buffers each keep up to kActSlackBytes beyond their need.
+  const uint64_t act_slack = 3ull * static_cast<uint64_t>(max_experts) * kernels::kActSlackBytes;
   const uint64_t metadata = kParsedMetadataPerHeaderByte * m.file().data_offset();
-  return static_cast<uint64_t>(per_token) * sizeof(float) * static_cast<uint64_t>(n_batch) + widened_kv +
+  return static_cast<uint64_t>(per_token) * sizeof(float) * static_cast<uint64_t>(n_batch) + widened_kv + act_slack +
          kEngineOverhead + metadata;
 }
 
@@ -81,7 +93,9 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   const Model::ByteReport r = m.byte_report();
   p.weights_total = r.total;
   p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx);
-  p.buffer_bytes = buffer_bytes_for(m, o.n_batch, o.n_ctx);
+  // No batch is longer than the context (chat asks for 512-token batches whatever its -c).
+  const int64_t n_batch = std::max<int64_t>(1, std::min(o.n_batch, o.n_ctx));
+  p.buffer_bytes = buffer_bytes_for(m, n_batch, o.n_ctx);
   p.held_bytes = o.held_bytes;
   p.reserved = o.reserved;
   // Held and reserved bytes share the budget with the engine.

@@ -233,7 +233,10 @@ int run_bench(const BenchArgs& a) {
   const ProbePlan probe = plan_probe(a.model, a.engine, n_ctx, n_batch, static_cast<uint64_t>(a.bw_gib * (1 << 30)));
   if (!probe.note.empty()) std::fprintf(stderr, "moe bench: bandwidth probe %s\n", probe.note.c_str());
   std::vector<double> bw_rep;
-  if (probe.when == ProbeWhen::BeforeLoad) bw_rep.push_back(probe_read_bandwidth(pool, probe.bytes, 5));
+  if (probe.when == ProbeWhen::BeforeLoad) {
+    bw_rep.push_back(probe_read_bandwidth(pool, probe.bytes, 5));
+    reset_peak_rss();  // peak_rss describes the engine, not the probe's freed buffer
+  }
   std::vector<MemoryReservation> reserved;
   if (probe.when == ProbeWhen::EachRun && !a.engine.mem.empty()) reserved.push_back({"bandwidth probe", probe.bytes});
   const auto t_load = Clock::now();
