@@ -13,7 +13,7 @@ RECIPE_DIR ?= $(BUILD_DIR)/recipe
 DEFAULT_MODEL_FILE ?= tiny-qwen3moe-8x2-kjv-py-fortunes-F16.gguf
 THREADS ?= 2
 
-.PHONY: deps configure build run test bench fuzz clean default-model compare-routing
+.PHONY: deps configure build run test bench fuzz clean default-model compare-routing routing-lab
 
 deps:
 	@bash scripts/deps.sh
@@ -38,6 +38,12 @@ default-model: build
 compare-routing: build
 	@bash scripts/deps.sh corpus
 	MOE=$(BUILD_DIR)/bin/moe THREADS=$(THREADS) bash recipes/compare_routing.sh
+
+# The routing lab's fidelity table (docs/routing-lab.md) and plots (docs/routing-lab.html) on the bundled model
+# (scripts/routing_lab.sh, about 10 minutes on 2 cores).
+routing-lab: build
+	@bash scripts/deps.sh corpus
+	MOE=$(BUILD_DIR)/bin/moe THREADS=$(THREADS) bash scripts/routing_lab.sh $(BUILD_DIR)/routing-lab
 
 test: configure
 	@cmake --build $(BUILD_DIR) -j $(JOBS) --target moe moe_tests

@@ -38,6 +38,15 @@ if [[ $TARGET == gguf_fuzz && -d $FIXTURES ]]; then
   done
 fi
 
+# remix_fuzz: valid reference files built from the fixture models (needs a normal build's moe).
+if [[ $TARGET == remix_fuzz && -x $ROOT/build/bin/moe && -d $FIXTURES ]]; then
+  for m in tiny-qwen3moe tiny-deepseekmoe; do
+    seed=$CORPUS/seed-$m.refs.gguf
+    [[ -f $seed ]] || "$ROOT/build/bin/moe" remix-build -m "$FIXTURES/models/$m.gguf" -f "$FIXTURES/text/t1.txt" \
+      -o "$seed" --snippet-len 8 --stride 8 --keep all -t 1 2>/dev/null || true
+  done
+fi
+
 # Plus small, fully valid files (the truncated fixtures fail at the tensor bounds check): every
 # value type, arrays, several tensor types, non-default alignment, overlapping tensors.
 if [[ $TARGET == gguf_fuzz ]]; then

@@ -71,7 +71,8 @@ TEST_P(OffloadFixture, StreamingExpertsGivesBitIdenticalLogits) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, OffloadFixture,
                          ::testing::Values("tiny-qwen3moe", "tiny-mixtral-Q4_K_M", "tiny-deepseekmoe",
-                                           "tiny-qwen2moe"),
+                                           "tiny-qwen2moe", "tiny-deepseek2-lite", "tiny-deepseek2-v3",
+                                           "tiny-gptoss", "tiny-glm4moe"),
                          moe::test::FixtureParamName());
 
 TEST(OffloadBudget, TooSmallForOneLayerIsAClearError) {

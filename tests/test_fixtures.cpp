@@ -6,6 +6,7 @@
 
 #include "fixture_util.h"
 #include "model/reference_forward.h"
+#include "router_ties.h"
 #include "model/weights.h"
 #include "moe/expert_store.h"
 #include "runtime/sampler.h"
@@ -105,8 +106,17 @@ TEST_P(FixtureModel, GreedyContinuationMatchesLlamaCpp) {
   std::printf("[fixture] %-24s greedy identical: %2zu/24 default, %2zu/24 --llama-compat (tie margins %.4f, %.4f)\n",
               name.c_str(), ours.same, compat.same, ours.tie_margin, compat.tie_margin);
   if (base_model_name(name) == name) {
-    EXPECT_EQ(ours.got, want);
     EXPECT_EQ(compat.got, want);
+    // Our default prompt attention (fp32 sgemm for the whole prompt) differs in the last bits from
+    // llama.cpp's small-batch kernel (fp16 Q, fp16 V accumulation). Where the prompt holds a router
+    // near-tie, that difference decides it (tiny-glm4moe: two sigmoid+bias selection scores 2e-5 apart
+    // at position 16); there only --llama-compat reproduces llama.cpp's tokens.
+    if (ours.got != want) {
+      const int64_t tie = test::first_router_near_tie(*model, prompt);
+      EXPECT_GE(tie, 0) << name << ": the default path diverges from llama.cpp without a router near-tie";
+      std::printf("[fixture] %-24s router near-tie at prompt position %lld: only --llama-compat must match\n",
+                  name.c_str(), static_cast<long long>(tie));
+    }
   } else {
     // Quantized weights amplify last-bit differences through 8-bit activation rounding, so a near-tie
     // may flip. In compat mode the only remaining difference is llama.cpp's repacked-kernel activation
@@ -165,13 +175,26 @@ TEST_P(FixtureModel, AgreesWithNaiveReferenceForward) {
   const std::string name = GetParam();
   auto model = Model::load(model_path(name));
   auto ids = read_ids(ref_path(name, "t1.tok"));
-  const auto ours = batched_logits(*model, ids, 2);
-  const auto ref = reference_forward(*model, ids);
-  const double e = nmse(ours, ref);
-  std::printf("[fixture] %-24s NMSE optimized vs naive fp32 reference %.3e\n", name.c_str(), e);
   // The optimized path rounds activations to the weights' vec_dot format (fp16 for F16 weights,
   // 8-bit blocks for quantized ones) and keeps K/V in fp16; the naive path keeps everything fp32.
-  EXPECT_LE(e, base_model_name(name) == name ? 1e-5 : 5e-3);
+  const double tol = base_model_name(name) == name ? 1e-5 : 5e-3;
+  auto ours = batched_logits(*model, ids, 2);
+  auto ref = reference_forward(*model, ids);
+  double e = nmse(ours, ref);
+  int64_t tie = -1;
+  if (e > tol) {
+    // From a router near-tie on, the two may legitimately pick other experts (tiny-glm4moe's t1 has one
+    // at position 16): then the positions before it must agree.
+    tie = test::first_router_near_tie(*model, ids);
+    ASSERT_GE(tie, 0) << name << ": NMSE " << e << " without a router near-tie";
+    ids.resize(static_cast<size_t>(std::max<int64_t>(tie, 1)));
+    ours = batched_logits(*model, ids, 2);
+    ref = reference_forward(*model, ids);
+    e = nmse(ours, ref);
+  }
+  std::printf("[fixture] %-24s NMSE optimized vs naive fp32 reference %.3e (%zu positions%s)\n", name.c_str(), e,
+              ids.size(), tie >= 0 ? ", up to a router near-tie" : "");
+  EXPECT_LE(e, tol);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, FixtureModel, ::testing::ValuesIn(fixture_model_names()),

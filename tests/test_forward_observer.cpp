@@ -163,7 +163,8 @@ TEST_P(ObserverOnFixture, ExpertOutputsWeightedSumToTheRoutedOutput) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ObserverOnFixture,
-                         ::testing::Values("tiny-qwen3moe", "tiny-qwen2moe", "tiny-deepseekmoe", "tiny-mixtral-Q4_K_M"),
+                         ::testing::Values("tiny-qwen3moe", "tiny-qwen2moe", "tiny-deepseekmoe", "tiny-mixtral-Q4_K_M",
+                                           "tiny-deepseek2-lite", "tiny-gptoss"),
                          test::FixtureParamName());
 
 TEST(ForwardObserver, EventsComeInOrderWithPositionsAndSequenceIds) {

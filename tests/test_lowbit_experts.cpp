@@ -37,8 +37,19 @@ using test::run_cli;
 
 std::string temp_file(const std::string& name) { return (test::cli_temp_dir() / name).string(); }
 
+// The default low-bit type: q2_K, or q4_0 where an expert row is not a multiple of q2_K's 256-value
+// blocks (the deepseek2 / gpt-oss / glm4moe fixtures have experts 64 or 128 wide).
+std::string default_low_bit_type(const std::string& model) {
+  auto m = Model::load(model_path(model), gguf::DataAccess::Mmap, true);
+  for (const auto& layer : m->expert_layout().layers)
+    for (const auto& t : layer)
+      if (t.shape.cols % 256 != 0) return "q4_0";
+  return "q2_K";
+}
+
 // One side file per (model, type), made once per process with the library call.
-const std::string& side_file(const std::string& model, const std::string& type = "q2_K") {
+const std::string& side_file(const std::string& model, std::string type = "") {
+  if (type.empty()) type = default_low_bit_type(model);
   static std::map<std::string, std::string> made;
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
@@ -90,7 +101,7 @@ std::vector<float> logits_with(Engine& e, const std::vector<int32_t>& ids, int64
 ForwardOptions tiers(float low_bit_below, float skip_below = 0, int margin = -1) {
   ForwardOptions fo;
   fo.precision.low_bit_below = low_bit_below;
-  fo.precision.skip_below = skip_below;
+  fo.routing.min_weight = skip_below;  // --skip-below is the routing policy's minimum weight
   fo.lookahead_margin = margin;
   return fo;
 }
@@ -192,7 +203,7 @@ TEST_P(LowBitMerged, AllLowBitStreamedEqualsResidentMergedModel) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, LowBitMerged,
                          ::testing::Values("tiny-qwen3moe", "tiny-mixtral-Q4_K_M", "tiny-deepseekmoe",
-                                           "tiny-qwen2moe"),
+                                           "tiny-qwen2moe", "tiny-deepseek2-v3", "tiny-gptoss"),
                          moe::test::FixtureParamName());
 
 // Between the extremes: an expert is full precision when any of its tokens weighs W or more.

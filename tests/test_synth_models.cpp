@@ -85,6 +85,55 @@ std::vector<SynthCase> synth_cases() {
     v.push_back(make_case("granitemoe_shared_tied_q6k", "granitemoe", g, DType::Q6_K, DType::Q6_K, DType::Q6_K,
                           DType::Q6_K, DType::Q6_K, q));
   }
+  {
+    // DeepSeek-V2-Lite layout: MLA with attn_q directly, one dense layer, 2 shared experts, YaRN with the
+    // DeepSeek attention-scale correction; Q8_0 everywhere but the latent projections.
+    ModelSpec d = make_moe_shape(3, 256, 4, 1, 0, 8, 3, 96, 300, 1, 320, 2, 192);
+    set_mla(d, 0, 64, 32, 32, 48);
+    set_yarn(d, 8.0f, 64);
+    d.yarn.log_mul = 0.707f;
+    v.push_back(make_case("deepseek2_lite_mla_q8_0", "deepseek2", d, DType::Q8_0, DType::Q8_0, DType::Q8_0, DType::Q8_0,
+                          DType::Q8_0, q));
+  }
+  {
+    // DeepSeek-V3 layout: q low-rank with its norm, sigmoid + selection bias, 4 groups of which 2 are kept,
+    // renormalized, scaled.
+    ModelSpec d = make_moe_shape(3, 128, 6, 1, 0, 16, 4, 64, 280, 1, 256, 1, 64);
+    set_mla(d, 48, 32, 16, 16, 32);
+    for (auto& L : d.layers) {
+      L.moe.gating = Gating::Sigmoid;
+      L.moe.has_selection_bias = true;
+      L.moe.n_group = 4;
+      L.moe.topk_group = 2;
+      L.moe.norm_topk = true;
+      L.moe.route_scale = 2.5f;
+    }
+    v.push_back(make_case("deepseek2_v3_groups_f16", "deepseek2", d, DType::F16, DType::F16, DType::F16, DType::F16,
+                          DType::F16, f16));
+  }
+  {
+    // gpt-oss: sinks, windows of 6 on even layers, biases everywhere, clamped SwiGLU; Q4_0 experts.
+    ModelSpec g = make_moe_shape(4, 256, 8, 2, 32, 8, 3, 128, 300);
+    for (int il = 0; il < 4; ++il) g.layers[il].n_swa = il % 2 == 0 ? 6 : 0;
+    set_yarn(g, 16.0f, 128);
+    v.push_back(make_case("gptoss_window6_q4_0", "gpt-oss", g, DType::Q8_0, DType::Q4_0, DType::Q8_0, DType::Q8_0,
+                          DType::Q8_0, q));
+  }
+  {
+    // GLM-4.5 with per-head q/k norm, rope on a quarter of each head, a NextN layer in the file.
+    ModelSpec g = make_moe_shape(3, 192, 6, 3, 64, 8, 2, 96, 290, 1, 384, 1, 96);
+    g.n_rot = 16;
+    g.qk_norm = QkNorm::PerHead;
+    g.n_layer_nextn = 1;
+    for (auto& L : g.layers) {
+      L.moe.gating = Gating::Sigmoid;
+      L.moe.has_selection_bias = true;
+      L.moe.norm_topk = true;
+      L.moe.route_scale = 1.5f;
+    }
+    v.push_back(make_case("glm4moe_qknorm_nextn_f16", "glm4moe", g, DType::F16, DType::F16, DType::F16, DType::F16,
+                          DType::F16, f16));
+  }
   return v;
 }
 

@@ -5,7 +5,8 @@
 //       one batched pass from position 0; float32 logits row-major [n_tokens][n_vocab] (as `moe logits`)
 //   llama_ref route  -m MODEL --tokens FILE -o OUT.csv [--override-kv ...] [-t N]
 //       the routing llama.cpp computes in the same pass, from its graph tensors ffn_moe_topk-L (selected
-//       experts) and the last of ffn_moe_weights* (final weights): CSV `pos,token,layer,rank,expert,weight`
+//       experts; a strided view, read row by row) and the last of ffn_moe_weights* (final weights):
+//       CSV `pos,token,layer,rank,expert,weight`
 //   llama_ref greedy -m MODEL --tokens FILE -n N [--override-kv ...] [-t N]
 //       N greedy tokens after the prompt, one at a time with the KV cache; ids one per line on stdout
 //
@@ -88,17 +89,24 @@ bool route_cb(ggml_tensor* t, bool ask, void* user) {
   }
   if (il < 0) return ask ? false : true;
   if (ask) return true;
-  const int64_t n = ggml_nelements(t);
+  // Either may be a view into a larger tensor (the top-k ids are the first k of each token's argsort):
+  // read each row at its stride. Rows are ne[0] long, over ne[1] and ne[2].
+  const int64_t cols = t->ne[0];
+  const size_t esz = ggml_type_size(t->type);
+  if (is_ids ? t->type != GGML_TYPE_I32 : t->type != GGML_TYPE_F32) die(std::string(name) + ": unexpected type");
+  std::vector<uint8_t> raw(static_cast<size_t>(ggml_nelements(t)) * esz);
+  size_t at = 0;
+  for (int64_t i2 = 0; i2 < t->ne[2]; ++i2)
+    for (int64_t i1 = 0; i1 < t->ne[1]; ++i1, at += static_cast<size_t>(cols) * esz)
+      ggml_backend_tensor_get(t, raw.data() + at, i2 * t->nb[2] + i1 * t->nb[1], static_cast<size_t>(cols) * esz);
   if (is_ids) {
-    if (t->type != GGML_TYPE_I32) die(std::string(name) + ": expected I32");
-    std::vector<int32_t> v(static_cast<size_t>(n));
-    ggml_backend_tensor_get(t, v.data(), 0, v.size() * sizeof(int32_t));
+    std::vector<int32_t> v(raw.size() / sizeof(int32_t));
+    std::memcpy(v.data(), raw.data(), raw.size());
     cap->ids[il] = std::move(v);
-    cap->k[il] = static_cast<int>(t->ne[0]);
+    cap->k[il] = static_cast<int>(cols);
   } else {
-    if (t->type != GGML_TYPE_F32) die(std::string(name) + ": expected F32");
-    std::vector<float> v(static_cast<size_t>(n));
-    ggml_backend_tensor_get(t, v.data(), 0, v.size() * sizeof(float));
+    std::vector<float> v(raw.size() / sizeof(float));
+    std::memcpy(v.data(), raw.data(), raw.size());
     cap->weights[il] = std::move(v);
   }
   return true;

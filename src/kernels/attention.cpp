@@ -13,7 +13,9 @@ namespace moe::kernels {
 
 void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
   use_single_threaded_blas();
-  const int64_t nk = b.n_past + b.m;  // keys seen by the last query of the block
+  const int64_t nk = b.n_past + b.m - b.key0;  // key rows up to the last query of the block
+  const int64_t vd = b.v_dim ? b.v_dim : b.head_dim;
+  const int64_t vs = b.v_stride ? b.v_stride : b.kv_stride;
   const size_t need = static_cast<size_t>(b.m * nk + b.m);
   if (scratch.size() < need) scratch.resize(need);
   float* s = scratch.data();
@@ -21,26 +23,30 @@ void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
   const auto i32 = [](int64_t v) { return static_cast<int>(v); };
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i32(b.m), i32(nk), i32(b.head_dim), b.scale, b.q,
               i32(b.q_stride), b.k, i32(b.kv_stride), 0.0f, s, i32(nk));
-  // Row-wise softmax over the visible keys; the masked tail is zeroed so the second product can run
+  // Row-wise softmax over the visible keys; the masked parts are zeroed so the second product can run
   // over all nk keys for every row. The normalisation is applied after it, as 1 / sum in double.
   for (int64_t i = 0; i < b.m; ++i) {
     float* row = s + i * nk;
-    const int64_t n_keys = b.n_past + i + 1;
-    const float mx = *std::max_element(row, row + n_keys);
-    double sum = 0.0;
-    for (int64_t j = 0; j < n_keys; ++j) {
+    const int64_t p = b.n_past + i;
+    const int64_t lo = b.window > 0 ? std::max(b.key0, p - b.window + 1) - b.key0 : 0;
+    const int64_t hi = p - b.key0 + 1;
+    float mx = *std::max_element(row + lo, row + hi);
+    if (b.has_sink) mx = std::max(mx, b.sink);
+    double sum = b.has_sink ? std::exp(b.sink - mx) : 0.0;
+    for (int64_t j = lo; j < hi; ++j) {
       row[j] = std::exp(row[j] - mx);
       sum += row[j];
     }
-    std::fill(row + n_keys, row + nk, 0.0f);
+    std::fill(row, row + lo, 0.0f);
+    std::fill(row + hi, row + nk, 0.0f);
     inv[i] = static_cast<float>(1.0 / sum);
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(b.m), i32(b.head_dim), i32(nk), 1.0f, s, i32(nk), b.v,
-              i32(b.kv_stride), 0.0f, b.out, i32(b.out_stride));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(b.m), i32(vd), i32(nk), 1.0f, s, i32(nk), b.v, i32(vs),
+              0.0f, b.out, i32(b.out_stride));
   for (int64_t i = 0; i < b.m; ++i) {
     float* o = b.out + i * b.out_stride;
     const float r = inv[i];
-    for (int64_t d = 0; d < b.head_dim; ++d) o[d] *= r;
+    for (int64_t d = 0; d < vd; ++d) o[d] *= r;
   }
 }
 
@@ -60,18 +66,21 @@ void attn_scores_f16_ref(const F16AttnRun& r, float scale) {
 }
 
 void attn_values_f16_ref(const F16AttnRun& r, float* acc) {
+  const int64_t vd = r.vdim();
   for (int64_t j = 0; j < r.n; ++j) {
-    const uint16_t* v = r.v + j * r.kv_stride;
+    const uint16_t* v = r.v + j * r.vstride();
     for (int g = 0; g < r.nh; ++g) {
       const float p = r.scores[g * r.scores_stride + j];
-      float* a = acc + g * r.head_dim;
-      for (int64_t d = 0; d < r.head_dim; ++d) a[d] = std::fma(p, fp16_to_fp32(v[d]), a[d]);
+      float* a = acc + g * vd;
+      for (int64_t d = 0; d < vd; ++d) a[d] = std::fma(p, fp16_to_fp32(v[d]), a[d]);
     }
   }
 }
 
 namespace {
-bool avx512_attention(const F16AttnRun& r) { return best_isa() == Isa::Avx512 && r.head_dim % 16 == 0; }
+bool avx512_attention(const F16AttnRun& r) {
+  return best_isa() == Isa::Avx512 && r.head_dim % 16 == 0 && r.vdim() % 16 == 0;
+}
 }  // namespace
 
 void attn_scores_f16(const F16AttnRun& r, float scale) {

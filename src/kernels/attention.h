@@ -12,18 +12,24 @@ namespace moe::kernels {
 struct CausalBlock {
   const float* q = nullptr;  // m query rows, q_stride floats apart
   int64_t q_stride = 0;
-  const float* k = nullptr;  // key rows 0 .. n_past + m - 1, kv_stride floats apart
-  const float* v = nullptr;  // value rows, same layout
+  const float* k = nullptr;  // key rows for positions key0 .. n_past + m - 1, kv_stride floats apart
+  const float* v = nullptr;  // value rows, same positions, v_stride floats apart (0 = kv_stride)
   int64_t kv_stride = 0;
-  int64_t m = 0;       // queries in the block
-  int64_t n_past = 0;  // query i sees keys 0 .. n_past + i
-  int64_t head_dim = 0;
+  int64_t v_stride = 0;
+  int64_t m = 0;       // queries in the block: query i is at position n_past + i
+  int64_t n_past = 0;
+  int64_t key0 = 0;    // position of key row 0 (<= the first key any query of the block sees)
+  int64_t window = 0;  // sliding window: query at p sees keys (p - window, p]; 0 = all keys from 0
+  int64_t head_dim = 0;  // query/key length
+  int64_t v_dim = 0;     // value and output length (0 = head_dim)
   float scale = 1.0f;  // applied to q . k before the softmax
-  float* out = nullptr;  // m rows of head_dim, out_stride floats apart
+  bool has_sink = false;  // an attention sink: exp(sink - max) joins every row's denominator
+  float sink = 0.0f;
+  float* out = nullptr;  // m rows of v_dim, out_stride floats apart
   int64_t out_stride = 0;
 };
 
-// scratch grows to m * (n_past + m + 1) floats and is reused across calls.
+// scratch grows to m * (n_past + m - key0 + 1) floats and is reused across calls.
 void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch);
 
 // Decode attention straight from the fp16 KV cache: nh query heads that share one kv head, n keys.
@@ -34,21 +40,25 @@ struct F16AttnRun {
   int64_t q_stride = 0;
   int nh = 0;
   const uint16_t* k = nullptr;    // key rows 0 .. n - 1, kv_stride halves apart
-  const uint16_t* v = nullptr;    // value rows, same layout
+  const uint16_t* v = nullptr;    // value rows, v_stride halves apart (0 = kv_stride)
   int64_t kv_stride = 0;
+  int64_t v_stride = 0;
   int64_t n = 0;
-  int64_t head_dim = 0;
+  int64_t head_dim = 0;           // query/key length
+  int64_t v_dim = 0;              // value length (0 = head_dim); acc rows are v_dim floats apart
   float* scores = nullptr;        // nh rows of n, scores_stride floats apart
   int64_t scores_stride = 0;
+  int64_t vdim() const { return v_dim ? v_dim : head_dim; }
+  int64_t vstride() const { return v_stride ? v_stride : kv_stride; }
 };
 // scores[g][j] = scale * (q_g . k_j), the dot summed in 16 lanes (element d in lane d % 16, in order
 // of d) and the lanes then added pairwise, in the same order on every ISA.
 void attn_scores_f16(const F16AttnRun& r, float scale);
 // acc[g][d] += scores[g][j] * v_j[d] for j = 0 .. n - 1 in order, one fused multiply-add each; acc
-// rows are head_dim floats apart.
+// rows are v_dim floats apart.
 void attn_values_f16(const F16AttnRun& r, float* acc);
 // Plain scalar references with the same arithmetic, and the AVX-512 bodies (call only where the CPU
-// has AVX-512F; head_dim must be a multiple of 16).
+// has AVX-512F; head_dim and v_dim must be multiples of 16).
 void attn_scores_f16_ref(const F16AttnRun& r, float scale);
 void attn_values_f16_ref(const F16AttnRun& r, float* acc);
 void attn_scores_f16_avx512(const F16AttnRun& r, float scale);

@@ -36,9 +36,10 @@ void attn_scores_f16_avx512(const F16AttnRun& r, float scale) {
 }
 
 void attn_values_f16_avx512(const F16AttnRun& r, float* acc) {
-  const int64_t hd = r.head_dim;
+  const int64_t hd = r.vdim();
+  const int64_t vs = r.vstride();
   for (int64_t j = 0; j < r.n; ++j) {
-    const uint16_t* v = r.v + j * r.kv_stride;
+    const uint16_t* v = r.v + j * vs;
     for (int g = 0; g < r.nh; ++g) {
       const __m512 p = _mm512_set1_ps(r.scores[g * r.scores_stride + j]);
       float* a = acc + g * hd;

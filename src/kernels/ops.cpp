@@ -39,6 +39,49 @@ void rope_angles(float* cs, int64_t n_rot, int64_t pos, float freq_base, float f
   }
 }
 
+namespace {
+float yarn_corr_dim(int64_t n_dims, int64_t n_ctx_orig, float n_rot, float base) {
+  return static_cast<float>(n_dims) *
+         std::log(static_cast<float>(n_ctx_orig) / (n_rot * 2 * static_cast<float>(M_PI))) / (2 * std::log(base));
+}
+}  // namespace
+
+RopeParams rope_params(int64_t n_rot, float freq_base, float freq_scale, float ext_factor, float attn_factor,
+                       int64_t n_ctx_orig, float beta_fast, float beta_slow) {
+  RopeParams p;
+  p.freq_base = freq_base;
+  p.freq_scale = freq_scale;
+  p.ext_factor = ext_factor;
+  p.attn_factor = attn_factor;
+  if (ext_factor != 0.0f) {
+    const float start = std::floor(yarn_corr_dim(n_rot, n_ctx_orig, beta_fast, freq_base));
+    const float end = std::ceil(yarn_corr_dim(n_rot, n_ctx_orig, beta_slow, freq_base));
+    p.corr_low = std::max(0.0f, start);
+    p.corr_high = std::min(static_cast<float>(n_rot - 1), end);
+  }
+  return p;
+}
+
+void rope_angles(float* cs, int64_t n_rot, int64_t pos, const RopeParams& p) {
+  const float theta_scale = std::pow(p.freq_base, -2.0f / static_cast<float>(n_rot));
+  float theta = static_cast<float>(pos);
+  float mscale = p.attn_factor;
+  if (p.ext_factor != 0.0f) mscale *= 1.0f + 0.1f * std::log(1.0f / p.freq_scale);
+  for (int64_t i = 0; i < n_rot / 2; ++i) {
+    const float interp = p.freq_scale * theta;
+    float t = interp;
+    if (p.ext_factor != 0.0f) {
+      // ggml_rope_yarn_ramp at element index 2 i.
+      const float y = (static_cast<float>(i) - p.corr_low) / std::max(0.001f, p.corr_high - p.corr_low);
+      const float ramp_mix = (1.0f - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
+      t = interp * (1.0f - ramp_mix) + theta * ramp_mix;
+    }
+    cs[2 * i] = std::cos(t) * mscale;
+    cs[2 * i + 1] = std::sin(t) * mscale;
+    theta *= theta_scale;
+  }
+}
+
 void rope_apply(float* x, const float* cs, int64_t n_rot, bool neox) {
   const int64_t half = n_rot / 2;
   for (int64_t i = 0; i < half; ++i) {
@@ -72,6 +115,14 @@ void softmax(float* x, int64_t n) {
 
 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = silu(gate[i]) * up[i];
+}
+
+void swiglu_oai(const float* gate, const float* up, float* out, int64_t n, float alpha, float limit) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = std::min(gate[i], limit);
+    const float y = std::clamp(up[i], -limit, limit);
+    out[i] = x / (1.0f + std::exp(alpha * (-x))) * (y + 1.0f);
+  }
 }
 
 void add(float* y, const float* x, int64_t n) {

@@ -16,6 +16,22 @@ void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps);
 void rope(float* x, int64_t n_rot, int64_t pos, float freq_base, float freq_scale, bool neox);
 // Precomputes cos/sin for one position: cs[2*i] = cos, cs[2*i+1] = sin, i < n_rot/2.
 void rope_angles(float* cs, int64_t n_rot, int64_t pos, float freq_base, float freq_scale);
+
+// Rope with YaRN scaling (ggml's rope_yarn): dims below corr_low are extrapolated (unscaled), dims
+// above corr_high interpolated (x freq_scale), with a linear ramp between; cos and sin are multiplied
+// by attn_factor * (1 + 0.1 ln(1 / freq_scale)). With ext_factor 0 and attn_factor 1 this is
+// rope_angles above, bit for bit.
+struct RopeParams {
+  float freq_base = 10000.0f;
+  float freq_scale = 1.0f;
+  float ext_factor = 0.0f;
+  float attn_factor = 1.0f;
+  float corr_low = 0.0f, corr_high = 0.0f;  // correction dims (ggml_rope_yarn_corr_dims)
+};
+// ggml_rope_yarn_corr_dims for n_rot rotated dims, the original context and the two betas.
+RopeParams rope_params(int64_t n_rot, float freq_base, float freq_scale, float ext_factor, float attn_factor,
+                       int64_t n_ctx_orig, float beta_fast, float beta_slow);
+void rope_angles(float* cs, int64_t n_rot, int64_t pos, const RopeParams& p);
 void rope_apply(float* x, const float* cs, int64_t n_rot, bool neox);
 
 // In-place softmax over n values (max-subtracted, sum in double).
@@ -24,6 +40,9 @@ void softmax(float* x, int64_t n);
 inline float silu(float x);
 // out[i] = silu(gate[i]) * up[i]
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
+// gpt-oss's clamped SwiGLU (ggml's swiglu_oai): x = min(gate, limit), y = clamp(up, -limit, limit),
+// out = x / (1 + exp(-alpha x)) * (y + 1).
+void swiglu_oai(const float* gate, const float* up, float* out, int64_t n, float alpha, float limit);
 
 void add(float* y, const float* x, int64_t n);            // y += x (best ISA, same bits)
 void scale(float* y, float s, int64_t n);                 // y *= s (best ISA, same bits)

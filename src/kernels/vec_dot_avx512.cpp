@@ -9,6 +9,7 @@
 #include "kernels/quant_x86_kernels.h"
 #include "kernels/quant_dispatch.h"
 #include "kernels/quant_tile.h"
+#include "tensor/fp16.h"
 
 namespace moe::quant {
 namespace avx512 {
@@ -36,23 +37,31 @@ float vec_dot_f32_512(int64_t n, const void* xv, const void* yv) {
 inline __m512 load_f16x16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 inline __m512 load_f16x16_masked(const uint16_t* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
 
+// llama.cpp's own summation orders, so that F16 matrices give its bits: when n is a multiple of 16 its
+// F16 matmuls go through llamafile's tinyBLAS, which keeps one 16-lane accumulator per output and adds
+// the lanes pairwise at the end; otherwise ggml_vec_dot_f16 runs four accumulators over blocks of 64,
+// folds them as (a0 + a2) + (a1 + a3), and adds the tail one product at a time in double. (Four
+// independent accumulators would be faster on matrices that fit in cache; these F16 matrices are
+// read from memory, where the single chain keeps up.)
 float vec_dot_f16_512(int64_t n, const void* xv, const void* yv) {
   const uint16_t* x = static_cast<const uint16_t*>(xv);
   const uint16_t* y = static_cast<const uint16_t*>(yv);
+  if (n % 16 == 0) {
+    __m512 a = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) a = _mm512_fmadd_ps(load_f16x16(x + i), load_f16x16(y + i), a);
+    return _mm512_reduce_add_ps(a);
+  }
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 64 <= n; i += 64) {
+  const int64_t np = n & ~int64_t{63};
+  for (int64_t i = 0; i < np; i += 64) {
     a0 = _mm512_fmadd_ps(load_f16x16(x + i), load_f16x16(y + i), a0);
     a1 = _mm512_fmadd_ps(load_f16x16(x + i + 16), load_f16x16(y + i + 16), a1);
     a2 = _mm512_fmadd_ps(load_f16x16(x + i + 32), load_f16x16(y + i + 32), a2);
     a3 = _mm512_fmadd_ps(load_f16x16(x + i + 48), load_f16x16(y + i + 48), a3);
   }
-  for (; i + 16 <= n; i += 16) a0 = _mm512_fmadd_ps(load_f16x16(x + i), load_f16x16(y + i), a0);
-  if (i < n) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1u);
-    a1 = _mm512_fmadd_ps(load_f16x16_masked(x + i, m), load_f16x16_masked(y + i, m), a1);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  double sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3)));
+  for (int64_t i = np; i < n; ++i) sum += static_cast<double>(fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]));
+  return static_cast<float>(sum);
 }
 
 // bf16 pairs via vdpbf16ps: each bf16 x bf16 product is exact in fp32; pairs are accumulated in fp32.

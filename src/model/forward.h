@@ -9,40 +9,17 @@
 #include "base/direct_io.h"
 #include "base/thread_pool.h"
 #include "kernels/matmul.h"
+#include "kernels/ops.h"
 #include "model/forward_observer.h"
+#include "model/kv_cache.h"
 #include "model/weights.h"
 #include "moe/executor.h"
 #include "moe/expert_store.h"
 #include "moe/router.h"
+#include "moe/routing_policy.h"
 #include "moe/transition_table.h"
 
 namespace moe {
-
-// Per-layer K and V for positions [0, n_ctx), fp16, head-major: [layer][kv head][pos][head_dim]. A
-// decoded token reads every position of one kv head per work item, so each head's keys and values
-// are one contiguous stream (position-major rows put 256 useful bytes in every 4 KiB and ran the
-// attention of a 4k context at a fraction of the memory bandwidth).
-class KvCache {
- public:
-  KvCache(const ModelSpec& spec, int64_t n_ctx);
-  int64_t n_ctx() const { return n_ctx_; }
-  int64_t head_dim() const { return head_dim_; }
-  // Position 0 of kv head `head` in `layer`; position p is head_dim() halves further on.
-  uint16_t* k(int layer, int head) { return base(k_, layer, head); }
-  uint16_t* v(int layer, int head) { return base(v_, layer, head); }
-  // Stores the K and V rows (all kv heads, fp32) of one position.
-  void store(int layer, int64_t pos, const float* k_row, const float* v_row);
-  // Widens the fp16 K and V rows of positions [p0, p1) to fp32 rows of kv_dim (position-major).
-  void widen(int layer, int64_t p0, int64_t p1, float* k_rows, float* v_rows);
-  size_t bytes() const { return k_.size() + v_.size(); }
-
- private:
-  uint16_t* base(const AlignedBuffer& b, int layer, int head) {
-    return reinterpret_cast<uint16_t*>(b.data()) + ((static_cast<int64_t>(layer) * n_head_kv_ + head) * n_ctx_) * head_dim_;
-  }
-  int64_t n_ctx_, head_dim_, n_head_kv_;
-  AlignedBuffer k_, v_;  // large caches get 2 MiB pages where the kernel allows
-};
 
 // What predicts the next MoE layer's experts for prefetching (techniques.md section 5).
 enum class PrefetchPredictor {
@@ -67,13 +44,28 @@ struct ForwardOptions {
   std::shared_ptr<const TransitionTable> transitions = nullptr;
   // Weight each current expert's row of the table by its routing weight (else 1 each).
   bool transition_weighted = true;
-  // Precision tiers: thresholds for low-bit copies and skipped experts (moe/executor.h). With either,
-  // the gate predictor also predicts each hinted expert's weight: it drops hints predicted below
-  // skip_below and hints the low-bit copy for those predicted below low_bit_below. The transition
-  // predictor (no weights) hints full precision, as without tiers.
+  // Precision tiers: the threshold for low-bit copies (moe/executor.h). With it, the gate predictor also
+  // predicts each hinted expert's weight and hints the low-bit copy for those predicted below
+  // low_bit_below. The transition predictor (no weights) hints full precision, as without tiers.
   ExpertPrecision precision{};
-  // Where the executor counts full / low-bit / skipped evaluations (the Engine's); null = not counted.
+  // Where the executor counts full / low-bit evaluations, and the routing policy the pairs its minimum
+  // weight skipped (the Engine's); null = not counted.
   ExpertUseCounters* expert_use = nullptr;
+  // How this pass routes (moe/routing_policy.h): the default is the model's gate, bit for bit. Checked
+  // against the model when the pass is made; predictions and prefetch hints follow it too (a masked
+  // expert is never hinted).
+  RoutingPolicy routing{};
+  // Where routed tokens and selected experts are counted per layer (the Engine's); null = not counted.
+  RoutingUseCounters* routing_use = nullptr;
+};
+
+// The experts per layer of a model, as routing policies are checked against them.
+RoutingShape routing_shape(const ModelSpec& spec);
+
+// A token range of one step routed under its own policy (a batched server step mixing requests).
+struct RowPolicy {
+  int64_t t0 = 0, t1 = 0;
+  std::shared_ptr<const RoutingPlan> plan;  // compiled for this pass's model
 };
 
 // How well prefetch prediction (either predictor) guessed the next layer's experts (per token and layer).
@@ -102,13 +94,37 @@ class ForwardPass : private ExpertOutputSink {
   // The sequence id reported to observers for this pass's tokens (a Session's id).
   void set_seq_id(int32_t id) { seq_id_ = id; }
   int32_t seq_id() const { return seq_id_; }
+  // The routing policy (replaces ForwardOptions::routing; throws, keeping the old one, when it does not
+  // fit the model).
+  void set_routing_policy(const RoutingPolicy& policy);
+  const RoutingPolicy& routing_policy() const { return plan_->policy(); }
+  const RoutingPlan& routing_plan() const { return *plan_; }
+  // Per-range policies for the following run() calls: ranges must tile the step's tokens [0, n) in
+  // order. Empty (the default): every token routes under the pass's own policy.
+  void set_row_policies(std::vector<RowPolicy> rows) { row_policies_ = std::move(rows); }
   const PredictionStats& prediction_stats() const { return pred_stats_; }
   void reset_prediction_stats() { pred_stats_ = {}; }
 
  private:
+  // Attention (model/forward_attention.cpp): the layer's normalized input xn_ -> tmp_ (after the
+  // output projection), for n_tokens rows at positions pos0.. of the sequence whose cache is kv.
   void attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);
+  // Query, key and value rows into q_, k_, v_ (standard attention) or the absorbed query and the
+  // latent key rows (MLA).
+  void attention_inputs(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
+  void mla_inputs(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
+  // Stores rows [r0, r1) of k_/v_ in the cache and attends their queries to it (into att_).
+  void attend(int il, int64_t r0, int64_t r1, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);
+  // Each head's latent attention output through attn_v_b, into mla_out_.
+  void mla_values(int il, int64_t n_tokens, ThreadPool& pool);
+  // One stacked per-head matrix (attn_k_b / attn_v_b) applied to each head's slice of x.
+  void per_head_matmul(const WeightView& w, const float* x, int64_t x_stride, int64_t x_head_stride,
+                       int64_t n_tokens, float* y, int64_t y_stride, int64_t y_head_stride, ThreadPool& pool);
+  kernels::RopeParams rope_params(int il) const;
   void ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
   void project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
+  // Layer il's router logits for x (with the router's own bias, if it has one).
+  void router_logits(int il, const float* x, int64_t n_tokens, float* out, ThreadPool& pool);
   // Several projections of the same input in one parallel region (one per decoded token and matrix
   // cost a barrier each); x is converted once per activation type the weights need.
   struct Projection {
@@ -116,6 +132,11 @@ class ForwardPass : private ExpertOutputSink {
     float* y;
   };
   void project_batch(const Projection* p, size_t n, const float* x, int64_t n_tokens, ThreadPool& pool);
+  // Routes one MoE layer's logits ([n_tokens][n_expert], overwritten with scores) under the policies
+  // in force; `count` adds to the routing and skip counters (not for predictions).
+  void route_layer(int il, int64_t n_tokens, float* logits, const float* bias, Routing& out, bool count);
+  // Whether every policy in force masks the expert (then no prediction may hint it).
+  bool masked_everywhere(int layer, int expert) const;
   // Both predictors fill predicted_ (per token) and hint_ (their union), then hint the store.
   void predict_next_layer(int il, int64_t n_tokens, ThreadPool& pool);  // gate
   void predict_next_layer_transition(int il, int64_t n_tokens);         // table
@@ -136,6 +157,9 @@ class ForwardPass : private ExpertOutputSink {
   std::vector<int32_t> step_seq_ids_;
   std::vector<int32_t> obs_token_, obs_slot_;
   std::vector<float> obs_logits_, obs_routed_;
+  std::shared_ptr<const RoutingPlan> plan_;
+  std::vector<RowPolicy> row_policies_;
+  RouteScratch route_scratch_;
   ExpertExecutor executor_;
   FfnScratch ffn_scratch_;
   Routing routing_;
@@ -148,7 +172,7 @@ class ForwardPass : private ExpertOutputSink {
   // Lookahead: per token, the experts predicted for layer predicted_layer_.
   int predicted_layer_ = -1;
   std::vector<std::vector<int32_t>> predicted_;
-  std::vector<float> lookahead_logits_;
+  std::vector<float> lookahead_logits_, lookahead_scores_;
   std::vector<int32_t> hint_;
   std::vector<uint8_t> hint_low_bit_ok_;  // per hint_ entry, when the gate predictor predicts tiers
   std::vector<float> hint_max_weight_;    // per hint_ entry: largest predicted weight (-1: margin)
@@ -156,6 +180,8 @@ class ForwardPass : private ExpertOutputSink {
   std::vector<double> transition_scores_;
   PredictionStats pred_stats_;
   std::vector<float> rope_cs_;
+  std::vector<float> mla_q_, mla_qa_, mla_out_;  // MLA: full per-head queries, q low-rank, v_b outputs
+  std::vector<kernels::ActBuffer> head_act_;    // per_head_matmul: one per head
   struct AttnScratch {
     std::vector<float> scores, kf, acc, qr;
   };

@@ -246,6 +246,7 @@ LowBitExperts open_low_bit_experts(const std::string& path, const Model& model, 
       l.data = f.is_mapped() ? f.tensor_data(*t) : nullptr;
       l.file_offset = f.data_offset() + t->offset;
       l.shape = {nullptr, t->type, v.rows, v.cols, row_bytes(t->type, v.cols)};
+      l.bias = full.layers[static_cast<size_t>(il)][static_cast<size_t>(i)].bias;  // biases stay the model's
       out.bytes += t->nbytes;
     }
   }

@@ -50,7 +50,8 @@ DType type_for(const SynthConfig& c, Placement p, Role role, int layer, size_t n
     case Placement::SharedExpert: case Placement::DenseFfn: t = c.shared_type; break;
     default: t = DType::F32;
   }
-  if (n_dims < 2) return DType::F32;  // norms, biases and gate vectors stay fp32, as llama.cpp keeps them
+  // Norms, biases, sinks and gate vectors stay fp32, as llama.cpp keeps them.
+  if (n_dims < 2 || role_is_f32(role)) return DType::F32;
   if (c.type_override) t = c.type_override(role, layer, t);
   if (cols % dtype_traits(t).block_elems != 0) {
     if (!c.llama_fallback) return DType::F16;
@@ -95,6 +96,20 @@ ModelSpec make_moe_shape(int n_layer, int64_t n_embd, int n_head, int n_head_kv,
     L.moe.n_ff_shexp = n_ff_shexp;
   }
   return s;
+}
+
+void set_mla(ModelSpec& s, int64_t q_lora, int64_t kv_lora, int64_t qk_nope, int64_t qk_rope, int64_t v_head) {
+  s.mla = {q_lora, kv_lora, qk_nope, qk_rope, v_head};
+  s.n_head_kv = 1;
+  s.head_dim = kv_lora + qk_rope;
+  s.head_dim_v = kv_lora;
+  s.n_rot = qk_rope;
+}
+
+void set_yarn(ModelSpec& s, float factor, int64_t n_ctx_orig) {
+  s.rope_freq_scale = 1.0f / factor;
+  s.yarn.ext_factor = 1.0f;
+  s.yarn.n_ctx_orig = n_ctx_orig;
 }
 
 void write_synth_model(const std::string& path, const SynthConfig& cfg,
@@ -159,15 +174,23 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
     Role role;
   };
   std::vector<Planned> plan;
+  // Optional roles are written only when the spec asks for them.
+  auto wanted = [&](const TensorRoleDesc& d, int il) {
+    if (!d.optional) return true;
+    switch (d.role) {
+      case Role::Output: return !s.tied_output;
+      case Role::RouterBias: return s.layers[il].moe.has_selection_bias;
+      case Role::AttnQNorm: case Role::AttnKNorm: return s.qk_norm != QkNorm::None;
+      case Role::AttnOutBias: return s.attn_out_bias;
+      default: return false;
+    }
+  };
   for (const TensorRoleDesc& d : arch->roles) {
     const int n_iter = d.per_layer ? s.n_layer : 1;
     for (int il = 0; il < n_iter; ++il) {
       std::vector<int64_t> dims = d.shape(shaped, il);
       if (dims.empty()) continue;
-      // Optional roles are written only when the spec asks for them.
-      if (d.optional && d.role != Role::Output &&
-          !(d.role == Role::RouterBias && s.layers[il].moe.has_selection_bias))
-        continue;
+      if (!wanted(d, il)) continue;
       if (d.role == Role::Output && s.tied_output) continue;
       char name[256];
       std::snprintf(name, sizeof name, d.gguf_name, il);
@@ -176,6 +199,17 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
       for (size_t i = 1; i < dims.size(); ++i) rows *= dims[i];
       total += row_bytes(t, dims[0]) * static_cast<uint64_t>(rows);
       plan.push_back({d.per_layer ? std::string(name) : std::string(d.gguf_name), t, dims, d.placement, d.role});
+    }
+  }
+  // Trailing next-token-prediction layers: in the file (as real checkpoints ship them), never read.
+  if (s.n_layer_nextn > 0 && arch->unused_tensors) {
+    for (const UnusedTensorDesc& u : arch->unused_tensors(shaped)) {
+      const Role role = u.role == Role::Count ? (u.dims.size() < 2 ? Role::AttnNorm : Role::AttnQ) : u.role;
+      const DType t = type_for(cfg, u.placement, role, s.n_layer, u.dims.size(), u.dims[0]);
+      int64_t rows = 1;
+      for (size_t i = 1; i < u.dims.size(); ++i) rows *= u.dims[i];
+      total += row_bytes(t, u.dims[0]) * static_cast<uint64_t>(rows);
+      plan.push_back({u.name, t, u.dims, u.placement, role});
     }
   }
   auto done = std::make_shared<uint64_t>(0);
@@ -192,7 +226,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
         int64_t rows = 1;
         for (size_t i = 1; i < pc.dims.size(); ++i) rows *= pc.dims[i];
         const bool is_norm = pc.placement == Placement::Norm;
-        const bool is_vector = pc.dims.size() == 1;
+        const bool is_vector = pc.dims.size() == 1 || role_is_f32(pc.role);
         const float sd = pc.placement == Placement::Embedding ? 1.0f : 1.0f / std::sqrt(static_cast<float>(cols));
         const QuantizeFn quantize = storage_quantizer(pc.type);
         const size_t rb = row_bytes(pc.type, cols);
@@ -230,7 +264,7 @@ void write_synth_model(const std::string& path, const SynthConfig& cfg,
       int64_t rows = 1;
       for (size_t i = 1; i < pc.dims.size(); ++i) rows *= pc.dims[i];
       const bool is_norm = pc.placement == Placement::Norm;
-      const bool is_vector = pc.dims.size() == 1;
+      const bool is_vector = pc.dims.size() == 1 || role_is_f32(pc.role);
       const float sd = pc.placement == Placement::Embedding ? 1.0f : 1.0f / std::sqrt(static_cast<float>(cols));
       std::vector<float> row(static_cast<size_t>(cols));
       const QuantizeFn quantize = storage_quantizer(pc.type);

@@ -48,6 +48,12 @@ ModelSpec make_moe_shape(int n_layer, int64_t n_embd, int n_head, int n_head_kv,
                          int k, int64_t n_ff_exp, int64_t n_vocab, int n_dense_lead = 0, int64_t n_ff_dense = 0,
                          int n_shared = 0, int64_t n_ff_shexp = 0);
 
+// MLA attention (deepseek2) in the layout current converters write: one kv head whose key is the latent
+// plus the rope key and whose value is the latent; n_rot = rope.
+void set_mla(ModelSpec& s, int64_t q_lora, int64_t kv_lora, int64_t qk_nope, int64_t qk_rope, int64_t v_head);
+// YaRN rope scaling by `factor` from an original context of n_ctx_orig.
+void set_yarn(ModelSpec& s, float factor, int64_t n_ctx_orig);
+
 // Writes the model atomically. `progress(done_bytes, total_bytes)` is called as tensors are written.
 void write_synth_model(const std::string& path, const SynthConfig& cfg,
                        const std::function<void(uint64_t, uint64_t)>& progress = nullptr);

@@ -27,17 +27,6 @@ std::string dims_str(const std::vector<int64_t>& d) {
   return s + "]";
 }
 
-// Norms, biases and gate vectors are applied elementwise in fp32; llama.cpp requires them as F32 too.
-bool must_be_f32(Role r) {
-  switch (r) {
-    case Role::OutputNorm: case Role::AttnNorm: case Role::FfnNorm: case Role::AttnQNorm: case Role::AttnKNorm:
-    case Role::AttnQBias: case Role::AttnKBias: case Role::AttnVBias: case Role::AttnOutBias: case Role::RouterBias:
-      return true;
-    default:
-      return false;
-  }
-}
-
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess access) {
@@ -78,7 +67,7 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
       };
       if (trim(t->dims) != trim(want))
         fail("{}: tensor '{}': shape {} does not match the expected {}", path, name, dims_str(t->dims), dims_str(want));
-      if (must_be_f32(d.role) && t->type != DType::F32)
+      if (role_is_f32(d.role) && t->type != DType::F32)
         fail("{}: tensor '{}': type {} is not supported for this role (expected f32)", path, name,
              dtype_traits(t->type).name);
       WeightView v;
@@ -190,6 +179,7 @@ ExpertLayout Model::expert_layout() const {
   out.layers.resize(s.n_layer);
   out.n_expert_used.assign(s.n_layer, 0);
   const Role roles[3] = {Role::ExpGate, Role::ExpUp, Role::ExpDown};
+  const Role bias_roles[3] = {Role::ExpGateBias, Role::ExpUpBias, Role::ExpDownBias};
   for (int il = 0; il < s.n_layer; ++il) {
     if (!s.layers[il].is_moe) continue;
     out.n_expert = std::max(out.n_expert, s.layers[il].moe.n_expert);
@@ -200,6 +190,8 @@ ExpertLayout Model::expert_layout() const {
       t.data = v.data;
       t.file_offset = file_->data_offset() + v.info->offset;
       t.shape = {nullptr, v.type, v.rows, v.cols, v.row_bytes};
+      // Biases are resident whatever happens to the matrices ([n_expert][rows] f32, checked at load).
+      if (const WeightView& b = layers_[il][bias_roles[i]]) t.bias = reinterpret_cast<const float*>(b.data);
     }
   }
   return out;
@@ -222,8 +214,10 @@ Model::ByteReport Model::byte_report() const {
     for (int il = 0; il < s.n_layer; ++il)
       if (const WeightView& v = layers_[il][d.role]) add(d, v);
   }
-  // Active bytes per token: everything except the unused experts, and only one embedding row.
+  // Active bytes per token: everything except the unused experts (and their biases), and only one
+  // embedding row.
   uint64_t active = r.total - r.by_placement[static_cast<size_t>(Placement::Expert)] -
+                    r.by_placement[static_cast<size_t>(Placement::ExpertBias)] -
                     r.by_placement[static_cast<size_t>(Placement::Embedding)];
   active += globals_[Role::TokenEmbd].row_bytes;
   if (s.tied_output) active += globals_[Role::Output].info->nbytes;
@@ -234,9 +228,15 @@ Model::ByteReport Model::byte_report() const {
     for (Role role : {Role::ExpGate, Role::ExpUp, Role::ExpDown})
       if (const WeightView& v = layers_[il][role]) per_expert += v.matrix_bytes();
     r.bytes_per_expert_max = std::max(r.bytes_per_expert_max, per_expert);
+    for (Role role : {Role::ExpGateBias, Role::ExpUpBias, Role::ExpDownBias})
+      if (const WeightView& v = layers_[il][role]) per_expert += v.row_bytes;
     active += per_expert * static_cast<uint64_t>(L.moe.n_expert_used);
   }
   r.active_bytes_per_token = active;
+  // Tensors the file holds but no role binds (NextN/MTP layers): never read.
+  uint64_t in_file = 0;
+  for (const gguf::TensorInfo& t : file_->tensors()) in_file += t.nbytes;
+  r.unused = in_file > r.total ? in_file - r.total : 0;
   return r;
 }
 

@@ -76,10 +76,11 @@ class Model {
 
   // Bytes per placement, for `moe info` and residency planning.
   struct ByteReport {
-    std::array<uint64_t, 8> by_placement{};  // indexed by Placement
+    std::array<uint64_t, kPlacementCount> by_placement{};  // indexed by Placement
     uint64_t total = 0;
     uint64_t bytes_per_expert_max = 0;   // largest single expert (gate+up+down) over layers
     uint64_t active_bytes_per_token = 0; // attention + router + k experts + shared + dense + output
+    uint64_t unused = 0;                 // tensors in the file that nothing reads (NextN/MTP layers)
   };
   ByteReport byte_report() const;
   // Where the routed experts are (in memory and in the file), for expert stores.

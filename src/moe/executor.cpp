@@ -33,26 +33,21 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
                          ExpertOutputSink* sink) {
   const int E = spec.n_expert;
   const int k = routing.k;
+  spec_ = &spec;
   by_expert_.resize(E);
   for (auto& v : by_expert_) v.clear();
   // Per (token, slot) weighted expert outputs, summed in slot order at the end. Every slot is written
   // below (no zero fill: at 512 tokens x 8 slots that was 32 MiB of memset per layer).
   slots_.resize(static_cast<size_t>(n_tokens * k * n_embd));
-  uint64_t skipped = 0;
   for (int64_t t = 0; t < n_tokens; ++t)
     for (int j = 0; j < k; ++j) {
-      // An empty slot (no expert) and a skipped pair get a zero slot, so the sum over slots is unchanged by them.
+      // An empty slot (no expert) gets a zero slot, so the sum over slots is unchanged by it.
       const int32_t id = routing.id(t, j);
       if (id < 0) {
         std::fill_n(slots_.data() + (t * k + j) * n_embd, n_embd, 0.0f);
         continue;
       }
       if (id >= E) fail("layer {}: token {} was routed to expert {}, but the layer has {}", layer, t, id, E);
-      if (precision_.skip_below > 0.0f && routing.weight(t, j) < precision_.skip_below) {
-        ++skipped;
-        std::fill_n(slots_.data() + (t * k + j) * n_embd, n_embd, 0.0f);
-        continue;
-      }
       by_expert_[id].push_back({static_cast<int32_t>(t), j});
     }
 
@@ -107,7 +102,6 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   if (counters_) {
     counters_->full_evals += evals_[0];
     counters_->low_bit_evals += evals_[1];
-    counters_->skipped_evals += skipped;
     counters_->full_acquires += acquires_[0];
     counters_->low_bit_acquires += acquires_[1];
   }
@@ -197,12 +191,22 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
   }
   // SwiGLU and the down projections' activations of the batch's b-th expert (elementwise, so the same
   // values whichever thread runs it).
+  const MoeSpec& spec = *spec_;
   auto activate = [&](size_t b) {
     const size_t i = static_cast<size_t>(batch_[b]);
+    const ExpertWeights& w = weights_[i];
     const int64_t m = row0_[i + 1] - row0_[i];
     float* g = gate_.data() + row0_[i] * n_ff;
-    kernels::swiglu(g, up_.data() + row0_[i] * n_ff, g, m * n_ff);
-    act_down_[i].convert(dtype_traits(weights_[i].down.type).vec_dot_type, g, m, n_ff, n_ff);
+    float* u = up_.data() + row0_[i] * n_ff;
+    for (int64_t r = 0; r < m; ++r) {
+      if (w.gate_bias) kernels::add(g + r * n_ff, w.gate_bias, n_ff);
+      if (w.up_bias) kernels::add(u + r * n_ff, w.up_bias, n_ff);
+    }
+    if (spec.activation == Activation::SwiGLUOai)
+      kernels::swiglu_oai(g, u, g, m * n_ff, spec.act_alpha, spec.act_limit);
+    else
+      kernels::swiglu(g, u, g, m * n_ff);
+    act_down_[i].convert(dtype_traits(w.down.type).vec_dot_type, g, m, n_ff, n_ff);
   };
   const size_t nb = batch_.size();
   for (const int32_t i : batch_)
@@ -221,6 +225,11 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
       jobs_.push_back({weights_[i].down, &act_down_[i], down_.data() + row0_[i] * n_embd, n_embd});
     kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
   }
+  // Down-projection biases: part of E_e(x), so observers and the weighting see them (ggml's add_id
+  // before the routing weights multiply).
+  for (const int32_t i : batch_)
+    if (const float* bias = weights_[i].down_bias)
+      for (int64_t r = row0_[i]; r < row0_[i + 1]; ++r) kernels::add(down_.data() + r * n_embd, bias, n_embd);
   for (const int32_t i : batch_) store.release(layer, needed_[i], weights_[i].tier);
 }
 

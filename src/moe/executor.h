@@ -1,5 +1,6 @@
 // ExpertExecutor: groups the tokens of a batch by expert, acquires each needed expert from the store,
-// and computes its SwiGLU FFN on just those tokens (a small GEMM per expert in prefill, a matvec in
+// and computes its gated FFN (SwiGLU or the clamped variant, with the expert's biases if it has them)
+// on just those tokens (a small GEMM per expert in prefill, a matvec in
 // decode). Results are combined per token in selection order, as llama.cpp sums them.
 #pragma once
 #include <atomic>
@@ -32,18 +33,16 @@ struct ExpertPrecision {
   // An expert whose tokens in the batch all weigh less than this may be served from its low-bit copy
   // (the store decides: see ExpertStore::acquire). 0 = never; any token at or above it = full precision.
   float low_bit_below = 0.0f;
-  // (token, expert) pairs weighing less than this are skipped: not computed, and an expert whose pairs
-  // are all skipped is not loaded. The other experts' weights are not renormalized, so a skipped
-  // pair simply contributes nothing. 0 = never.
-  float skip_below = 0.0f;
-  bool active() const { return low_bit_below > 0.0f || skip_below > 0.0f; }
+  // (Skipping pairs below a weight, --skip-below, is the routing policy's minimum weight: see
+  // moe/routing_policy.h. A skipped pair leaves an empty slot, so it is neither computed nor loaded.)
+  bool active() const { return low_bit_below > 0.0f; }
 };
 
 // How routed (token, expert) pairs were evaluated. Shared by the sessions of one engine (atomics).
 struct ExpertUseCounters {
   std::atomic<uint64_t> full_evals{0};    // pairs computed with the full-precision copy
   std::atomic<uint64_t> low_bit_evals{0}; // pairs computed with the low-bit copy
-  std::atomic<uint64_t> skipped_evals{0}; // pairs skipped (below skip_below)
+  std::atomic<uint64_t> skipped_evals{0}; // pairs the routing policy's minimum weight dropped (--skip-below)
   std::atomic<uint64_t> full_acquires{0}, low_bit_acquires{0};  // per expert and batch
   void reset() {
     for (auto* c : {&full_evals, &low_bit_evals, &skipped_evals, &full_acquires, &low_bit_acquires}) c->store(0);
@@ -99,6 +98,7 @@ class ExpertExecutor {
   uint64_t evals_[2] = {0, 0}, acquires_[2] = {0, 0};
   ExpertPrecision precision_;
   ExpertUseCounters* counters_ = nullptr;
+  const MoeSpec* spec_ = nullptr;  // the layer being run (activation)
 };
 
 }  // namespace moe

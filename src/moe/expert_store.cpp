@@ -17,6 +17,13 @@ constexpr double kSpeculationEmaRate = 0.05;
 constexpr double kMinSpeculativeSuccess = 0.5;
 constexpr uint32_t kSpeculationProbeEvery = 8;
 
+void attach_biases(const ExpertLayout& layout, int layer, int expert, ExpertWeights& w) {
+  const auto& t = layout.layers[layer];
+  w.gate_bias = t[0].bias_of(expert);
+  w.up_bias = t[1].bias_of(expert);
+  w.down_bias = t[2].bias_of(expert);
+}
+
 ExpertWeights views_of(const ExpertLayout& layout, int layer, int expert, ExpertTier tier) {
   ExpertWeights w;
   w.tier = tier;
@@ -27,6 +34,7 @@ ExpertWeights views_of(const ExpertLayout& layout, int layer, int expert, Expert
     *out[i] = t.shape;
     out[i]->data = t.data + static_cast<uint64_t>(expert) * t.matrix_bytes();
   }
+  attach_biases(layout, layer, expert, w);
   return w;
 }
 
@@ -94,6 +102,7 @@ BudgetedExpertStore::BudgetedExpertStore(ExpertLayout layout, Options opts) {
   int max_k = 0;
   for (int k : full.n_expert_used) max_k = std::max(max_k, k);
   if (n_expert_ == 0 || max_k == 0) fail("{}: the model has no experts to offload", full.path);
+  max_k = std::max(max_k, opts.min_slots);
   for (int t = 0; t < (has_low_ ? 2 : 1); ++t) {
     readers_[t] = std::make_unique<DirectReader>(layouts_[t].path, opts.io_mode);
     slot_bytes_[t] = slot_bytes_for(layouts_[t], readers_[t]->alignment());
@@ -432,6 +441,7 @@ void BudgetedExpertStore::load_into(const Job& job) {
   std::lock_guard<std::mutex> lock(mu_);
   Slot& sl = slots_[job.slot];
   sl.views = {refs[0], refs[1], refs[2], tier};
+  attach_biases(layout, layer, expert, sl.views);
   sl.state = SlotState::Ready;
   policy_->on_insert(job.key);
   if (job.preload) ++stats_.preload_loads;

@@ -31,6 +31,11 @@ enum class ExpertTier : uint8_t { Full = 0, LowBit = 1 };
 struct ExpertWeights {
   kernels::MatrixRef gate, up, down;
   ExpertTier tier = ExpertTier::Full;  // the copy these matrices belong to (pass it to release())
+  // Per-expert biases added to each product (gpt-oss), rows floats each; null = none. Always resident
+  // and shared by both tiers.
+  const float* gate_bias = nullptr;
+  const float* up_bias = nullptr;
+  const float* down_bias = nullptr;
 };
 
 // Where every routed expert's matrices are, so stores need not know about models or files' formats.
@@ -39,7 +44,9 @@ struct ExpertTensorLayout {
   const uint8_t* data = nullptr;  // in memory (resident), or null when only on disk
   uint64_t file_offset = 0;       // absolute offset of expert 0 in the file
   kernels::MatrixRef shape;       // type, rows, cols, row_bytes (data unused)
+  const float* bias = nullptr;    // [n_expert][shape.rows] f32 in memory, or null (no bias)
   uint64_t matrix_bytes() const { return shape.row_bytes * static_cast<uint64_t>(shape.rows); }
+  const float* bias_of(int expert) const { return bias ? bias + static_cast<int64_t>(expert) * shape.rows : nullptr; }
 };
 
 struct ExpertLayout {
@@ -140,6 +147,9 @@ class BudgetedExpertStore final : public ExpertStore {
     std::string policy = "distance";
     DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
     ExpertLayout low_bit;  // low-bit copies (file offsets into the side file); empty = none
+    // The pool must hold at least this many experts (one layer's experts for one token: more than the
+    // model's k when a routing policy selects more); 0 = the model's largest k.
+    int min_slots = 0;
   };
   BudgetedExpertStore(ExpertLayout layout, Options opts);
   ~BudgetedExpertStore() override;

@@ -5,8 +5,14 @@
 
 namespace moe {
 
-enum class Gating { Softmax, Sigmoid };
+// Softmax / Sigmoid: the score of every expert, top-k on the (biased) scores, weights = the unbiased
+// scores of the selected. SoftmaxWeight (gpt-oss): top-k on the raw logits, weights = softmax over the
+// k selected logits only.
+enum class Gating { Softmax, Sigmoid, SoftmaxWeight };
 enum class SharedGate { None, Sigmoid };  // how the shared-expert output is scaled
+// The routed experts' activation. SwiGLU: silu(g) * u. SwiGLUOai (gpt-oss): g' = min(g, limit),
+// u' = clamp(u, -limit, limit), g' * sigmoid(alpha g') * (u' + 1).
+enum class Activation { SwiGLU, SwiGLUOai };
 
 struct MoeSpec {
   int n_expert = 0;
@@ -21,6 +27,9 @@ struct MoeSpec {
   int n_shared = 0;           // shared experts, computed as one FFN of width n_ff_shexp
   int64_t n_ff_shexp = 0;
   SharedGate shared_gate = SharedGate::None;
+  Activation activation = Activation::SwiGLU;
+  float act_alpha = 1.702f;   // SwiGLUOai
+  float act_limit = 7.0f;     // SwiGLUOai
 };
 
 }  // namespace moe

@@ -8,6 +8,7 @@
 #include "base/error.h"
 #include "kernels/matmul.h"
 #include "kernels/q4k_repack.h"
+#include "model/kv_cache.h"
 #include "model/lowbit_experts.h"
 
 namespace moe {
@@ -23,34 +24,39 @@ constexpr uint64_t kEngineOverhead = 32ull << 20;
 // 1.5-3.1x the header's bytes in the file (llama-bpe: 7.8 MB of header, 23 MB parsed).
 constexpr uint64_t kParsedMetadataPerHeaderByte = 4;
 
-uint64_t kv_bytes_for(const ModelSpec& s, int64_t n_ctx) {
-  return static_cast<uint64_t>(s.n_layer) * static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 *
-         sizeof(uint16_t);
+// The experts a token may get in a layer: the model's k, or what the routing policy allows.
+int64_t planned_k(const MoeSpec& m, int experts_per_token) {
+  if (experts_per_token < 0) return m.n_expert;
+  return std::min<int64_t>(m.n_expert, std::max(m.n_expert_used, experts_per_token));
 }
 
-uint64_t buffer_bytes_for(const Model& m, int64_t n_batch, int64_t n_ctx) {
+uint64_t buffer_bytes_for(const Model& m, int64_t n_batch, int64_t n_ctx, int experts_per_token) {
   const ModelSpec& s = m.spec();
   // Per token of a batch, in floats: hidden state, normed copy and FFN output; the router's fp32 input
-  // copies and the 8-bit activations of the dense projections; q, k, v and attention output; the FFN;
-  // the logits. The FFN: a MoE layer's gathered inputs, per-slot outputs and expert outputs, gate and up,
-  // and 8-bit activations of its experts (gate/up input, up input when its type differs, down input: at
-  // most 1.14 bytes per element, and a kernels::ActBuffer keeps up to twice what it last needed), plus
-  // any dense or shared-expert FFN in the same layer (gate, up, its 8-bit activations and its output).
+  // copies and the 8-bit activations of the dense projections; q, k, v and attention output (MLA: each
+  // head's full query and its output after attn_v_b); the FFN; the logits. The FFN: a MoE layer's
+  // gathered inputs, per-slot outputs and expert outputs, gate and up, and 8-bit activations of its
+  // experts (gate/up input, up input when its type differs, down input: at most 1.14 bytes per element,
+  // and a kernels::ActBuffer keeps up to twice what it last needed), for as many experts per token as
+  // the routing policy allows; plus any dense or shared-expert FFN in the same layer (gate, up, its
+  // 8-bit activations and its output).
   int64_t ffn = 0;
   int max_experts = 0;
   for (const auto& L : s.layers) {
     const int64_t dense_ff = std::max(L.n_ff_dense, L.moe.n_ff_shexp);
     int64_t layer = dense_ff > 0 ? 3 * dense_ff + s.n_embd : 0;
     if (L.is_moe) {
-      const int64_t k = std::max(1, L.moe.n_expert_used);
+      const int64_t k = std::max<int64_t>(1, planned_k(L.moe, experts_per_token));
       layer += 3 * k * s.n_embd + 2 * k * L.moe.n_ff_exp + (3 * k * (2 * s.n_embd + L.moe.n_ff_exp)) / 5;
       max_experts = std::max(max_experts, L.moe.n_expert);
     }
     ffn = std::max(ffn, layer);
   }
-  const int64_t per_token = 6 * s.n_embd + 2 * s.q_dim() + 2 * s.kv_dim() + ffn + s.n_vocab;
+  const int64_t mla = s.is_mla() ? s.n_head * (s.mla.qk_nope + s.mla.qk_rope + s.mla.v_head) : 0;
+  const int64_t per_token = 6 * s.n_embd + 2 * s.q_dim() + s.kv_dim() + s.v_dim() + mla + ffn + s.n_vocab;
   // A batch widens the layer's KV cache to fp32 for attention.
-  const uint64_t widened_kv = static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim()) * 2 * sizeof(float);
+  const uint64_t widened_kv =
+      static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim() + s.v_dim()) * sizeof(float);
   // The executor's per-expert activation buffers each keep up to kActSlackBytes beyond their need.
   const uint64_t act_slack = 3ull * static_cast<uint64_t>(max_experts) * kernels::kActSlackBytes;
   const uint64_t metadata = kParsedMetadataPerHeaderByte * m.file().data_offset();
@@ -92,10 +98,10 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   MemoryPlan p;
   const Model::ByteReport r = m.byte_report();
   p.weights_total = r.total;
-  p.kv_bytes = kv_bytes_for(m.spec(), o.n_ctx);
+  p.kv_bytes = KvCache::bytes_for(m.spec(), o.n_ctx);
   // No batch is longer than the context (chat asks for 512-token batches whatever its -c).
   const int64_t n_batch = std::max<int64_t>(1, std::min(o.n_batch, o.n_ctx));
-  p.buffer_bytes = buffer_bytes_for(m, n_batch, o.n_ctx);
+  p.buffer_bytes = buffer_bytes_for(m, n_batch, o.n_ctx, o.experts_per_token);
   p.held_bytes = o.held_bytes;
   p.reserved = o.reserved;
   // Held and reserved bytes share the budget with the engine.
@@ -147,6 +153,11 @@ void repack_for_kernels(Model& m, const EngineOptions& o) {
 std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOptions& o) {
   auto e = std::unique_ptr<Engine>(new Engine());
   const bool low_bit = !o.low_bit_path.empty();
+  auto count_routing = [&] {
+    std::vector<int> model_k;
+    for (const LayerSpec& L : e->model_->spec().layers) model_k.push_back(L.is_moe ? L.moe.n_expert_used : 0);
+    e->routing_use_ = std::make_unique<RoutingUseCounters>(std::move(model_k));
+  };
   // Plan from a header-only view (deferred experts, mmap: nothing is read yet).
   e->plan_ = plan_memory(path, o);
   if (!e->plan_.offload) {
@@ -161,6 +172,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
       low_layout = std::move(lb.layout);
     }
     e->store_ = std::make_unique<ResidentExpertStore>(e->model_->expert_layout(), std::move(low_layout));
+    count_routing();
     return e;
   }
   // Resident part read into owned memory, so the experts' file pages are never mapped or cached.
@@ -170,6 +182,8 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
   so.pool_bytes = e->plan_.expert_pool_bytes;
   so.policy = o.cache_policy;
   so.io_mode = o.io_mode;
+  for (const LayerSpec& L : e->model_->spec().layers)
+    if (L.is_moe) so.min_slots = std::max<int>(so.min_slots, static_cast<int>(planned_k(L.moe, o.experts_per_token)));
   if (low_bit) {
     // Only the header is read: the store reads the copies into its pool with its own reader.
     LowBitExperts lb = open_low_bit_experts(o.low_bit_path, *e->model_, gguf::DataAccess::Pread);
@@ -186,17 +200,21 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
     std::vector<std::pair<int, int>> order;
     for (int x = 0; x < layout.n_expert; ++x)
       for (int l = 0; l < layout.n_layer(); ++l)
-        if (layout.n_expert_used[static_cast<size_t>(l)] > 0) order.emplace_back(l, x);
+        if (layout.n_expert_used[static_cast<size_t>(l)] > 0 &&
+            std::find(o.preload_exclude.begin(), o.preload_exclude.end(), std::make_pair(l, x)) == o.preload_exclude.end())
+          order.emplace_back(l, x);
     store->preload(order);
   }
   e->budgeted_ = store.get();
   e->store_ = std::move(store);
+  count_routing();
   return e;
 }
 
 void Engine::reset_stats() {
   if (budgeted_) budgeted_->reset_stats();
   expert_use_.reset();
+  routing_use_->reset();
 }
 
 uint64_t parse_size(const std::string& text, const std::string& what) {

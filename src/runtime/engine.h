@@ -12,6 +12,7 @@
 #include "model/weights.h"
 #include "moe/executor.h"
 #include "moe/expert_store.h"
+#include "moe/routing_policy.h"
 
 namespace moe {
 
@@ -53,6 +54,12 @@ struct EngineOptions {
   uint64_t held_bytes = 0;
   // Allocations the caller will make besides the engine's own, counted against mem_bytes.
   std::vector<MemoryReservation> reserved;
+  // The most experts a token may get in one layer under the routing policies sessions will use
+  // (policy_max_experts): 0 = the model's k, -1 = every expert. Activation buffers and the smallest
+  // expert pool are planned for it.
+  int experts_per_token = 0;
+  // Experts the preload must not read (those the command's routing policy masks).
+  std::vector<std::pair<int, int>> preload_exclude;
 };
 
 struct MemoryPlan {
@@ -94,6 +101,9 @@ class Engine {
   // Where forward passes on this engine count their full / low-bit / skipped expert evaluations
   // (ForwardOptions::expert_use).
   ExpertUseCounters& expert_use() { return expert_use_; }
+  // Where forward passes on this engine count routed tokens and selected experts per layer
+  // (ForwardOptions::routing_use).
+  RoutingUseCounters& routing_use() { return *routing_use_; }
   // Zeroes the store statistics and the evaluation counters (e.g. after the prompt).
   void reset_stats();
 
@@ -102,6 +112,7 @@ class Engine {
   std::unique_ptr<gguf::File> low_bit_file_;  // before store_: the store may point into its mapping
   DType low_bit_type_ = DType::F32;
   ExpertUseCounters expert_use_;
+  std::unique_ptr<RoutingUseCounters> routing_use_;
   std::unique_ptr<ExpertStore> store_;
   BudgetedExpertStore* budgeted_ = nullptr;
   MemoryPlan plan_;

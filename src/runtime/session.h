@@ -24,9 +24,18 @@ class Session {
   int64_t n_past() const { return n_past_; }
   int64_t n_ctx() const { return kv_.n_ctx(); }
   void reset() { n_past_ = 0; }
-  // Drops the context after position n (keeps [0, n)).
-  void truncate(int64_t n) { n_past_ = std::min(n_past_, n); }
+  // Drops the context after position n, keeping [0, m) and returning m: n itself unless a
+  // sliding-window layer's ring has already overwritten keys that continuing at n would need (then 0,
+  // and the caller evaluates the tokens again).
+  int64_t truncate(int64_t n) {
+    n_past_ = kv_.max_truncation(n_past_, n);
+    return n_past_;
+  }
   ForwardPass& forward() { return forward_; }
+  // The session's routing policy (moe/routing_policy.h); it applies to the tokens evaluated after the
+  // call. Throws when the policy does not fit the model.
+  void set_routing_policy(const RoutingPolicy& policy) { forward_.set_routing_policy(policy); }
+  const RoutingPolicy& routing_policy() const { return forward_.routing_policy(); }
   const Model& model() const { return model_; }
   size_t kv_bytes() const { return kv_.bytes(); }
 

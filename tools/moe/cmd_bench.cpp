@@ -240,12 +240,17 @@ int run_bench(const BenchArgs& a) {
   std::vector<MemoryReservation> reserved;
   if (probe.when == ProbeWhen::EachRun && !a.engine.mem.empty()) reserved.push_back({"bandwidth probe", probe.bytes});
   const auto t_load = Clock::now();
-  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, std::move(reserved));
+  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, 0, std::move(reserved));
   const Model* model = &engine->model();
   const double load_s = seconds_since(t_load);
   const ModelSpec& spec = model->spec();
   const Model::ByteReport br = model->byte_report();
-  Session session(*model, engine->store(), n_ctx, forward_options(a.engine, *engine, false));
+  const ForwardOptions fo = forward_options(a.engine, *engine, false);
+  Session session(*model, engine->store(), n_ctx, fo);
+  // Experts routed per layer over the timed decode runs: under a routing policy they, not the model's k,
+  // are the expert bytes a token reads.
+  RoutingUseCounters& routing_use = engine->routing_use();
+  std::vector<uint64_t> tg_routed(static_cast<size_t>(spec.n_layer)), tg_selected(static_cast<size_t>(spec.n_layer));
   // Expert-store counters accumulated over the timed decode runs only.
   BudgetedExpertStore* offload = engine->offload_store();
   // Streaming with --preload: the pool's background fill finishes before anything is timed, so that it
@@ -308,10 +313,16 @@ int run_bench(const BenchArgs& a) {
     uint64_t h0 = 0, m0 = 0, b0 = 0, h1 = 0, m1 = 0, b1 = 0;
     double s0 = 0, s1 = 0;
     if (timed && offload) totals(h0, m0, b0, s0);
+    std::vector<uint64_t> r0(tg_routed.size()), s0_(tg_selected.size());
+    for (int il = 0; il < spec.n_layer; ++il) r0[il] = routing_use.tokens(il), s0_[il] = routing_use.selected(il);
     const auto t0 = Clock::now();
     decode(first, n);
     const double seconds = seconds_since(t0);
     if (!timed) return;
+    for (int il = 0; il < spec.n_layer; ++il) {
+      tg_routed[il] += routing_use.tokens(il) - r0[il];
+      tg_selected[il] += routing_use.selected(il) - s0_[il];
+    }
     tg_rate.push_back(static_cast<double>(n) / seconds);
     tg_seconds += seconds;
     if (!offload) return;
@@ -351,12 +362,26 @@ int run_bench(const BenchArgs& a) {
   const double bw = bw_stat.median;
 
   const Stat pp = stat_of(pp_rate), tg = stat_of(tg_rate), ttft = stat_of(ttft_ms);
-  // Decoding at depth also reads the KV cache (fp16 K and V of every layer, for the mean context of the
-  // tg steps), which counts toward the bytes a token needs.
-  const double kv_read = a.n_gen > 0 ? static_cast<double>(spec.n_layer) * static_cast<double>(spec.kv_dim()) * 2.0 *
-                                           sizeof(uint16_t) * (static_cast<double>(a.depth) + 0.5 * static_cast<double>(a.n_gen))
-                                     : 0.0;
-  const double active = static_cast<double>(br.active_bytes_per_token) + kv_read;
+  // Decoding at depth also reads the KV cache (what each layer's cache holds for the mean context of the
+  // tg steps: fp16 K and V, a window, or MLA latents), which counts toward the bytes a token needs.
+  const double kv_read =
+      a.n_gen > 0 ? KvCache::bytes_read_per_token(spec, static_cast<double>(a.depth) + 0.5 * static_cast<double>(a.n_gen))
+                  : 0.0;
+  double weight_bytes = static_cast<double>(br.active_bytes_per_token);
+  uint64_t routed_all = 0, selected_all = 0;
+  for (int il = 0; il < spec.n_layer; ++il) routed_all += tg_routed[il], selected_all += tg_selected[il];
+  const double experts_per_token = routed_all ? static_cast<double>(selected_all) / static_cast<double>(routed_all) : 0.0;
+  if (!fo.routing.is_default()) {
+    const ExpertLayout& layout = model->expert_layout();
+    for (int il = 0; il < spec.n_layer; ++il) {
+      if (!spec.layers[il].is_moe || tg_routed[il] == 0) continue;
+      uint64_t per_expert = 0;
+      for (const auto& t : layout.layers[static_cast<size_t>(il)]) per_expert += t.matrix_bytes();
+      const double used = static_cast<double>(tg_selected[il]) / static_cast<double>(tg_routed[il]);
+      weight_bytes += static_cast<double>(per_expert) * (used - spec.layers[il].moe.n_expert_used);
+    }
+  }
+  const double active = weight_bytes + kv_read;
   const double decode_gbps = active * tg.median / 1e9;
   // Each decode run against the probe of its own moment, or all of them against the one probe.
   std::vector<double> frac_rep;
@@ -385,8 +410,14 @@ int run_bench(const BenchArgs& a) {
   j["ttft_ms_min"] = ttft.min;
   j["ttft_ms_max"] = ttft.max;
   j["active_bytes_per_token"] = static_cast<uint64_t>(active);
-  j["weight_bytes_per_token"] = br.active_bytes_per_token;
+  j["weight_bytes_per_token"] = static_cast<uint64_t>(weight_bytes);
+  j["routing_policy"] = fo.routing.to_json();
+  j["experts_per_token"] = experts_per_token;  // measured over the timed decode runs
   j["kv_bytes_per_token"] = static_cast<uint64_t>(kv_read);
+  // The cache of this context as allocated, and as it would be with full per-head K and V everywhere
+  // (no window ring, MLA expanded): what the cache layout saves.
+  j["kv_cache_bytes"] = session.kv_bytes();
+  j["kv_cache_bytes_expanded"] = KvCache::expanded_bytes_for(spec, n_ctx);
   j["model_bytes"] = br.total;
   j["decode_gbps"] = decode_gbps;
   j["decode_gbps_min"] = active * tg.min / 1e9;
@@ -432,8 +463,14 @@ int run_bench(const BenchArgs& a) {
   std::printf("tg%-5lld tok/s    %.2f  [min %.2f, max %.2f]\n", (long long)a.n_gen, tg.median, tg.min, tg.max);
   std::printf("ttft ms          %.1f  [min %.1f, max %.1f]\n", ttft.median, ttft.min, ttft.max);
   std::printf("active bytes/tok %s (weights %s, KV cache %s at depth %lld)\n",
-              human_bytes(static_cast<uint64_t>(active)).c_str(), human_bytes(br.active_bytes_per_token).c_str(),
+              human_bytes(static_cast<uint64_t>(active)).c_str(), human_bytes(static_cast<uint64_t>(weight_bytes)).c_str(),
               human_bytes(static_cast<uint64_t>(kv_read)).c_str(), (long long)a.depth);
+  std::printf("KV cache         %s for %lld positions (%s as full per-head K and V)\n",
+              human_bytes(session.kv_bytes()).c_str(), (long long)n_ctx,
+              human_bytes(KvCache::expanded_bytes_for(spec, n_ctx)).c_str());
+  if (!fo.routing.is_default())
+    std::printf("routing          %s: %.2f experts per token per MoE layer in decode\n", fo.routing.to_json().dump().c_str(),
+                experts_per_token);
   std::printf("decode GB/s      %.2f\n", decode_gbps);
   std::printf("memory bw GB/s   %.2f  [min %.2f, max %.2f] (read probe %s, %d threads, %s%s)\n", bw, bw_stat.min,
               bw_stat.max, j["mem_bw_probe"].get<std::string>().c_str(), n_threads, human_bytes(probe_bytes).c_str(),

@@ -235,7 +235,7 @@ class ChatLoop {
     size_t common = 0;
     while (common < cached_.size() && common < ids.size() && cached_[common] == ids[common]) ++common;
     if (common == ids.size()) --common;
-    session_.truncate(static_cast<int64_t>(common));
+    common = static_cast<size_t>(session_.truncate(static_cast<int64_t>(common)));
     cached_.resize(common);
     const std::vector<int32_t> fresh(ids.begin() + static_cast<std::ptrdiff_t>(common), ids.end());
     const std::vector<float>& logits = session_.eval(fresh, pool_);

@@ -23,7 +23,10 @@
 #include "generation.h"
 #include "text_inputs.h"
 #include "model/forward.h"
+#include "analysis/expert_npmi.h"
 #include "moe/expert_load.h"
+#include "runtime/sampler.h"
+#include "runtime/scmoe.h"
 #include "runtime/engine.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
@@ -40,6 +43,8 @@ struct PerplexityArgs {
   int threads = 0;
   std::string json_out, html_out;
   EngineFlags engine;
+  bool scmoe = false;  // also score next-token accuracy under SCMoE's contrastive argmax
+  ScmoeParams scmoe_params;
 };
 
 // counts[layer][expert]: how many (token, slot) routings chose the expert. Dense layers stay empty.
@@ -56,19 +61,37 @@ class ExpertCounter : public ForwardObserver {
       for (int j = 0; j < r.k; ++j)
         if (r.id(t, j) >= 0) ++c[static_cast<size_t>(r.id(t, j))];
   }
+  void on_step_begin(const StepTokens& tokens) override { tokens_ += static_cast<uint64_t>(tokens.n_tokens); }
   const std::vector<std::vector<uint64_t>>& counts() const { return counts_; }
+  uint64_t tokens() const { return tokens_; }  // routed token positions (each MoE layer routes each once)
 
  private:
   std::vector<std::vector<uint64_t>> counts_;
+  uint64_t tokens_ = 0;
 };
 
 struct FileResult {
   std::string path;
   uint64_t scored = 0;
   double nll = 0;  // summed negative log-likelihood (nats)
+  uint64_t correct = 0;        // top-1 next-token predictions that were right
+  uint64_t scmoe_correct = 0;  // the same under SCMoE's contrastive argmax (--scmoe)
+  uint64_t routed = 0;         // token positions routed (for experts per token)
   std::vector<std::vector<uint64_t>> counts;
   double ce() const { return scored ? nll / static_cast<double>(scored) : NAN; }
 };
+
+// Mean experts per routed token over the MoE layers.
+double experts_per_token(const FileResult& r) {
+  uint64_t pairs = 0;
+  int layers = 0;
+  for (const auto& c : r.counts) {
+    if (c.empty()) continue;
+    ++layers;
+    for (uint64_t x : c) pairs += x;
+  }
+  return r.routed && layers ? static_cast<double>(pairs) / static_cast<double>(r.routed) / layers : 0.0;
+}
 
 double mean_cv(const std::vector<std::vector<uint64_t>>& counts) {
   double sum = 0;
@@ -159,18 +182,35 @@ std::string usage_html(const std::string& model, const std::vector<FileResult>& 
   return h;
 }
 
-int run_perplexity(const PerplexityArgs& a) {
+int run_perplexity(PerplexityArgs& a) {
+  if (a.scmoe) a.scmoe_params.check();
   // Tokenized before the engine opens: under --mem the tokenizer and the texts never share the budget
   // with the model, and the ids that stay count as held.
   const std::vector<std::vector<int32_t>> all_ids = tokenize_text_files(a.model, a.files, a.engine);
   for (size_t f = 0; f < a.files.size(); ++f)
     if (all_ids[f].size() < 2) fail("{}: fewer than 2 tokens, nothing to score", a.files[f]);
   ThreadPool pool(resolve_threads(a.threads));
-  // The batch is the window: its [ctx][n_vocab] logits are part of the plan's buffers.
-  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx);
+  // The batch is the window: its [ctx][n_vocab] logits are part of the plan's buffers. SCMoE's weak pass is
+  // a second session with its own KV cache and buffers: reserved under --mem.
+  std::vector<MemoryReservation> reserved;
+  if (a.scmoe && !a.engine.mem.empty()) {
+    const MemoryPlan p = plan_memory(a.model, engine_options(a.engine, a.ctx, a.ctx));
+    reserved.push_back({"SCMoE weak session", p.kv_bytes + p.buffer_bytes});
+  }
+  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx, 0, std::move(reserved));
   const Model& model = engine->model();
   const ModelSpec& spec = model.spec();
-  Session session(model, engine->store(), a.ctx, forward_options(a.engine, *engine, false));
+  const ForwardOptions fo = forward_options(a.engine, *engine, false);
+  Session session(model, engine->store(), a.ctx, fo);
+  std::unique_ptr<Session> weak;
+  std::vector<float> scores(static_cast<size_t>(spec.n_vocab));
+  if (a.scmoe) {
+    ForwardOptions wo = fo;
+    wo.routing = scmoe_weak_policy(fo.routing, a.scmoe_params.rank);
+    wo.routing_use = nullptr;
+    wo.expert_use = nullptr;
+    weak = std::make_unique<Session>(model, engine->store(), a.ctx, wo);
+  }
 
   std::vector<FileResult> results;
   const auto t0 = std::chrono::steady_clock::now();
@@ -191,8 +231,21 @@ int run_perplexity(const PerplexityArgs& a) {
       const std::vector<int32_t> window(ids.begin() + b, ids.begin() + e);
       session.reset();
       const std::vector<float>& logits = session.eval(window, pool, /*all_logits=*/true, a.ctx);
-      for (int64_t i = 0; i + 1 < e - b; ++i)
-        r.nll += token_nll(logits.data() + i * spec.n_vocab, spec.n_vocab, window[static_cast<size_t>(i + 1)]);
+      for (int64_t i = 0; i + 1 < e - b; ++i) {
+        const float* row = logits.data() + i * spec.n_vocab;
+        const int32_t next = window[static_cast<size_t>(i + 1)];
+        r.nll += token_nll(row, spec.n_vocab, next);
+        r.correct += argmax(row, spec.n_vocab) == next;
+      }
+      if (weak) {
+        weak->reset();
+        const std::vector<float>& wl = weak->eval(window, pool, /*all_logits=*/true, a.ctx);
+        for (int64_t i = 0; i + 1 < e - b; ++i) {
+          scmoe_scores(logits.data() + i * spec.n_vocab, wl.data() + i * spec.n_vocab, spec.n_vocab, a.scmoe_params,
+                       scores.data());
+          r.scmoe_correct += argmax(scores.data(), spec.n_vocab) == window[static_cast<size_t>(i + 1)];
+        }
+      }
       r.scored += static_cast<uint64_t>(e - b - 1);
       evaluated += static_cast<uint64_t>(e - b);
       std::fprintf(stderr, "\rperplexity: %s window %lld/%lld   ", path.c_str(), static_cast<long long>(w + 1),
@@ -200,6 +253,7 @@ int run_perplexity(const PerplexityArgs& a) {
     }
     session.forward().set_observer(nullptr);
     r.counts = counter.counts();
+    r.routed = counter.tokens();
     results.push_back(std::move(r));
   }
   std::fprintf(stderr, "\n");
@@ -225,18 +279,53 @@ int run_perplexity(const PerplexityArgs& a) {
   std::fprintf(stderr, "perplexity: %llu tokens evaluated in %.1f s (%.0f tok/s)\n",
                static_cast<unsigned long long>(evaluated), secs, static_cast<double>(evaluated) / secs);
 
+  // nPMI of each expert with each text (the texts are the classes).
+  std::vector<std::vector<std::vector<uint64_t>>> all_counts;
+  std::vector<uint64_t> all_tokens;
+  for (const FileResult& r : results) {
+    all_counts.push_back(r.counts);
+    all_tokens.push_back(r.routed);
+  }
+  const auto npmi = expert_npmi(all_counts, all_tokens);
+  if (a.engine.stats) {
+    for (const FileResult& r : results)
+      std::fprintf(stderr, "moe stats: %s: top-1 accuracy %.4f%s, experts per token %.3f\n", r.path.c_str(),
+                   r.scored ? static_cast<double>(r.correct) / r.scored : 0.0,
+                   weak ? fmt::format(" (SCMoE {:.4f})", r.scored ? static_cast<double>(r.scmoe_correct) / r.scored : 0.0).c_str() : "",
+                   experts_per_token(r));
+  }
+
   if (!a.json_out.empty()) {
     nlohmann::ordered_json j;
     j["model"] = a.model;
     j["ctx"] = a.ctx;
-    for (const FileResult& r : results) {
+    j["routing_policy"] = fo.routing.to_json();
+    j["routing"] = engine->routing_use().to_json();
+    if (weak) j["scmoe"] = {{"alpha", a.scmoe_params.alpha}, {"beta", a.scmoe_params.beta}, {"rank", a.scmoe_params.rank}};
+    for (size_t fi = 0; fi < results.size(); ++fi) {
+      const FileResult& r = results[fi];
       nlohmann::ordered_json f;
       f["file"] = r.path;
       f["tokens_scored"] = r.scored;
       f["ce"] = r.ce();
       f["ppl"] = std::exp(r.ce());
+      f["accuracy"] = r.scored ? static_cast<double>(r.correct) / static_cast<double>(r.scored) : 0.0;
+      if (weak) f["scmoe_accuracy"] = r.scored ? static_cast<double>(r.scmoe_correct) / static_cast<double>(r.scored) : 0.0;
       f["load_cv"] = mean_cv(r.counts);
+      f["experts_per_token"] = experts_per_token(r);
+      nlohmann::ordered_json per_layer = nlohmann::ordered_json::array();
+      for (size_t il = 0; il < r.counts.size(); ++il) {
+        if (r.counts[il].empty()) {
+          per_layer.push_back(nullptr);
+          continue;
+        }
+        uint64_t n = 0;
+        for (uint64_t c : r.counts[il]) n += c;
+        per_layer.push_back(r.routed ? static_cast<double>(n) / static_cast<double>(r.routed) : 0.0);
+      }
+      f["experts_per_token_per_layer"] = per_layer;
       f["expert_counts"] = r.counts;
+      f["npmi"] = npmi[fi];
       j["files"].push_back(f);
     }
     const std::string s = j.dump(1) + "\n";
@@ -266,8 +355,15 @@ void register_perplexity(CLI::App& app, CommandSet& cmds) {
   add_engine_flags(sub, a->engine);
   sub->footer(
       "Memory: with --mem SIZE, at most SIZE (the experts stream from disk when the model does not fit). Without "
-      "it, the whole model, plus one window's KV cache, activations and [ctx][n_vocab] logits, plus the token ids "
-      "of every file. The files are tokenized before the model loads.");
+      "it, the whole model, plus one window's KV cache, activations and [ctx][n_vocab] logits (twice with --scmoe), "
+      "plus the token ids of every file. The files are tokenized before the model loads.");
+  const std::string g = "Decoding strategies (docs/routing-lab.md)";
+  sub->add_flag("--scmoe", a->scmoe, "Also report next-token accuracy under SCMoE self-contrast (weak pass: one expert "
+                                     "by router rank)")
+      ->group(g);
+  sub->add_option("--scmoe-alpha", a->scmoe_params.alpha, "SCMoE plausibility cut (default 0.1)")->group(g);
+  sub->add_option("--scmoe-beta", a->scmoe_params.beta, "SCMoE contrast strength (default 0.5)")->group(g);
+  sub->add_option("--scmoe-rank", a->scmoe_params.rank, "SCMoE weak expert's router rank from 1 (default 2)")->group(g);
   cmds.add(sub, [a] {
     if (a->model.empty()) a->model = default_model_path();
     return run_perplexity(*a);

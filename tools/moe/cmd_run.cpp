@@ -20,6 +20,8 @@
 #include "engine_flags.h"
 #include "generation.h"
 #include "model/weights.h"
+#include "run_samples.h"
+#include "runtime/remix.h"
 #include "moe/expert_store.h"
 #include "runtime/sampler.h"
 #include "runtime/session.h"
@@ -41,13 +43,17 @@ struct RunArgs {
   bool ignore_eos = false;
   bool llama_compat = false;
   EngineFlags engine;
+  // Decoding strategies (docs/routing-lab.md): SCMoE self-contrast, and DES-style samples with one k each.
+  bool scmoe = false;
+  ScmoeParams scmoe_params;
+  SamplesRequest samples;
 };
 
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-int run_run(const RunArgs& a) {
+int run_run(RunArgs& a) {
   const int n_sources = int(!a.tokens.empty()) + int(a.have_prompt) + int(!a.prompt_file.empty());
   if (n_sources != 1) fail("run: give exactly one of -p TEXT, -f FILE or --tokens FILE");
 
@@ -105,13 +111,57 @@ int run_run(const RunArgs& a) {
 
   // The header model above only mapped the file; the engine now loads it under the memory budget.
   model.reset();
+  if (a.scmoe) a.scmoe_params.check();
+  if (a.scmoe && a.samples.n > 0) fail("run: --scmoe and --samples are separate decoding strategies; give one");
+  const RoutingPolicy flag_policy = routing_policy(a.engine);
+  if (a.samples.n > 0 && !flag_policy.remix_refs.empty()) fail("run: --samples cannot be combined with --remix");
+  int k_list_max = 0;
+  for (int k : a.samples.k_list) k_list_max = std::max(k_list_max, k);
   ThreadPool pool(resolve_threads(a.threads));
-  auto engine = open_engine(a.model, a.engine, n_ctx, std::min<int64_t>(512, std::max<int64_t>(n_prompt, 1)));
-  Session session(engine->model(), engine->store(), n_ctx, forward_options(a.engine, *engine, a.llama_compat));
+  const int64_t n_batch = std::min<int64_t>(512, std::max<int64_t>(n_prompt, 1));
+  // SCMoE's weak pass is a second session with its own KV cache and buffers: reserved under --mem.
+  std::vector<MemoryReservation> reserved;
+  if (a.scmoe && !a.engine.mem.empty()) {
+    const MemoryPlan p = plan_memory(a.model, engine_options(a.engine, n_ctx, n_batch, k_list_max));
+    reserved.push_back({"SCMoE weak session", p.kv_bytes + p.buffer_bytes});
+  }
+  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, k_list_max, std::move(reserved));
+  ForwardOptions fo = forward_options(a.engine, *engine, a.llama_compat);
+  Session session(engine->model(), engine->store(), n_ctx, fo);
+  if (a.samples.n > 0)
+    return run_samples(*engine, session, tok.get(), prompt, a.sampling, a.n_predict, a.ignore_eos,
+                       text_prompt ? a.stops : std::vector<std::string>{}, a.samples, pool);
   Sampler sampler(a.sampling);
+  // SCMoE's weak pass: its own session (own KV cache) on the same engine; not counted in the statistics.
+  std::unique_ptr<Session> weak;
+  if (a.scmoe) {
+    ForwardOptions wo = fo;
+    wo.routing = scmoe_weak_policy(fo.routing, a.scmoe_params.rank);
+    wo.routing_use = nullptr;
+    wo.expert_use = nullptr;
+    weak = std::make_unique<Session>(engine->model(), engine->store(), n_ctx, wo);
+  }
 
   const auto t0 = Clock::now();
-  const std::vector<float>& logits = session.eval(prompt, pool);
+  const std::vector<float>* prompt_logits = nullptr;
+  if (!flag_policy.remix_refs.empty()) {
+    const RemixReferences refs = RemixReferences::read(flag_policy.remix_refs);
+    if (!refs.check_model(engine->model(), flag_policy.remix_refs))
+      std::fprintf(stderr, "moe run: warning: %s was built from another checkpoint of this model's shape\n",
+                   flag_policy.remix_refs.c_str());
+    RemixNeighbors nb;
+    prompt_logits = &eval_with_remix(session, prompt, pool, refs, flag_policy.remix_layers,
+                                     flag_policy.remix_neighbors, &nb);
+    std::string list;
+    for (size_t i = 0; i < nb.ids.size(); ++i)
+      list += fmt::format("{}{} (cos {:.3f}, weight {:.2f})", i ? ", " : "", refs.sources[static_cast<size_t>(nb.ids[i])],
+                          nb.cosine[i], nb.weights[i]);
+    std::fprintf(stderr, "moe run: remix: last %d MoE layers from %s\n", flag_policy.remix_layers, list.c_str());
+  } else {
+    prompt_logits = &session.eval(prompt, pool);
+  }
+  const std::vector<float>& logits = *prompt_logits;
+  const std::vector<float>* weak_logits = weak ? &weak->eval(prompt, pool) : nullptr;
   const double t_prompt = seconds_since(t0);
   // Statistics describe generation: drop what the prompt pass counted.
   engine->reset_stats();
@@ -121,6 +171,11 @@ int run_run(const RunArgs& a) {
   gp.n_predict = a.n_predict;
   gp.stops = a.stops;
   gp.ignore_eos = a.ignore_eos;
+  if (weak) {
+    gp.contrast = weak.get();
+    gp.contrast_logits = weak_logits;
+    gp.scmoe = a.scmoe_params;
+  }
   // Text prompts print text; token prompts print one id per line.
   std::function<void(std::string_view)> emit;
   if (text_prompt) {
@@ -181,9 +236,25 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_flag("--llama-compat", args->llama_compat, "Reproduce llama.cpp's fp16 small-batch attention numerics exactly");
   sub->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past end-of-generation tokens");
   add_engine_flags(sub, args->engine);
+  add_remix_flags(sub, args->engine.routing);
+  const std::string g = "Decoding strategies (docs/routing-lab.md)";
+  sub->add_flag("--scmoe", args->scmoe,
+                "SCMoE self-contrast decoding: contrast the normal pass with a weak pass (one expert alone, by router "
+                "rank), each with its own KV cache")
+      ->group(g);
+  sub->add_option("--scmoe-alpha", args->scmoe_params.alpha, "SCMoE plausibility cut: keep tokens with p >= alpha * max p "
+                                                             "(default 0.1)")
+      ->group(g);
+  sub->add_option("--scmoe-beta", args->scmoe_params.beta, "SCMoE contrast strength (default 0.5)")->group(g);
+  sub->add_option("--scmoe-rank", args->scmoe_params.rank,
+                  "SCMoE weak expert's router rank, counted from 1 = the best (default 2, the paper's r = 2)")
+      ->group(g);
+  add_samples_flags(sub, args->samples, g);
   cmds.add(sub, [args, sub] {
     if (args->model.empty()) args->model = default_model_path();
     args->have_prompt = sub->count("--prompt") > 0;  // -p "" is an (empty) prompt, not a missing one
+    if ((sub->count("--scmoe-alpha") || sub->count("--scmoe-beta") || sub->count("--scmoe-rank")) && !args->scmoe)
+      fail("run: --scmoe-alpha, --scmoe-beta and --scmoe-rank need --scmoe");
     return run_run(*args);
   });
 }

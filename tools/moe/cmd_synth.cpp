@@ -30,18 +30,34 @@ namespace {
 
 struct SynthArgs {
   std::string out, shape, type = "Q4_K_M", arch, name;
-  int layers = 0, experts = -1, top_k = 0, heads = 0, kv_heads = 0, dense_lead = 0, shared = 0;
+  int layers = 0, experts = -1, top_k = 0, heads = 0, kv_heads = 0, dense_lead = -1, shared = 0;
   int64_t embd = 0, ff = 0, head_dim = 0, vocab = 0, ff_dense = 0;
   uint64_t seed = 1;
   int64_t unique_rows = 0;
   int threads = 0;
   bool quiet = false;
+  // Overrides of a named shape's attention (0 = keep): MLA ranks and head parts, rope dims, window.
+  int64_t kv_lora = 0, q_lora = -1, qk_nope = 0, qk_rope = 0, v_head = 0, rot = 0, window = 0;
+  int groups = 0, groups_used = 0, nextn = -1;
 };
 
 struct NamedShape {
   std::string arch;
   ModelSpec spec;
 };
+
+constexpr const char* kShapeNames =
+    "olmoe-1b-7b, qwen3-30b-a3b, mixtral-8x7b, deepseek-moe-16b, deepseek-v2-lite, deepseek-v3, gpt-oss-20b, "
+    "glm-4.5-air";
+
+// Keeps the first n layers (the shape's dense lead and window pattern stay as they are).
+void keep_layers(ModelSpec& s, int n) {
+  if (n <= 0 || n == s.n_layer) return;
+  // Growing repeats the pattern of the last two layers (gpt-oss alternates window and full layers).
+  for (size_t i = s.layers.size(); i < static_cast<size_t>(n); ++i) s.layers.push_back(s.layers[i >= 2 ? i - 2 : 0]);
+  s.layers.resize(static_cast<size_t>(n));
+  s.n_layer = n;
+}
 
 NamedShape named_shape(const std::string& name) {
   NamedShape s;
@@ -64,8 +80,61 @@ NamedShape named_shape(const std::string& name) {
     s.arch = "deepseek";
     // 1 leading dense layer (ff 10944), 2 shared experts stored as one FFN of width 2 * 1408.
     s.spec = make_moe_shape(28, 2048, 16, 16, 128, 64, 6, 1408, 102400, 1, 10944, 2, 2 * 1408);
+  } else if (name == "deepseek-v2-lite") {
+    // DeepSeek-V2-Lite: MLA (kv_lora 512, no q low-rank, nope 128 + rope 64, v 128, 16 heads), 1 dense layer
+    // (ff 10944), 64 experts top-6 of ff 1408 + 2 shared, softmax without renorm, YaRN x40 from 4096.
+    s.arch = "deepseek2";
+    s.spec = make_moe_shape(27, 2048, 16, 1, 512 + 64, 64, 6, 1408, 102400, 1, 10944, 2, 2 * 1408);
+    set_mla(s.spec, 0, 512, 128, 64, 128);
+    s.spec.n_ctx_train = 163840;
+    set_yarn(s.spec, 40.0f, 4096);
+    s.spec.yarn.log_mul = 0.707f;  // mscale_all_dim (and mscale) 0.707
+  } else if (name == "deepseek-v3") {
+    // DeepSeek-V3 / R1 (Kimi-K2 has the same layout with 384 experts): MLA with q low-rank 1536, kv_lora 512,
+    // 128 heads; 3 dense layers (ff 18432); 256 experts top-8 of ff 2048 + 1 shared, sigmoid with a
+    // selection bias, 8 groups of which 4 are kept, renorm, scale 2.5; YaRN x40 from 4096.
+    s.arch = "deepseek2";
+    s.spec = make_moe_shape(61, 7168, 128, 1, 512 + 64, 256, 8, 2048, 129280, 3, 18432, 1, 2048);
+    set_mla(s.spec, 1536, 512, 128, 64, 128);
+    s.spec.n_ctx_train = 163840;
+    set_yarn(s.spec, 40.0f, 4096);
+    s.spec.yarn.log_mul = 1.0f;  // mscale_all_dim 1
+    for (auto& L : s.spec.layers) {
+      L.moe.gating = Gating::Sigmoid;
+      L.moe.has_selection_bias = true;
+      L.moe.n_group = 8;
+      L.moe.topk_group = 4;
+      L.moe.norm_topk = true;
+      L.moe.route_scale = 2.5f;
+    }
+  } else if (name == "gpt-oss-20b") {
+    // gpt-oss-20b: 24 layers of 64 q / 8 kv heads of 64, sinks, a 128-token window on even layers, 32 experts
+    // top-4 of ff 2880 with biases, clamped SwiGLU, YaRN x32 from 4096.
+    s.arch = "gpt-oss";
+    s.spec = make_moe_shape(24, 2880, 64, 8, 64, 32, 4, 2880, 201088);
+    s.spec.rope_base = 150000.0f;
+    s.spec.rms_eps = 1e-5f;
+    s.spec.n_ctx_train = 131072;
+    set_yarn(s.spec, 32.0f, 4096);
+    for (int il = 0; il < s.spec.n_layer; ++il) s.spec.layers[il].n_swa = il % 2 == 0 ? 128 : 0;
+  } else if (name == "glm-4.5-air") {
+    // GLM-4.5-Air: 46 layers (+1 next-token-prediction layer in the file), 96 q / 8 kv heads of 128 with
+    // rope on half of each, 1 dense layer (ff 10944), 128 experts top-8 of ff 1408 + 1 shared, sigmoid with
+    // selection bias, renorm.
+    s.arch = "glm4moe";
+    s.spec = make_moe_shape(46, 4096, 96, 8, 128, 128, 8, 1408, 151552, 1, 10944, 1, 1408);
+    s.spec.n_rot = 64;
+    s.spec.rope_base = 1e6f;
+    s.spec.rms_eps = 1e-5f;
+    s.spec.n_ctx_train = 131072;
+    s.spec.n_layer_nextn = 1;
+    for (auto& L : s.spec.layers) {
+      L.moe.gating = Gating::Sigmoid;
+      L.moe.has_selection_bias = true;
+      L.moe.norm_topk = true;
+    }
   } else {
-    fail("--shape: unknown shape '{}' (known: olmoe-1b-7b, qwen3-30b-a3b, mixtral-8x7b, deepseek-moe-16b)", name);
+    fail("--shape: unknown shape '{}' (known: {})", name, kShapeNames);
   }
   s.spec.name = "synth-" + name;
   return s;
@@ -126,10 +195,77 @@ TypePlan plan_types(const std::string& type_name, int n_layer, int n_expert) {
   return p;
 }
 
+// The shape's MoE layout with another number of leading dense layers (before --layers cuts it).
+void set_dense_lead(ModelSpec& s, int n_dense) {
+  if (n_dense < 0) return;
+  LayerSpec dense, moe;
+  bool has_dense = false;
+  for (const LayerSpec& L : s.layers) {
+    if (L.is_moe) moe = L;
+    else dense = L, has_dense = true;
+  }
+  if (!moe.is_moe) fail("--dense-lead: the shape has no MoE layer");
+  if (!has_dense) dense.n_ff_dense = moe.moe.n_ff_exp * 4;
+  for (int il = 0; il < s.n_layer; ++il) {
+    const int64_t swa = s.layers[il].n_swa;
+    s.layers[il] = il < n_dense ? dense : moe;
+    s.layers[il].is_moe = il >= n_dense;
+    s.layers[il].n_swa = swa;
+  }
+}
+
+// A named shape with some dimensions changed (small models of a real shape for tests). Flags left at
+// their defaults keep the shape's value.
+void apply_overrides(ModelSpec& s, const SynthArgs& a) {
+  if (a.embd > 0) s.n_embd = a.embd;
+  if (a.vocab > 0) s.n_vocab = a.vocab;
+  if (a.heads > 0) s.n_head = a.heads;
+  if (s.is_mla()) {
+    MlaSpec m = s.mla;
+    if (a.kv_lora > 0) m.kv_lora_rank = a.kv_lora;
+    if (a.q_lora >= 0) m.q_lora_rank = a.q_lora;
+    if (a.qk_nope > 0) m.qk_nope = a.qk_nope;
+    if (a.qk_rope > 0) m.qk_rope = a.qk_rope;
+    if (a.v_head > 0) m.v_head = a.v_head;
+    set_mla(s, m.q_lora_rank, m.kv_lora_rank, m.qk_nope, m.qk_rope, m.v_head);
+  } else {
+    if (a.kv_lora > 0 || a.q_lora >= 0 || a.qk_nope > 0 || a.qk_rope > 0 || a.v_head > 0)
+      fail("--kv-lora/--q-lora/--qk-nope/--qk-rope/--v-head: the shape has no latent attention");
+    if (a.kv_heads > 0) s.n_head_kv = a.kv_heads;
+    if (a.head_dim > 0) {
+      // Keep the fraction of each head that rotates (GLM: half) unless --rot says otherwise.
+      s.n_rot = s.n_rot * a.head_dim / s.head_dim;
+      s.head_dim = a.head_dim;
+    }
+    if (a.rot > 0) s.n_rot = a.rot;
+  }
+  if (s.n_head % s.n_head_kv != 0) fail("--heads {} is not a multiple of {} kv heads", s.n_head, s.n_head_kv);
+  for (LayerSpec& L : s.layers) {
+    if (a.window > 0 && L.n_swa > 0) L.n_swa = a.window;
+    if (a.ff_dense > 0) L.n_ff_dense = a.ff_dense;
+    if (a.experts > 0) L.moe.n_expert = a.experts;
+    if (a.top_k > 0) L.moe.n_expert_used = a.top_k;
+    if (a.ff > 0) L.moe.n_ff_exp = a.ff;
+    L.moe.n_ff_shexp = L.moe.n_ff_exp * L.moe.n_shared;
+    if (a.groups > 0) {
+      L.moe.n_group = a.groups;
+      L.moe.topk_group = a.groups_used > 0 ? a.groups_used : a.groups;
+    }
+    if (L.is_moe && L.moe.n_expert_used > L.moe.n_expert)
+      fail("--top-k {} exceeds {} experts", L.moe.n_expert_used, L.moe.n_expert);
+    if (L.is_moe && L.moe.n_expert % L.moe.n_group != 0)
+      fail("--groups {} does not divide {} experts", L.moe.n_group, L.moe.n_expert);
+  }
+  if (a.nextn >= 0) s.n_layer_nextn = a.nextn;
+}
+
 int run_synth(const SynthArgs& a) {
   NamedShape ns;
   if (!a.shape.empty()) {
     ns = named_shape(a.shape);
+    set_dense_lead(ns.spec, a.dense_lead);
+    keep_layers(ns.spec, a.layers);  // --layers N: a smaller (or larger) model of the same shape
+    apply_overrides(ns.spec, a);
   } else {
     if (a.layers <= 0 || a.embd <= 0 || a.heads <= 0 || a.vocab <= 0 || a.experts < 0 || a.ff <= 0) {
       fail("synth: give --shape NAME, or all of --layers --embd --heads --vocab --experts --ff (custom shape)");
@@ -138,7 +274,7 @@ int run_synth(const SynthArgs& a) {
     const int64_t hd = a.head_dim > 0 ? a.head_dim : a.embd / a.heads;
     ns.arch = a.arch.empty() ? "qwen3moe" : a.arch;
     const int k = a.top_k > 0 ? a.top_k : std::min(a.experts, 8);
-    ns.spec = make_moe_shape(a.layers, a.embd, a.heads, kv, hd, a.experts, k, a.ff, a.vocab, a.dense_lead,
+    ns.spec = make_moe_shape(a.layers, a.embd, a.heads, kv, hd, a.experts, k, a.ff, a.vocab, std::max(a.dense_lead, 0),
                              a.ff_dense, a.shared, a.ff * a.shared);
     ns.spec.name = "synth-custom";
   }
@@ -193,11 +329,12 @@ void register_synth(CLI::App& app, CommandSet& cmds) {
   auto a = std::make_shared<SynthArgs>();
   CLI::App* sub = app.add_subcommand("synth", "Write a random-weight model with a real shape (for benchmarks)");
   sub->add_option("-o,--output", a->out, "Output GGUF file")->required();
-  sub->add_option("--shape", a->shape, "olmoe-1b-7b | qwen3-30b-a3b | mixtral-8x7b | deepseek-moe-16b");
+  sub->add_option("--shape", a->shape, kShapeNames);
   sub->add_option("--type", a->type, "Q4_K_M (default), Q4_K_S, Q5_K_M, Q5_K_S, Q8_0, Q4_0, F16, ...");
   sub->add_option("--arch", a->arch, "Architecture (custom shapes; default qwen3moe)");
   sub->add_option("--name", a->name, "general.name");
-  sub->add_option("--layers", a->layers, "Layers")->check(CLI::Range(1, 1024));
+  sub->add_option("--layers", a->layers, "Layers (with --shape: keep that many of the shape's layers)")
+      ->check(CLI::Range(1, 1024));
   sub->add_option("--embd", a->embd, "Model width")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   sub->add_option("--experts", a->experts, "Routed experts per layer (0 = dense)")->check(CLI::Range(0, 4096));
   sub->add_option("--top-k", a->top_k, "Experts used per token")->check(CLI::Range(0, 4096));
@@ -209,6 +346,20 @@ void register_synth(CLI::App& app, CommandSet& cmds) {
   sub->add_option("--kv-heads", a->kv_heads, "KV heads (default = heads)")->check(CLI::Range(1, 1024));
   sub->add_option("--head-dim", a->head_dim, "Head dim (default embd/heads)")->check(CLI::Range(int64_t{1}, int64_t{4096}));
   sub->add_option("--vocab", a->vocab, "Vocabulary size")->check(CLI::Range(int64_t{257}, int64_t{1} << 24));
+  sub->add_option("--kv-lora", a->kv_lora, "With an MLA --shape: latent (kv_lora_rank) width")
+      ->check(CLI::Range(int64_t{1}, int64_t{65536}));
+  sub->add_option("--q-lora", a->q_lora, "With an MLA --shape: query low-rank width (0 = attn_q directly)")
+      ->check(CLI::Range(int64_t{0}, int64_t{65536}));
+  sub->add_option("--qk-nope", a->qk_nope, "With an MLA --shape: per-head query/key part without rope")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  sub->add_option("--qk-rope", a->qk_rope, "With an MLA --shape: per-head rope part")->check(CLI::Range(int64_t{2}, int64_t{4096}));
+  sub->add_option("--v-head", a->v_head, "With an MLA --shape: per-head value width")->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  sub->add_option("--rot", a->rot, "Rotated dims per head (rope.dimension_count)")->check(CLI::Range(int64_t{2}, int64_t{4096}));
+  sub->add_option("--window", a->window, "Sliding window of the shape's window layers")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  sub->add_option("--groups", a->groups, "Expert groups for group-limited routing")->check(CLI::Range(1, 4096));
+  sub->add_option("--groups-used", a->groups_used, "Groups kept per token")->check(CLI::Range(1, 4096));
+  sub->add_option("--nextn", a->nextn, "Trailing next-token-prediction layers written (not run)")->check(CLI::Range(0, 8));
   sub->add_option("--seed", a->seed, "Random seed");
   sub->add_option("--unique-rows", a->unique_rows,
                   "Quantize only N distinct rows per tensor, copy the rest (fast; 0 = all distinct)")

@@ -56,7 +56,14 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
       "streaming: unless its full copy is already in memory; when resident: always). 0 = never");
   sub->add_option("--skip-below", f.skip_below,
                   "Skip (token, expert) pairs whose routing weight is below S (<= W); the other experts' weights "
-                  "are not renormalized. 0 = never");
+                  "are not renormalized. 0 = never. The same mechanism as --route-min-weight");
+  add_routing_flags(sub, f.routing);
+}
+
+RoutingPolicy routing_policy(const EngineFlags& f) {
+  if (!(f.skip_below >= 0) || f.skip_below > 1e30)
+    fail("--skip-below {}: expected a routing weight >= 0", f.skip_below);
+  return routing_policy_from_flags(f.routing, f.skip_below);
 }
 
 ExpertPrecision expert_precision(const EngineFlags& f) {
@@ -77,7 +84,6 @@ ExpertPrecision expert_precision(const EngineFlags& f) {
          f.lowbit_below);
   ExpertPrecision p;
   p.low_bit_below = static_cast<float>(f.lowbit_below);
-  p.skip_below = static_cast<float>(f.skip_below);
   return p;
 }
 
@@ -88,7 +94,7 @@ void add_sampling_flags(CLI::App* sub, SamplerParams& p) {
   sub->add_option("--seed", p.seed, "Sampling seed");
 }
 
-EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
+EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch, int experts_per_token,
                              std::vector<MemoryReservation> reserved) {
   EngineOptions o;
   if (!f.mem.empty()) o.mem_bytes = parse_size(f.mem, "--mem");
@@ -101,14 +107,18 @@ EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batc
   o.preload = f.preload;
   expert_precision(f);  // bad thresholds are reported before anything is loaded
   o.low_bit_path = f.lowbit;
+  const RoutingPolicy policy = routing_policy(f);
+  o.experts_per_token = policy_max_experts(policy);
+  if (o.experts_per_token >= 0) o.experts_per_token = std::max(o.experts_per_token, experts_per_token);
+  for (const LayerExpert& m : policy.mask_experts) o.preload_exclude.emplace_back(m.layer, m.expert);
   o.held_bytes = current_rss_bytes();
   o.reserved = std::move(reserved);
   return o;
 }
 
 std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
-                                    std::vector<MemoryReservation> reserved) {
-  const EngineOptions o = engine_options(f, n_ctx, n_batch, std::move(reserved));
+                                    int experts_per_token, std::vector<MemoryReservation> reserved) {
+  const EngineOptions o = engine_options(f, n_ctx, n_batch, experts_per_token, std::move(reserved));
   try {
     return Engine::open(path, o);
   } catch (const Error&) {
@@ -128,6 +138,12 @@ ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_
   fo.batch_invariant = f.batch_invariant;
   fo.precision = expert_precision(f);
   fo.expert_use = &engine.expert_use();
+  fo.routing = routing_policy(f);
+  if (!fo.routing.remix_refs.empty() && !f.routing.remix_supported)
+    fail("re-mixing (--remix, or 'remix' in --routing-policy) is computed from a prompt by `moe run`; this command "
+         "does not support it");
+  fo.routing_use = &engine.routing_use();
+  RoutingPlan(fo.routing, routing_shape(engine.model().spec()));  // errors name the layer, expert and flag
   const std::string predictor = resolved_predictor(f);
   if (!f.transitions.empty() && predictor != "transition")
     fail("--transitions {} is only used by --predictor transition, not --predictor {}", f.transitions, predictor);
@@ -202,6 +218,7 @@ nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* 
     j["expert_acquires_full"] = u.full_acquires.load();
     j["expert_acquires_low_bit"] = u.low_bit_acquires.load();
   }
+  j["routing"] = engine.routing_use().to_json();
   BudgetedExpertStore* st = engine.offload_store();
   if (!st) return j;
   const ExpertStoreStats s = st->stats();
@@ -249,6 +266,7 @@ void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionS
                          double seconds) {
   if (!f.stats && f.stats_json.empty()) return;
   nlohmann::ordered_json j = engine_stats_json(engine, pred, tokens, seconds);
+  j["routing_policy"] = routing_policy(f).to_json();
   if (j["mode"] == "offload") {
     j["predictor"] = f.prefetch_margin < 0 ? std::string("none") : resolved_predictor(f);
     j["prefetch_margin"] = f.prefetch_margin;
@@ -257,6 +275,8 @@ void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionS
     std::fprintf(stderr, "moe stats: %s\n", j["plan"].get<std::string>().c_str());
     std::fprintf(stderr, "moe stats: %.2f tok/s over %llu tokens, peak RSS %s\n", j["tok_s"].get<double>(),
                  static_cast<unsigned long long>(tokens), human_bytes(j["peak_rss_bytes"].get<uint64_t>()).c_str());
+    std::fprintf(stderr, "moe stats: routing %s: %s\n", j["routing_policy"].dump().c_str(),
+                 describe_routing_use(j["routing"]).c_str());
     if (!f.lowbit.empty() || f.skip_below > 0) {
       auto n = [&](const char* k) { return static_cast<unsigned long long>(j[k].get<uint64_t>()); };
       std::fprintf(stderr, "moe stats: expert evaluations (token x expert): %llu full, %llu low-bit%s%s (%.1f%%), "

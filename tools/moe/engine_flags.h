@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/forward.h"
+#include "routing_flags.h"
 #include "runtime/engine.h"
 #include "runtime/sampler.h"
 
@@ -33,7 +34,8 @@ struct EngineFlags {
   std::string lowbit;
   double lowbit_below = 0;
   bool lowbit_below_given = false;
-  double skip_below = 0;
+  double skip_below = 0;       // the routing policy's minimum weight (--route-min-weight without renorm)
+  RoutingFlags routing;         // the routing policy (routing_flags.h)
 };
 
 void add_engine_flags(CLI::App* sub, EngineFlags& f);
@@ -42,19 +44,25 @@ void add_sampling_flags(CLI::App* sub, SamplerParams& p);
 
 // Opens the model under the budget. What the process holds at this point (VmRSS: code, libraries, a
 // tokenizer, tokenized inputs) counts against --mem, and so does each reservation: memory the command
-// will allocate for itself while the engine runs. Vocabulary-only files get an error saying so.
+// will allocate for itself while the engine runs. experts_per_token: plan buffers and the expert pool
+// for at least this many experts per token (beyond what the routing flags need; e.g. `run --k-list`).
+// Vocabulary-only files get an error saying so.
 std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
-                                    std::vector<MemoryReservation> reserved = {});
+                                    int experts_per_token = 0, std::vector<MemoryReservation> reserved = {});
 // The EngineOptions open_engine would use (held_bytes measured now).
-EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
+EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch, int experts_per_token = 0,
                              std::vector<MemoryReservation> reserved = {});
 
 // The precision-tier thresholds of the flags; throws on a bad combination (a threshold without
 // --lowbit or the reverse, W < 0, S > W).
 ExpertPrecision expert_precision(const EngineFlags& f);
 
+// The routing policy of the flags (checked for contradictions; against the model by forward_options).
+RoutingPolicy routing_policy(const EngineFlags& f);
+
 // Forward options implied by the flags (lookahead only when experts stream). The transition table is
-// loaded (and checked against the model) when experts stream or when --transitions names one.
+// loaded (and checked against the model) when experts stream or when --transitions names one. The
+// routing policy is checked against the model here.
 ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_compat);
 
 // The predictor the flags choose: "gate", "transition" or "none".

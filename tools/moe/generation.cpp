@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -87,19 +88,37 @@ GenerateResult generate(Session& session, ThreadPool& pool, Sampler& sampler, co
   };
 
   const std::vector<float>* logits = &first_logits;
+  const std::vector<float>* weak_logits = params.contrast_logits;
+  if (params.contrast && !weak_logits) fail("generate: a contrast session needs its logits for the prompt");
+  std::vector<float> scores;
   r.reason = StopReason::Length;
   for (int64_t i = 0; params.n_predict < 0 || i < params.n_predict; ++i) {
     if (interrupt && interrupt->load(std::memory_order_relaxed)) {
       r.reason = StopReason::Interrupted;
       break;
     }
-    const int32_t next = sampler.sample(logits->data(), n_vocab);
+    const float* dist = logits->data();
+    if (params.contrast) {
+      scores.resize(static_cast<size_t>(n_vocab));
+      scmoe_scores(logits->data(), weak_logits->data(), n_vocab, params.scmoe, scores.data());
+      dist = scores.data();
+    }
+    const int32_t next = sampler.sample(dist, n_vocab);
+    float logprob = 0.0f;
+    if (params.logprobs) {
+      const float* l = logits->data();
+      const float mx = *std::max_element(l, l + n_vocab);
+      double z = 0;
+      for (int64_t v = 0; v < n_vocab; ++v) z += std::exp(static_cast<double>(l[v] - mx));
+      logprob = static_cast<float>(l[next] - mx - std::log(z));
+    }
     if (i == 0) r.first_token_seconds = since();
     if (tok && !params.ignore_eos && tok->is_eog(next)) {
       r.reason = StopReason::Eog;
       break;
     }
     r.ids.push_back(next);
+    if (params.logprobs) r.logprobs.push_back(logprob);
     if (params.on_token) params.on_token(next);
     if (decoder) {
       out(matcher.push(decoder->push(next)));
@@ -114,6 +133,7 @@ GenerateResult generate(Session& session, ThreadPool& pool, Sampler& sampler, co
       break;
     }
     logits = &session.eval({next}, pool);
+    if (params.contrast) weak_logits = &params.contrast->eval({next}, pool);
   }
   if (decoder && !matcher.stopped()) {
     out(matcher.push(decoder->flush()));

@@ -12,6 +12,7 @@
 
 #include "base/thread_pool.h"
 #include "runtime/sampler.h"
+#include "runtime/scmoe.h"
 #include "runtime/session.h"
 #include "tokenizer/tokenizer.h"
 
@@ -42,6 +43,12 @@ struct GenerateParams {
   std::vector<std::string> stops;
   bool ignore_eos = false;
   std::function<void(int32_t)> on_token;  // optional: called with each kept token as it is sampled
+  // SCMoE (runtime/scmoe.h): a second session (the weak pass) fed the same tokens; sampling then uses
+  // the contrastive scores. contrast_logits: its logits for its last token (it has seen the prompt).
+  Session* contrast = nullptr;
+  const std::vector<float>* contrast_logits = nullptr;
+  ScmoeParams scmoe;
+  bool logprobs = false;  // fill GenerateResult::logprobs
 };
 
 struct GenerateResult {
@@ -50,6 +57,7 @@ struct GenerateResult {
   StopReason reason = StopReason::Length;
   double seconds = 0;        // wall time of the loop
   double first_token_seconds = 0;  // from entry to the first sampled token
+  std::vector<float> logprobs;     // with params.logprobs: log p(token) under the session's own logits, per id
 };
 
 // Generates from `logits` (the session's output for its last token). `tok` may be null: then no
