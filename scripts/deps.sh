@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config
   nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev liburing-dev libopenblas-dev
-  libgtest-dev libbenchmark-dev
+  libgtest-dev libbenchmark-dev libcpp-httplib-dev
 )
 # Optional groups, asked for by name: "fuzz" (clang + libFuzzer runtime), "corpus" (the Debian packages
 # scripts/build_corpus.sh reads: the King James Bible, fortunes, Python's standard library).
@@ -15,7 +15,10 @@ for group in "$@"; do
     fuzz) packages+=(clang libclang-rt-14-dev) ;;
     corpus) packages+=(bible-kjv bible-kjv-text fortunes-min fortunes python3 libpython3-stdlib) ;;
     interactive) packages+=(tmux) ;;
-    *) echo "deps.sh: unknown group '$group' (known: fuzz, interactive, corpus)" >&2; exit 2 ;;
+    # The server's client tests (skipped without them): the official openai npm package runs on node,
+    # and the dashboard test drives headless chromium.
+    serve) packages+=(nodejs npm chromium) ;;
+    *) echo "deps.sh: unknown group '$group' (known: fuzz, interactive, corpus, serve)" >&2; exit 2 ;;
   esac
 done
 

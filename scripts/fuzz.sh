@@ -98,6 +98,15 @@ for name, blob in seeds.items():
 PY
 fi
 
+# The request parser: a few valid bodies to mutate from (the first byte picks the endpoint: odd = chat).
+if [[ $TARGET == openai_request_fuzz ]]; then
+  printf '\001{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"max_tokens":8,"temperature":0.7,"top_p":0.9,"seed":3,"n":2,"stop":["a","b"],"stream":true,"stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":3,"logit_bias":{"5":-100},"moe":{"trace":true,"experts":3}}' > "$CORPUS/seed-chat.json"
+  printf '\000{"prompt":["a",[1,2]],"max_tokens":4,"echo":true,"logprobs":2,"best_of":1,"suffix":null}' > "$CORPUS/seed-completion-mixed.json"
+  printf '\000{"prompt":[[1,2],[3]],"n":3,"presence_penalty":0,"user":"u"}' > "$CORPUS/seed-completion-ids.json"
+  printf '\001{"messages":[{"role":"user","content":null}],"max_completion_tokens":1e3}' > "$CORPUS/seed-chat-edge.json"
+  printf '\000{"prompt":"x","moe":{"top_p":0.5,"top_p_max_k":3,"mask_experts":[[0,1]],"steer":[{"layer":1,"expert":2,"factor":2,"force":true}],"random_drop":{"prob":0.2,"seed":4},"min_weight":0.1}}' > "$CORPUS/seed-completion-policy.json"
+fi
+
 PAR=()
 if (( JOBS > 1 )); then PAR=(-jobs="$JOBS" -workers="$JOBS"); fi
 exec "$BUILD_DIR/bin/$TARGET" "$CORPUS" -max_total_time="$SECONDS_TO_RUN" -max_len="$SEED_MAX" \

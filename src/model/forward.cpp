@@ -163,7 +163,7 @@ void ForwardPass::router_logits(int il, const float* x, int64_t n_tokens, float*
   }
 }
 
-void ForwardPass::ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) {
+void ForwardPass::ffn(int il, int64_t n_tokens, ThreadPool& pool) {
   const ModelSpec& s = model_.spec();
   const LayerSpec& L = s.layers[il];
   const LayerWeights& lw = model_.layer(il);
@@ -364,25 +364,62 @@ void ForwardPass::predict_next_layer_transition(int il, int64_t n_tokens) {
 
 void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool,
                       float* logits, bool all_logits) {
-  const ModelSpec& s = model_.spec();
   if (n_tokens <= 0) return;
-  if (pos0 < 0 || pos0 + n_tokens > kv.n_ctx())
-    fail("context full: positions [{}, {}) exceed the context size {}", pos0, pos0 + n_tokens, kv.n_ctx());
+  SeqSpan span;
+  span.kv = &kv;
+  span.tokens = tokens;
+  span.n_tokens = n_tokens;
+  span.pos0 = pos0;
+  span.seq_id = seq_id_;
+  span.logits = logits;
+  span.all_logits = all_logits;
+  run(&span, 1, pool);
+}
+
+void ForwardPass::run(const SeqSpan* spans, size_t n_spans, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  // Check everything before any cache is written: a refused step leaves every sequence as it was.
+  spans_.clear();
+  int64_t n_tokens = 0;
+  for (size_t i = 0; i < n_spans; ++i) {
+    const SeqSpan& in = spans[i];
+    if (in.n_tokens <= 0) continue;
+    if (!in.kv || !in.tokens) fail("forward step: span {} has no KV cache or no tokens", i);
+    if (in.pos0 < 0 || in.pos0 + in.n_tokens > in.kv->n_ctx())
+      fail("context full: positions [{}, {}) exceed the context size {}", in.pos0, in.pos0 + in.n_tokens,
+           in.kv->n_ctx());
+    for (const StepSpan& o : spans_)
+      if (o.in.kv == in.kv) fail("forward step: two spans share one KV cache");
+    for (int64_t t = 0; t < in.n_tokens; ++t)
+      if (in.tokens[t] < 0 || in.tokens[t] >= s.n_vocab)
+        fail("token id {} at position {} is outside the vocabulary [0, {})", in.tokens[t], in.pos0 + t, s.n_vocab);
+    spans_.push_back({in, n_tokens});
+    n_tokens += in.n_tokens;
+  }
+  if (n_tokens == 0) return;
   const int64_t d = s.n_embd;
   x_.resize(static_cast<size_t>(n_tokens * d));
   xn_.resize(static_cast<size_t>(n_tokens * d));
 
+  const int32_t* ids = spans_.front().in.tokens;
+  if (spans_.size() > 1) {
+    step_ids_.resize(static_cast<size_t>(n_tokens));
+    for (const StepSpan& sp : spans_) std::copy_n(sp.in.tokens, sp.in.n_tokens, step_ids_.begin() + sp.row0);
+    ids = step_ids_.data();
+  }
   step_positions_.resize(static_cast<size_t>(n_tokens));
-  step_seq_ids_.assign(static_cast<size_t>(n_tokens), seq_id_);
-  for (int64_t t = 0; t < n_tokens; ++t) step_positions_[static_cast<size_t>(t)] = pos0 + t;
-  step_ = {tokens, step_positions_.data(), step_seq_ids_.data(), n_tokens};
+  step_seq_ids_.resize(static_cast<size_t>(n_tokens));
+  for (const StepSpan& sp : spans_)
+    for (int64_t i = 0; i < sp.in.n_tokens; ++i) {
+      step_positions_[static_cast<size_t>(sp.row0 + i)] = sp.in.pos0 + i;
+      step_seq_ids_[static_cast<size_t>(sp.row0 + i)] = sp.in.seq_id;
+    }
+  step_ = {ids, step_positions_.data(), step_seq_ids_.data(), n_tokens};
 
   const WeightView& emb = model_.global(Role::TokenEmbd);
   const DTypeTraits& emb_tr = dtype_traits(emb.type);
   for (int64_t t = 0; t < n_tokens; ++t) {
-    const int32_t id = tokens[t];
-    if (id < 0 || id >= s.n_vocab) fail("token id {} at position {} is outside the vocabulary [0, {})", id, pos0 + t, s.n_vocab);
-    emb_tr.dequantize(emb.row(id), x_.data() + t * d, d);
+    emb_tr.dequantize(emb.row(ids[t]), x_.data() + t * d, d);
     if (s.embedding_scale != 0.0f) kernels::scale(x_.data() + t * d, s.embedding_scale, d);
   }
   for (ForwardObserver* o : observers_) o->on_step_begin(step_);
@@ -391,13 +428,13 @@ void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvC
     const LayerWeights& lw = model_.layer(il);
     for (int64_t t = 0; t < n_tokens; ++t)
       kernels::rms_norm(x_.data() + t * d, f32(lw[Role::AttnNorm]), xn_.data() + t * d, d, s.rms_eps);
-    attention(il, n_tokens, pos0, kv, pool);
+    attention(il, n_tokens, pool);
     if (s.residual_scale != 0.0f) kernels::scale(tmp_.data(), s.residual_scale, n_tokens * d);
     kernels::add(x_.data(), tmp_.data(), n_tokens * d);
 
     for (int64_t t = 0; t < n_tokens; ++t)
       kernels::rms_norm(x_.data() + t * d, f32(lw[Role::FfnNorm]), xn_.data() + t * d, d, s.rms_eps);
-    ffn(il, n_tokens, pos0, pool);
+    ffn(il, n_tokens, pool);
     if (s.residual_scale != 0.0f) kernels::scale(tmp_.data(), s.residual_scale, n_tokens * d);
     kernels::add(x_.data(), tmp_.data(), n_tokens * d);
   }
@@ -405,13 +442,35 @@ void ForwardPass::run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvC
   if (needs_.final_hidden)
     for (ForwardObserver* o : observers_) o->on_final_hidden(step_, x_.data(), d);
 
-  const int64_t first = all_logits ? 0 : n_tokens - 1;
-  const int64_t n_out = n_tokens - first;
-  for (int64_t t = first; t < n_tokens; ++t)
-    kernels::rms_norm(x_.data() + t * d, f32(model_.global(Role::OutputNorm)), xn_.data() + (t - first) * d, d,
-                      s.rms_eps);
-  project(model_.global(Role::Output), xn_.data(), n_out, logits, pool);
-  if (s.logit_scale != 0.0f) kernels::scale(logits, 1.0f / s.logit_scale, n_out * s.n_vocab);
+  // The rows whose logits are wanted, normalized into consecutive rows of xn_ and projected together.
+  int64_t n_out = 0;
+  for (const StepSpan& sp : spans_) {
+    if (!sp.in.logits) continue;
+    const int64_t first = sp.in.all_logits ? 0 : sp.in.n_tokens - 1;
+    for (int64_t i = first; i < sp.in.n_tokens; ++i, ++n_out)
+      kernels::rms_norm(x_.data() + (sp.row0 + i) * d, f32(model_.global(Role::OutputNorm)), xn_.data() + n_out * d, d,
+                        s.rms_eps);
+  }
+  if (n_out > 0) {
+    // One span writes straight into its output; several gather theirs first.
+    const bool direct = spans_.size() == 1;
+    float* out = direct ? spans_.front().in.logits : nullptr;
+    if (!direct) {
+      out_logits_.resize(static_cast<size_t>(n_out * s.n_vocab));
+      out = out_logits_.data();
+    }
+    project(model_.global(Role::Output), xn_.data(), n_out, out, pool);
+    if (s.logit_scale != 0.0f) kernels::scale(out, 1.0f / s.logit_scale, n_out * s.n_vocab);
+    if (!direct) {
+      const float* src = out;
+      for (const StepSpan& sp : spans_) {
+        if (!sp.in.logits) continue;
+        const int64_t rows = sp.in.all_logits ? sp.in.n_tokens : 1;
+        std::copy_n(src, rows * s.n_vocab, sp.in.logits);
+        src += rows * s.n_vocab;
+      }
+    }
+  }
   for (ForwardObserver* o : observers_) o->on_step_end(step_);
 }
 

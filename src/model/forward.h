@@ -77,6 +77,18 @@ struct PredictionStats {
   double recall() const { return actual ? double(correct) / double(actual) : 0.0; }
 };
 
+// One sequence's rows in a batched step (a server step mixing requests): its tokens at positions
+// [pos0, pos0 + n_tokens) of its own KV cache, which holds [0, pos0).
+struct SeqSpan {
+  KvCache* kv = nullptr;
+  const int32_t* tokens = nullptr;
+  int64_t n_tokens = 0;
+  int64_t pos0 = 0;
+  int32_t seq_id = 0;       // reported to observers for these rows
+  float* logits = nullptr;  // null: none wanted; else [n_tokens][n_vocab] (all_logits) or the last row's [n_vocab]
+  bool all_logits = false;
+};
+
 class ForwardPass : private ExpertOutputSink {
  public:
   ForwardPass(const Model& model, ExpertStore& store, ForwardOptions options = {});
@@ -85,6 +97,15 @@ class ForwardPass : private ExpertOutputSink {
   // Writes logits for every token ([n_tokens][n_vocab]) if all_logits, else for the last one only.
   void run(const int32_t* tokens, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool, float* logits,
            bool all_logits);
+
+  // Several sequences in one step: the matmuls, routing and experts run over all rows together (a
+  // step reads each expert it needs once), attention once per sequence over its own rows and cache.
+  // Every row's numbers are those it gets in a step of its own span alone: everything but attention
+  // is computed row by row (matmul outputs are vec_dot's bits for any token count, activations are
+  // quantized per row, experts are summed per token in slot order), and a span attends exactly as
+  // run() over the same rows would. Spans must use distinct caches. A step that is refused (a bad
+  // token, a full context) writes nothing to any cache.
+  void run(const SeqSpan* spans, size_t n_spans, ThreadPool& pool);
 
   // Observers (model/forward_observer.h), called in the order added. set_observer replaces them all
   // with one (nullptr: none). An observer's needs() are read when it is added.
@@ -107,21 +128,32 @@ class ForwardPass : private ExpertOutputSink {
 
  private:
   // Attention (model/forward_attention.cpp): the layer's normalized input xn_ -> tmp_ (after the
-  // output projection), for n_tokens rows at positions pos0.. of the sequence whose cache is kv.
-  void attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);
+  // output projection), for the step's n_tokens rows: each span's rows at its positions, in its cache.
+  void attention(int il, int64_t n_tokens, ThreadPool& pool);
   // Query, key and value rows into q_, k_, v_ (standard attention) or the absorbed query and the
-  // latent key rows (MLA).
-  void attention_inputs(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
-  void mla_inputs(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
-  // Stores rows [r0, r1) of k_/v_ in the cache and attends their queries to it (into att_).
+  // latent key rows (MLA); row t is at position step_positions_[t].
+  void attention_inputs(int il, int64_t n_tokens, ThreadPool& pool);
+  void mla_inputs(int il, int64_t n_tokens, ThreadPool& pool);
+  // Stores rows [r0, r1) of k_/v_ in the cache and attends their queries to it (into att_). Row t is at
+  // position pos0 + t (pos0 may be negative: a span's first position minus its first row); n_tokens is
+  // the span's row count, which picks the arithmetic (blocked or per row, llama.cpp's fp16 path).
   void attend(int il, int64_t r0, int64_t r1, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool);
+  // Rows that attend one by one straight from their fp16 caches, each with its own cache and position:
+  // the rows of one span in attend(), or the decoded rows of every span of a step in one parallel region.
+  struct AttendRow {
+    int64_t t;     // row of q_ / att_
+    KvCache* kv;
+    int64_t pos;   // its position (its keys are already stored)
+    bool fp16;     // llama.cpp's fp16 small-batch arithmetic
+  };
+  void attend_rows(int il, const AttendRow* rows, size_t n_rows, ThreadPool& pool);
   // Each head's latent attention output through attn_v_b, into mla_out_.
   void mla_values(int il, int64_t n_tokens, ThreadPool& pool);
   // One stacked per-head matrix (attn_k_b / attn_v_b) applied to each head's slice of x.
   void per_head_matmul(const WeightView& w, const float* x, int64_t x_stride, int64_t x_head_stride,
                        int64_t n_tokens, float* y, int64_t y_stride, int64_t y_head_stride, ThreadPool& pool);
   kernels::RopeParams rope_params(int il) const;
-  void ffn(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool);
+  void ffn(int il, int64_t n_tokens, ThreadPool& pool);
   void project(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
   // Layer il's router logits for x (with the router's own bias, if it has one).
   void router_logits(int il, const float* x, int64_t n_tokens, float* out, ThreadPool& pool);
@@ -151,6 +183,16 @@ class ForwardPass : private ExpertOutputSink {
   std::vector<ForwardObserver*> observers_;
   ObserverNeeds needs_;  // the union of the observers' needs
   int32_t seq_id_ = 0;
+  // The step's spans, each with its first row.
+  struct StepSpan {
+    SeqSpan in;
+    int64_t row0 = 0;
+  };
+  std::vector<StepSpan> spans_;
+  std::vector<AttendRow> attend_rows_;  // attention(): the single-row spans' rows
+  std::vector<AttendRow> attend_row_scratch_;  // attend(): a span's rows that attend one by one
+  std::vector<int32_t> step_ids_;       // the step's token ids when it has several spans
+  std::vector<float> out_logits_;       // several spans: their logit rows before they are copied out
   // The step being run, as observers see it.
   StepTokens step_;
   std::vector<int64_t> step_positions_;

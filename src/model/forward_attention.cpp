@@ -39,21 +39,37 @@ kernels::RopeParams ForwardPass::rope_params(int il) const {
                               s.yarn.n_ctx_orig, s.yarn.beta_fast, s.yarn.beta_slow);
 }
 
-void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv, ThreadPool& pool) {
+void ForwardPass::attention(int il, int64_t n_tokens, ThreadPool& pool) {
   const ModelSpec& s = model_.spec();
   const LayerWeights& lw = model_.layer(il);
   if (s.is_mla())
-    mla_inputs(il, n_tokens, pos0, pool);
+    mla_inputs(il, n_tokens, pool);
   else
-    attention_inputs(il, n_tokens, pos0, pool);
-  att_.resize(static_cast<size_t>(n_tokens * s.n_head * kv.shape(il).v_dim));
-  // A sliding-window layer's ring holds its window plus one block of queries: store and attend in blocks.
-  const int64_t block = kv.block_rows(il);
-  for (int64_t r0 = 0; r0 < n_tokens;) {
-    const int64_t r1 = n_tokens - r0 <= block ? n_tokens : r0 + block;
-    attend(il, r0, r1, n_tokens, pos0, kv, pool);
-    r0 = r1;
+    attention_inputs(il, n_tokens, pool);
+  const KvLayerShape& sh = spans_.front().in.kv->shape(il);
+  att_.resize(static_cast<size_t>(n_tokens * s.n_head * sh.v_dim));
+  // Spans of several rows attend on their own (a sliding-window layer's ring holds its window plus one
+  // block of queries: store and attend in blocks); the single rows of all other spans (decoded tokens)
+  // are stored first and then attend together in one parallel region.
+  attend_rows_.clear();
+  const int64_t kvd = sh.n_head_kv * sh.k_dim, vrow = sh.n_head_kv * sh.v_dim;
+  for (const StepSpan& sp : spans_) {
+    KvCache& kv = *sp.in.kv;
+    if (sp.in.n_tokens == 1) {
+      const int64_t t = sp.row0;
+      kv.store(il, sp.in.pos0, k_.data() + t * kvd, sh.v_in_k ? nullptr : v_.data() + t * vrow);
+      attend_rows_.push_back({t, &kv, sp.in.pos0, options_.llama_compat_attention});
+      continue;
+    }
+    const int64_t block = kv.block_rows(il);
+    const int64_t end = sp.row0 + sp.in.n_tokens;
+    for (int64_t r0 = sp.row0; r0 < end;) {
+      const int64_t r1 = end - r0 <= block ? end : r0 + block;
+      attend(il, r0, r1, sp.in.n_tokens, sp.in.pos0 - sp.row0, kv, pool);
+      r0 = r1;
+    }
   }
+  if (!attend_rows_.empty()) attend_rows(il, attend_rows_.data(), attend_rows_.size(), pool);
   const float* heads = att_.data();
   if (s.is_mla()) {
     mla_values(il, n_tokens, pool);
@@ -64,7 +80,7 @@ void ForwardPass::attention(int il, int64_t n_tokens, int64_t pos0, KvCache& kv,
   add_bias(tmp_.data(), lw[Role::AttnOutBias], n_tokens, s.n_embd);
 }
 
-void ForwardPass::attention_inputs(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) {
+void ForwardPass::attention_inputs(int il, int64_t n_tokens, ThreadPool& pool) {
   const ModelSpec& s = model_.spec();
   const LayerWeights& lw = model_.layer(il);
   const int64_t hd = s.head_dim, qd = s.q_dim(), kvd = s.kv_dim(), vd = s.v_dim();
@@ -91,7 +107,7 @@ void ForwardPass::attention_inputs(int il, int64_t n_tokens, int64_t pos0, Threa
       kernels::rms_norm(q, f32(lw[Role::AttnQNorm]), q, qd, s.rms_eps);
       kernels::rms_norm(k, f32(lw[Role::AttnKNorm]), k, kvd, s.rms_eps);
     }
-    kernels::rope_angles(rope_cs_.data(), s.n_rot, pos0 + t, rp);
+    kernels::rope_angles(rope_cs_.data(), s.n_rot, step_positions_[static_cast<size_t>(t)], rp);
     for (int h = 0; h < s.n_head; ++h) kernels::rope_apply(q + h * hd, rope_cs_.data(), s.n_rot, neox);
     for (int h = 0; h < s.n_head_kv; ++h) kernels::rope_apply(k + h * hd, rope_cs_.data(), s.n_rot, neox);
   }
@@ -117,7 +133,7 @@ void ForwardPass::per_head_matmul(const WeightView& w, const float* x, int64_t x
 // [attn_k_b[h] q_nope[h], rope(q_pe[h])], so that q . k = q_nope . (W_kb c) + q_pe . k_pe without ever
 // expanding the cached latents, and the values are the latents themselves (mla_values maps each head's
 // output back through attn_v_b).
-void ForwardPass::mla_inputs(int il, int64_t n_tokens, int64_t pos0, ThreadPool& pool) {
+void ForwardPass::mla_inputs(int il, int64_t n_tokens, ThreadPool& pool) {
   const ModelSpec& s = model_.spec();
   const LayerWeights& lw = model_.layer(il);
   const MlaSpec& m = s.mla;
@@ -146,7 +162,7 @@ void ForwardPass::mla_inputs(int il, int64_t n_tokens, int64_t pos0, ThreadPool&
     float* krow = k_.data() + t * dk;
     kernels::rms_norm(kva, f32(lw[Role::AttnKvANorm]), krow, m.kv_lora_rank, s.rms_eps);
     std::memcpy(krow + m.kv_lora_rank, kva + m.kv_lora_rank, static_cast<size_t>(m.qk_rope) * sizeof(float));
-    kernels::rope_angles(rope_cs_.data(), m.qk_rope, pos0 + t, rp);
+    kernels::rope_angles(rope_cs_.data(), m.qk_rope, step_positions_[static_cast<size_t>(t)], rp);
     kernels::rope_apply(krow + m.kv_lora_rank, rope_cs_.data(), m.qk_rope, neox);
     for (int h = 0; h < s.n_head; ++h)
       kernels::rope_apply(mla_q_.data() + t * qw + h * qh + m.qk_nope, rope_cs_.data(), m.qk_rope, neox);
@@ -236,11 +252,39 @@ void ForwardPass::attend(int il, int64_t r0, int64_t r1, int64_t n_tokens, int64
     });
     return;
   }
+  std::vector<AttendRow>& rows = attend_row_scratch_;
+  rows.clear();
+  for (int64_t t = r0; t < r1; ++t) rows.push_back({t, &kv, pos0 + t, fp16_path});
+  attend_rows(il, rows.data(), rows.size(), pool);
+}
+
+// Rows that attend one by one (decoded tokens, and batch-invariant or llama-compat batches, so that they
+// match decoding bit for bit) read their fp16 cache directly, once per run of query heads that share a
+// kv head. Rows may belong to different sequences: each has its own cache and position.
+void ForwardPass::attend_rows(int il, const AttendRow* rows, size_t n_rows, ThreadPool& pool) {
+  const ModelSpec& s = model_.spec();
+  const LayerWeights& lw = model_.layer(il);
+  KvCache& kv0 = *rows[0].kv;  // every cache of the model has the same per-layer shapes
+  const KvLayerShape& sh = kv0.shape(il);
+  const int n_kv = sh.n_head_kv;
+  const int64_t dk = sh.k_dim, dv = sh.v_dim;
+  const int64_t qd = s.n_head * dk, od = s.n_head * dv;
+  const int group = s.n_head / n_kv;
+  const float scale = s.kq_scale();
+  const float* sinks = s.attn_sinks ? f32(lw[Role::AttnSinks]) : nullptr;
+  int64_t max_keys = 0;
+  for (size_t i = 0; i < n_rows; ++i)
+    max_keys = std::max(max_keys, rows[i].pos + 1 - rows[i].kv->first_visible(il, rows[i].pos));
+  if (attn_scratch_.size() < static_cast<size_t>(pool.size())) attn_scratch_.resize(static_cast<size_t>(pool.size()));
+  for (auto& sc : attn_scratch_) {
+    sc.kf.resize(static_cast<size_t>(std::max(dk, dv)));
+    sc.qr.resize(static_cast<size_t>(dk));
+  }
   // Work items are (token, kv head, run of that kv head's query heads): each key and value is widened
   // from fp16 once for the whole run instead of once per query head (8 times per key on Qwen3-30B-A3B,
   // 16 on DeepSeek-V2-Lite's latent cache). The arithmetic of every head is unchanged, so results do
   // not depend on how heads are grouped.
-  const int64_t m = r1 - r0;
+  const int64_t m = static_cast<int64_t>(n_rows);
   const int64_t min_items = 2 * static_cast<int64_t>(pool.size());
   const int64_t per_head_items = m * n_kv;
   int runs = static_cast<int>(std::min<int64_t>(group, (min_items + per_head_items - 1) / per_head_items));
@@ -250,18 +294,20 @@ void ForwardPass::attend(int il, int64_t r0, int64_t r1, int64_t n_tokens, int64
     if (sc.scores.size() < static_cast<size_t>(run_len * max_keys)) sc.scores.resize(static_cast<size_t>(run_len * max_keys));
     sc.acc.resize(static_cast<size_t>(run_len * dv));
   }
-  const int64_t ks = kv.k_stride(il), vs = kv.v_stride(il);
+  const int64_t ks = kv0.k_stride(il), vs = kv0.v_stride(il);
   pool.parallel_for(per_head_items * runs, 1, [&](int64_t item0, int64_t item1, int ti) {
     AttnScratch& sc = attn_scratch_[static_cast<size_t>(ti)];
     std::vector<float>& kf = sc.kf;
     std::vector<float>& qr = sc.qr;
     for (int64_t item = item0; item < item1; ++item) {
-      const int64_t t = r0 + item / (n_kv * runs);
+      const AttendRow& row = rows[item / (n_kv * runs)];
+      const int64_t t = row.t;
+      KvCache& kv = *row.kv;
       const int hk = static_cast<int>(item / runs % n_kv);
       const int h0 = hk * group + static_cast<int>(item % runs) * run_len;
       const int nh = std::min(run_len, (hk + 1) * group - h0);
       if (nh <= 0) continue;
-      const int64_t p = pos0 + t;
+      const int64_t p = row.pos;
       const int64_t lo = kv.first_visible(il, p);
       const int64_t n_keys = p + 1 - lo;
       KvCache::Run seg[2];
@@ -270,7 +316,7 @@ void ForwardPass::attend(int il, int64_t r0, int64_t r1, int64_t n_tokens, int64
       float* o0 = att_.data() + t * od + static_cast<int64_t>(h0) * dv;
       const uint16_t* kbase = kv.k(il, hk);
       const uint16_t* vbase = kv.v(il, hk);
-      if (fp16_path) {
+      if (row.fp16) {
         for (int g = 0; g < nh; ++g) {
           const float* q = q0 + g * dk;
           float* o = o0 + g * dv;

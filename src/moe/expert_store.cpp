@@ -237,6 +237,7 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_o
         const bool read_for_this_step = sl.from_prefetch && !sl.speculative;
         ++(read_for_this_step ? stats_.misses : stats_.hits)[layer];
         counted = true;
+        if (acquire_listener_) acquire_listener_(layer, expert, !read_for_this_step);
       }
       if (sl.state == SlotState::Failed) {
         std::string msg = std::move(sl.error);
@@ -263,6 +264,7 @@ ExpertWeights BudgetedExpertStore::acquire(int layer, int expert, bool low_bit_o
       if (!counted) {
         ++stats_.misses[layer];
         counted = true;
+        if (acquire_listener_) acquire_listener_(layer, expert, false);
       }
       if (evicted_for_speculation_.erase(key)) speculative_success_ *= 1.0 - kSpeculationEmaRate;
       const long slot = claim_slot_locked(key, tier, false, false);

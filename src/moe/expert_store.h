@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <array>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -184,6 +185,11 @@ class BudgetedExpertStore final : public ExpertStore {
   const char* policy_name() const { return policy_->name(); }
   ExpertStoreStats stats() const;
   void reset_stats();  // e.g. after the prompt, so the numbers describe generation only
+  // Receives every acquire's outcome as stats() counts it (hit or miss), on the acquiring thread and
+  // under the store's lock, so it must be quick (a server attributes hits to the requests of a step).
+  // Empty = none. Set it while no acquire runs.
+  using AcquireListener = std::function<void(int layer, int expert, bool hit)>;
+  void set_acquire_listener(AcquireListener listener) { acquire_listener_ = std::move(listener); }
 
   // Bytes one slot needs (largest expert, with direct-I/O alignment slack).
   static uint64_t slot_bytes_for(const ExpertLayout& layout, uint64_t io_alignment = 4096);
@@ -260,6 +266,7 @@ class BudgetedExpertStore final : public ExpertStore {
   // cost of speculation (counted as a failure), as is a speculative load evicted unused.
   std::unordered_set<ExpertKey> evicted_for_speculation_;
   bool speculation_may_evict_locked();
+  AcquireListener acquire_listener_;
   std::thread io_thread_;
 };
 

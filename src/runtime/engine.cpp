@@ -98,9 +98,10 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   MemoryPlan p;
   const Model::ByteReport r = m.byte_report();
   p.weights_total = r.total;
-  p.kv_bytes = KvCache::bytes_for(m.spec(), o.n_ctx);
-  // No batch is longer than the context (chat asks for 512-token batches whatever its -c).
-  const int64_t n_batch = std::max<int64_t>(1, std::min(o.n_batch, o.n_ctx));
+  if (o.n_seq < 1) fail("engine: {} sequences: at least one is needed", o.n_seq);
+  p.kv_bytes = KvCache::bytes_for(m.spec(), o.n_ctx) * static_cast<uint64_t>(o.n_seq);
+  // No batch is longer than the context times the sequences (chat asks for 512-token batches whatever its -c).
+  const int64_t n_batch = std::max<int64_t>(1, std::min(o.n_batch, o.n_ctx * o.n_seq));
   p.buffer_bytes = buffer_bytes_for(m, n_batch, o.n_ctx, o.experts_per_token);
   p.held_bytes = o.held_bytes;
   p.reserved = o.reserved;

@@ -26,6 +26,7 @@ struct MemoryReservation {
 struct EngineOptions {
   uint64_t mem_bytes = 0;     // total budget for everything the process holds; 0 = unlimited
   int64_t n_ctx = 4096;       // context the KV cache is sized for
+  int n_seq = 1;              // KV caches of n_ctx each (a server's slots); all count against the budget
   int64_t n_batch = 512;      // largest prompt batch (sizes the activation buffers)
   std::string cache_policy = "distance";
   // Compute from the file's page-cache pages (mmap) instead of reading resident weights into memory of

@@ -240,7 +240,7 @@ int run_bench(const BenchArgs& a) {
   std::vector<MemoryReservation> reserved;
   if (probe.when == ProbeWhen::EachRun && !a.engine.mem.empty()) reserved.push_back({"bandwidth probe", probe.bytes});
   const auto t_load = Clock::now();
-  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, 0, std::move(reserved));
+  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, 0, 1, std::move(reserved));
   const Model* model = &engine->model();
   const double load_s = seconds_since(t_load);
   const ModelSpec& spec = model->spec();

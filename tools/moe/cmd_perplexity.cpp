@@ -197,7 +197,7 @@ int run_perplexity(PerplexityArgs& a) {
     const MemoryPlan p = plan_memory(a.model, engine_options(a.engine, a.ctx, a.ctx));
     reserved.push_back({"SCMoE weak session", p.kv_bytes + p.buffer_bytes});
   }
-  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx, 0, std::move(reserved));
+  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx, 0, 1, std::move(reserved));
   const Model& model = engine->model();
   const ModelSpec& spec = model.spec();
   const ForwardOptions fo = forward_options(a.engine, *engine, false);

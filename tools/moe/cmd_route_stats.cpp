@@ -92,7 +92,7 @@ int run_route_stats(const RouteStatsArgs& a) {
                   kept_tokens * static_cast<uint64_t>(k) * (sizeof(int32_t) + sizeof(float));
 
   ThreadPool pool(resolve_threads(a.threads));
-  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx, 0, {{"held-out routing", kept_bytes}});
+  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx, 0, 1, {{"held-out routing", kept_bytes}});
   const Model& model = engine->model();
   const ModelSpec& spec = model.spec();
 

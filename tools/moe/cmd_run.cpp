@@ -125,7 +125,7 @@ int run_run(RunArgs& a) {
     const MemoryPlan p = plan_memory(a.model, engine_options(a.engine, n_ctx, n_batch, k_list_max));
     reserved.push_back({"SCMoE weak session", p.kv_bytes + p.buffer_bytes});
   }
-  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, k_list_max, std::move(reserved));
+  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, k_list_max, 1, std::move(reserved));
   ForwardOptions fo = forward_options(a.engine, *engine, a.llama_compat);
   Session session(engine->model(), engine->store(), n_ctx, fo);
   if (a.samples.n > 0)

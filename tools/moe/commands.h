@@ -33,6 +33,7 @@ void register_perplexity(CLI::App& app, CommandSet& cmds);
 void register_route_stats(CLI::App& app, CommandSet& cmds);
 void register_quantize_experts(CLI::App& app, CommandSet& cmds);
 void register_kl_logits(CLI::App& app, CommandSet& cmds);
+void register_serve(CLI::App& app, CommandSet& cmds);
 void register_remix(CLI::App& app, CommandSet& cmds);  // remix-build, remix-eval
 
 }  // namespace moe::cli

@@ -94,11 +94,12 @@ void add_sampling_flags(CLI::App* sub, SamplerParams& p) {
   sub->add_option("--seed", p.seed, "Sampling seed");
 }
 
-EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch, int experts_per_token,
+EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch, int experts_per_token, int n_seq,
                              std::vector<MemoryReservation> reserved) {
   EngineOptions o;
   if (!f.mem.empty()) o.mem_bytes = parse_size(f.mem, "--mem");
   o.n_ctx = n_ctx;
+  o.n_seq = n_seq;
   o.n_batch = n_batch;
   o.cache_policy = f.cache_policy;
   o.mmap = f.mmap;
@@ -109,7 +110,8 @@ EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batc
   o.low_bit_path = f.lowbit;
   const RoutingPolicy policy = routing_policy(f);
   o.experts_per_token = policy_max_experts(policy);
-  if (o.experts_per_token >= 0) o.experts_per_token = std::max(o.experts_per_token, experts_per_token);
+  if (experts_per_token < 0) o.experts_per_token = -1;
+  else if (o.experts_per_token >= 0) o.experts_per_token = std::max(o.experts_per_token, experts_per_token);
   for (const LayerExpert& m : policy.mask_experts) o.preload_exclude.emplace_back(m.layer, m.expert);
   o.held_bytes = current_rss_bytes();
   o.reserved = std::move(reserved);
@@ -117,8 +119,8 @@ EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batc
 }
 
 std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
-                                    int experts_per_token, std::vector<MemoryReservation> reserved) {
-  const EngineOptions o = engine_options(f, n_ctx, n_batch, experts_per_token, std::move(reserved));
+                                    int experts_per_token, int n_seq, std::vector<MemoryReservation> reserved) {
+  const EngineOptions o = engine_options(f, n_ctx, n_batch, experts_per_token, n_seq, std::move(reserved));
   try {
     return Engine::open(path, o);
   } catch (const Error&) {

@@ -45,13 +45,15 @@ void add_sampling_flags(CLI::App* sub, SamplerParams& p);
 // Opens the model under the budget. What the process holds at this point (VmRSS: code, libraries, a
 // tokenizer, tokenized inputs) counts against --mem, and so does each reservation: memory the command
 // will allocate for itself while the engine runs. experts_per_token: plan buffers and the expert pool
-// for at least this many experts per token (beyond what the routing flags need; e.g. `run --k-list`).
-// Vocabulary-only files get an error saying so.
+// for at least this many experts per token (beyond what the routing flags need; e.g. `run --k-list`;
+// -1: every expert). n_seq: KV caches of n_ctx each (a server's slots). Vocabulary-only files get an
+// error saying so.
 std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
-                                    int experts_per_token = 0, std::vector<MemoryReservation> reserved = {});
+                                    int experts_per_token = 0, int n_seq = 1,
+                                    std::vector<MemoryReservation> reserved = {});
 // The EngineOptions open_engine would use (held_bytes measured now).
 EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch, int experts_per_token = 0,
-                             std::vector<MemoryReservation> reserved = {});
+                             int n_seq = 1, std::vector<MemoryReservation> reserved = {});
 
 // The precision-tier thresholds of the flags; throws on a bad combination (a threshold without
 // --lowbit or the reverse, W < 0, S > W).

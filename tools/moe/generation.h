@@ -14,26 +14,10 @@
 #include "runtime/sampler.h"
 #include "runtime/scmoe.h"
 #include "runtime/session.h"
+#include "runtime/stop_matcher.h"
 #include "tokenizer/tokenizer.h"
 
 namespace moe::cli {
-
-// Incremental stop-string search over streamed text.
-class StopMatcher {
- public:
-  explicit StopMatcher(std::vector<std::string> stops);
-  // Adds text; returns what is safe to print now. After a stop string was seen, stopped() is true,
-  // the returned text ends just before it, and later calls return nothing.
-  std::string push(std::string_view text);
-  // Whatever is still held back (call once generation ended without a stop string).
-  std::string flush();
-  bool stopped() const { return stopped_; }
-
- private:
-  std::vector<std::string> stops_;
-  std::string pending_;
-  bool stopped_ = false;
-};
 
 enum class StopReason { Eog, Length, StopString, ContextFull, Interrupted };
 const char* stop_reason_name(StopReason r);

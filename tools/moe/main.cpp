@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   moe::cli::register_route_stats(app, cmds);
   moe::cli::register_quantize_experts(app, cmds);
   moe::cli::register_kl_logits(app, cmds);
+  moe::cli::register_serve(app, cmds);
   moe::cli::register_remix(app, cmds);
   try {
     app.parse(argc, argv);
