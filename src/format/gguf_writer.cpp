@@ -97,6 +97,23 @@ class Out {
     buf_.clear();
   }
 
+  // Called after each tensor: starts writing it to disk, and waits for the one before it and drops it
+  // from the page cache. The output then never holds more than about two tensors in memory, which a
+  // memory cgroup would count (dirty pages can only be freed by writeback). Best effort.
+  void release_written() {
+    flush();
+    (void)::sync_file_range(fd_, static_cast<off_t>(started_), static_cast<off_t>(written_ - started_),
+                            SYNC_FILE_RANGE_WRITE);
+    if (started_ > dropped_) {
+      (void)::sync_file_range(fd_, static_cast<off_t>(dropped_), static_cast<off_t>(started_ - dropped_),
+                              SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      (void)::posix_fadvise(fd_, static_cast<off_t>(dropped_), static_cast<off_t>(started_ - dropped_),
+                            POSIX_FADV_DONTNEED);
+      dropped_ = started_;
+    }
+    started_ = written_;
+  }
+
  private:
   static constexpr size_t kBuf = 1u << 20;
 
@@ -116,6 +133,8 @@ class Out {
   const std::string& path_;
   std::vector<uint8_t> buf_;
   uint64_t written_ = 0;
+  uint64_t started_ = 0;  // [0, started_) is being written back
+  uint64_t dropped_ = 0;  // [0, dropped_) is on disk and out of the page cache
 };
 
 // Writes one scalar of numeric type t, checking that the stored value fits it.
@@ -340,6 +359,7 @@ void Writer::write(const std::string& path, uint32_t version) const {
         out.write(buf.data(), buf.size());
       }
       out.pad(align);
+      out.release_written();
     }
     out.flush();
     if (::fsync(fd) != 0) fail("{}: fsync: {}", tmp, std::strerror(errno));

@@ -15,6 +15,11 @@ void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n,
   n_ = n;
   row_bytes_ = moe::row_bytes(type, n);
   const size_t need = row_bytes_ * static_cast<size_t>(n_tokens);
+  // A buffer that once held a large batch gives the memory back when it holds far less: the executor
+  // keeps one buffer per expert of a layer, and with skewed routing the largest batch each buffer ever
+  // saw added up to 5x what any one layer needs (OLMoE-1B-7B, 512-token prompt: 83 MB against 15 MB),
+  // memory the --mem plan cannot bound. Now each holds at most twice what it last needed, plus 64 KiB.
+  if (data_.capacity() > 2 * need + kActSlackBytes) std::vector<uint8_t>().swap(data_);
   if (data_.size() < need) data_.resize(need);
   for (int64_t t = 0; t < n_tokens; ++t) {
     uint8_t* dst = data_.data() + static_cast<size_t>(t) * row_bytes_;

@@ -24,7 +24,10 @@ struct MatrixRef {
   size_t row_bytes = 0;
 };
 
-// Activations converted to one vec_dot format. Reused across calls so decode does not allocate.
+// Activations converted to one vec_dot format. Reused across calls so decode does not allocate, but never
+// holding more than twice what the last call needed plus kActSlackBytes (the --mem plan relies on it).
+inline constexpr size_t kActSlackBytes = 64u << 10;
+
 class ActBuffer {
  public:
   // Converts n_tokens rows of n floats (stride x_stride floats) to `type`.
@@ -39,6 +42,7 @@ class ActBuffer {
   const int32_t* block_sums(int64_t t) const {
     return block_sums_.empty() ? nullptr : block_sums_.data() + static_cast<size_t>(t * (n_ / 32));
   }
+  size_t held_bytes() const { return data_.capacity(); }  // what the buffer holds, used or not
 
  private:
   std::vector<uint8_t> data_;

@@ -171,11 +171,16 @@ void write_low_bit_experts(const Model& model, DType type, const std::string& ou
         }
       });
       if (!error.empty()) throw Error(error);
+      // Read once: its page cache would only crowd the memory (and a cgroup's limit) until reclaimed.
+      file->drop_cached_tensor_bytes(*info);
       ++*tensors_done;
       if (progress) progress(*tensors_done, n_tensors, rows_done->load(), rows_total);
     });
   }
   w.write(out_path);
+  // Readahead past a tensor's end may have cached the start of one processed before: drop them all again.
+  for (const WeightView* v : tensors)
+    if (const gguf::TensorInfo* info = src->find_tensor(v->info->name)) src->drop_cached_tensor_bytes(*info);
 }
 
 uint64_t low_bit_file_expert_bytes(const std::string& path) {

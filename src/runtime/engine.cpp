@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "base/error.h"
+#include "kernels/matmul.h"
 #include "kernels/q4k_repack.h"
 #include "model/kv_cache.h"
 #include "model/lowbit_experts.h"
@@ -14,8 +15,14 @@ namespace moe {
 
 namespace {
 
-// Fixed costs the budget must also cover: code, libraries, tokenizer tables, thread stacks.
-constexpr uint64_t kFixedOverhead = 48ull << 20;
+// What the engine allocates beyond weights, KV cache, activations and the expert pool: its threads'
+// stacks, the expert store's I/O rings, OpenBLAS's per-thread packing buffers, allocator slack and the
+// kernel's page tables. Code, libraries and what the command built before the engine opened (a
+// tokenizer, its inputs) are EngineOptions::held_bytes, measured by the caller.
+constexpr uint64_t kEngineOverhead = 32ull << 20;
+// The engine's gguf::File keeps the metadata parsed (token strings, merges, tensor infos): measured at
+// 1.5-3.1x the header's bytes in the file (llama-bpe: 7.8 MB of header, 23 MB parsed).
+constexpr uint64_t kParsedMetadataPerHeaderByte = 4;
 
 // The experts a token may get in a layer: the model's k, or what the routing policy allows.
 int64_t planned_k(const MoeSpec& m, int experts_per_token) {
@@ -23,39 +30,68 @@ int64_t planned_k(const MoeSpec& m, int experts_per_token) {
   return std::min<int64_t>(m.n_expert, std::max(m.n_expert_used, experts_per_token));
 }
 
-uint64_t buffer_bytes_for(const ModelSpec& s, int64_t n_batch, int64_t n_ctx, int experts_per_token) {
-  // Per token of a batch, in floats: hidden state, normed copy and FFN output; q, k, v and attention
-  // output; the larger of a dense / shared-expert FFN (gate, up) and a MoE layer (the executor's
-  // gathered inputs, per-slot outputs, expert outputs, gate and up, and 8-bit activations); logits.
+uint64_t buffer_bytes_for(const Model& m, int64_t n_batch, int64_t n_ctx, int experts_per_token) {
+  const ModelSpec& s = m.spec();
+  // Per token of a batch, in floats: hidden state, normed copy and FFN output; the router's fp32 input
+  // copies and the 8-bit activations of the dense projections; q, k, v and attention output (MLA: each
+  // head's full query and its output after attn_v_b); the FFN; the logits. The FFN: a MoE layer's
+  // gathered inputs, per-slot outputs and expert outputs, gate and up, and 8-bit activations of its
+  // experts (gate/up input, up input when its type differs, down input: at most 1.14 bytes per element,
+  // and a kernels::ActBuffer keeps up to twice what it last needed), for as many experts per token as
+  // the routing policy allows; plus any dense or shared-expert FFN in the same layer (gate, up, its
+  // 8-bit activations and its output).
   int64_t ffn = 0;
+  int max_experts = 0;
   for (const auto& L : s.layers) {
-    ffn = std::max(ffn, 2 * std::max(L.n_ff_dense, L.moe.n_ff_shexp));
-    const int64_t k = std::max<int64_t>(1, planned_k(L.moe, experts_per_token));
-    if (L.is_moe) ffn = std::max(ffn, 3 * k * s.n_embd + 2 * k * L.moe.n_ff_exp + (k * (s.n_embd + L.moe.n_ff_exp)) / 4);
+    const int64_t dense_ff = std::max(L.n_ff_dense, L.moe.n_ff_shexp);
+    int64_t layer = dense_ff > 0 ? 3 * dense_ff + s.n_embd : 0;
+    if (L.is_moe) {
+      const int64_t k = std::max<int64_t>(1, planned_k(L.moe, experts_per_token));
+      layer += 3 * k * s.n_embd + 2 * k * L.moe.n_ff_exp + (3 * k * (2 * s.n_embd + L.moe.n_ff_exp)) / 5;
+      max_experts = std::max(max_experts, L.moe.n_expert);
+    }
+    ffn = std::max(ffn, layer);
   }
-  // MLA also holds each head's full query and its output after attn_v_b.
   const int64_t mla = s.is_mla() ? s.n_head * (s.mla.qk_nope + s.mla.qk_rope + s.mla.v_head) : 0;
-  const int64_t per_token = 3 * s.n_embd + 2 * s.q_dim() + s.kv_dim() + s.v_dim() + mla + ffn + s.n_vocab;
+  const int64_t per_token = 6 * s.n_embd + 2 * s.q_dim() + s.kv_dim() + s.v_dim() + mla + ffn + s.n_vocab;
   // A batch widens the layer's KV cache to fp32 for attention.
   const uint64_t widened_kv =
       static_cast<uint64_t>(n_ctx) * static_cast<uint64_t>(s.kv_dim() + s.v_dim()) * sizeof(float);
-  return static_cast<uint64_t>(per_token) * sizeof(float) * static_cast<uint64_t>(n_batch) + widened_kv +
-         kFixedOverhead;
+  // The executor's per-expert activation buffers each keep up to kActSlackBytes beyond their need.
+  const uint64_t act_slack = 3ull * static_cast<uint64_t>(max_experts) * kernels::kActSlackBytes;
+  const uint64_t metadata = kParsedMetadataPerHeaderByte * m.file().data_offset();
+  return static_cast<uint64_t>(per_token) * sizeof(float) * static_cast<uint64_t>(n_batch) + widened_kv + act_slack +
+         kEngineOverhead + metadata;
 }
 
 }  // namespace
 
+uint64_t MemoryPlan::reserved_bytes() const {
+  uint64_t sum = 0;
+  for (const MemoryReservation& r : reserved) sum += r.bytes;
+  return sum;
+}
+
+uint64_t MemoryPlan::total_bytes() const {
+  return held_bytes + weights_resident + low_bit_bytes + kv_bytes + buffer_bytes + reserved_bytes() +
+         expert_pool_bytes;
+}
+
 std::string MemoryPlan::describe() const {
   auto gib = [](uint64_t b) { return static_cast<double>(b) / (1ull << 30); };
+  // What the process holds besides the engine, and what the caller reserved: only when there is some.
+  std::string extra;
+  if (held_bytes) extra += fmt::format(", held before loading {:.2f} GiB", gib(held_bytes));
+  for (const MemoryReservation& r : reserved) extra += fmt::format(", {} {:.2f} GiB", r.what, gib(r.bytes));
   if (!offload) {
     const std::string low = low_bit_bytes ? fmt::format(" + low-bit experts {:.2f} GiB", gib(low_bit_bytes)) : "";
-    return fmt::format("all weights resident ({:.2f} GiB){} + KV {:.2f} GiB + buffers {:.2f} GiB", gib(weights_total),
-                       low, gib(kv_bytes), gib(buffer_bytes));
+    return fmt::format("all weights resident ({:.2f} GiB){} + KV {:.2f} GiB + buffers {:.2f} GiB{}", gib(weights_total),
+                       low, gib(kv_bytes), gib(buffer_bytes), extra);
   }
   return fmt::format(
-      "experts stream from disk: resident weights {:.2f} GiB of {:.2f} GiB, KV {:.2f} GiB, buffers {:.2f} GiB, "
+      "experts stream from disk: resident weights {:.2f} GiB of {:.2f} GiB, KV {:.2f} GiB, buffers {:.2f} GiB{}, "
       "expert pool {:.2f} GiB",
-      gib(weights_resident), gib(weights_total), gib(kv_bytes), gib(buffer_bytes), gib(expert_pool_bytes));
+      gib(weights_resident), gib(weights_total), gib(kv_bytes), gib(buffer_bytes), extra, gib(expert_pool_bytes));
 }
 
 MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_expert_bytes) {
@@ -64,32 +100,46 @@ MemoryPlan plan_memory(const Model& m, const EngineOptions& o, uint64_t low_bit_
   p.weights_total = r.total;
   if (o.n_seq < 1) fail("engine: {} sequences: at least one is needed", o.n_seq);
   p.kv_bytes = KvCache::bytes_for(m.spec(), o.n_ctx) * static_cast<uint64_t>(o.n_seq);
-  p.buffer_bytes = buffer_bytes_for(m.spec(), o.n_batch, o.n_ctx, o.experts_per_token);
+  // No batch is longer than the context times the sequences (chat asks for 512-token batches whatever its -c).
+  const int64_t n_batch = std::max<int64_t>(1, std::min(o.n_batch, o.n_ctx * o.n_seq));
+  p.buffer_bytes = buffer_bytes_for(m, n_batch, o.n_ctx, o.experts_per_token);
+  p.held_bytes = o.held_bytes;
+  p.reserved = o.reserved;
+  // Held and reserved bytes share the budget with the engine.
+  const uint64_t outside = p.held_bytes + p.reserved_bytes();
+  std::string outside_text;
+  if (p.held_bytes) outside_text += fmt::format(" + {} held before loading", p.held_bytes);
+  for (const MemoryReservation& res : p.reserved) outside_text += fmt::format(" + {} {}", res.bytes, res.what);
   const uint64_t experts = r.by_placement[static_cast<size_t>(Placement::Expert)];
-  const bool fits =
-      o.mem_bytes == 0 || p.weights_total + low_bit_expert_bytes + p.kv_bytes + p.buffer_bytes <= o.mem_bytes;
+  const bool fits = o.mem_bytes == 0 ||
+                    outside + p.weights_total + low_bit_expert_bytes + p.kv_bytes + p.buffer_bytes <= o.mem_bytes;
   p.offload = experts > 0 && (o.force_offload || !fits);
   if (!p.offload) {
     p.weights_resident = p.weights_total;
     p.low_bit_bytes = low_bit_expert_bytes;
     if (o.mem_bytes != 0 && !fits)
-      fail("--mem {} bytes: the model needs {} bytes of weights + {} KV + {} buffers and has no experts to stream",
-           o.mem_bytes, p.weights_total, p.kv_bytes, p.buffer_bytes);
+      fail("--mem {} bytes: the model needs {} bytes of weights + {} KV + {} buffers{} and has no experts to stream",
+           o.mem_bytes, p.weights_total, p.kv_bytes, p.buffer_bytes, outside_text);
     return p;
   }
   p.weights_resident = p.weights_total - experts;
-  const uint64_t fixed = p.weights_resident + p.kv_bytes + p.buffer_bytes;
+  const uint64_t fixed = outside + p.weights_resident + p.kv_bytes + p.buffer_bytes;
   if (o.mem_bytes == 0) {
     // Forced offload without a budget: room for every expert (and every low-bit copy).
     p.expert_pool_bytes = experts + low_bit_expert_bytes;
   } else {
     if (o.mem_bytes <= fixed)
-      fail("--mem {} bytes is too small: non-expert weights {} + KV cache {} + buffers {} already need {} bytes "
+      fail("--mem {} bytes is too small: non-expert weights {} + KV cache {} + buffers {}{} already need {} bytes "
            "(a smaller -c context also helps)",
-           o.mem_bytes, p.weights_resident, p.kv_bytes, p.buffer_bytes, fixed);
+           o.mem_bytes, p.weights_resident, p.kv_bytes, p.buffer_bytes, outside_text, fixed);
     p.expert_pool_bytes = o.mem_bytes - fixed;
   }
   return p;
+}
+
+MemoryPlan plan_memory(const std::string& path, const EngineOptions& o) {
+  auto header = Model::load(path, gguf::DataAccess::Mmap, /*defer_experts=*/true);
+  return plan_memory(*header, o, o.low_bit_path.empty() ? 0 : low_bit_file_expert_bytes(o.low_bit_path));
 }
 
 namespace {
@@ -110,10 +160,7 @@ std::unique_ptr<Engine> Engine::open(const std::string& path, const EngineOption
     e->routing_use_ = std::make_unique<RoutingUseCounters>(std::move(model_k));
   };
   // Plan from a header-only view (deferred experts, mmap: nothing is read yet).
-  {
-    auto header = Model::load(path, gguf::DataAccess::Mmap, /*defer_experts=*/true);
-    e->plan_ = plan_memory(*header, o, low_bit ? low_bit_file_expert_bytes(o.low_bit_path) : 0);
-  }
+  e->plan_ = plan_memory(path, o);
   if (!e->plan_.offload) {
     e->model_ = Model::load(path, o.mmap ? gguf::DataAccess::Mmap : gguf::DataAccess::Pread);
     repack_for_kernels(*e->model_, o);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "format/gguf.h"
 #include "model/weights.h"
@@ -15,8 +16,15 @@
 
 namespace moe {
 
+// Memory a caller will allocate for itself while the engine runs (a benchmark's probe buffer, an output
+// buffer), counted against the budget and named in the plan.
+struct MemoryReservation {
+  std::string what;
+  uint64_t bytes = 0;
+};
+
 struct EngineOptions {
-  uint64_t mem_bytes = 0;     // total budget for weights + KV cache + buffers; 0 = unlimited
+  uint64_t mem_bytes = 0;     // total budget for everything the process holds; 0 = unlimited
   int64_t n_ctx = 4096;       // context the KV cache is sized for
   int n_seq = 1;              // KV caches of n_ctx each (a server's slots); all count against the budget
   int64_t n_batch = 512;      // largest prompt batch (sizes the activation buffers)
@@ -42,6 +50,11 @@ struct EngineOptions {
   // side file is mapped too (its bytes count against the budget). Streaming: the copies are read into
   // the expert pool on demand. When they are used is up to the forward options (ExpertPrecision).
   std::string low_bit_path;
+  // What the process already holds when the engine opens (code, libraries, a tokenizer, tokenized
+  // inputs), counted against mem_bytes. The CLI measures it (VmRSS); a library caller says what it knows.
+  uint64_t held_bytes = 0;
+  // Allocations the caller will make besides the engine's own, counted against mem_bytes.
+  std::vector<MemoryReservation> reserved;
   // The most experts a token may get in one layer under the routing policies sessions will use
   // (policy_max_experts): 0 = the model's k, -1 = every expert. Activation buffers and the smallest
   // expert pool are planned for it.
@@ -55,15 +68,25 @@ struct MemoryPlan {
   uint64_t weights_total = 0;       // all tensors
   uint64_t weights_resident = 0;    // what stays in memory
   uint64_t kv_bytes = 0;
-  uint64_t buffer_bytes = 0;        // activations, scratch and fixed overhead (estimate)
+  // Activations and scratch for the batch size, plus the engine's own overhead: thread stacks, I/O rings,
+  // the model file's parsed metadata (estimates).
+  uint64_t buffer_bytes = 0;
+  uint64_t held_bytes = 0;          // EngineOptions::held_bytes
+  std::vector<MemoryReservation> reserved;  // EngineOptions::reserved
   uint64_t expert_pool_bytes = 0;   // offload only
   uint64_t low_bit_bytes = 0;       // resident low-bit copies (mapped side file); 0 when offloading
+  uint64_t reserved_bytes() const;
+  // Everything the plan counts: with a budget, at most the budget.
+  uint64_t total_bytes() const;
   std::string describe() const;
 };
 
 // Estimates the plan without loading weights (reads only the header). low_bit_expert_bytes: the
 // side file's expert bytes, which a resident plan must also hold.
 MemoryPlan plan_memory(const Model& model_header_only, const EngineOptions& opts, uint64_t low_bit_expert_bytes = 0);
+// The plan Engine::open(path, opts) will follow, from the file's header only (nothing is loaded). Throws
+// what open would throw when the budget is too small.
+MemoryPlan plan_memory(const std::string& path, const EngineOptions& opts);
 
 class Engine {
  public:

@@ -62,6 +62,70 @@ void write_file_atomic(const std::string& path, const void* data, size_t size) {
   }
 }
 
+namespace {
+// Written bytes are pushed to disk and dropped from the page cache in steps of this size.
+constexpr uint64_t kWritebackStep = 8ull << 20;
+}  // namespace
+
+AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
+  tmp_ = path_ + ".tmp." + std::to_string(getpid());
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fail("{}: cannot create: {}", tmp_, std::strerror(errno));
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+void AtomicFileWriter::write(const void* data, size_t size) {
+  if (fd_ < 0) fail("{}: write after commit", path_);
+  const auto* p = static_cast<const uint8_t*>(data);
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t w = ::write(fd_, p + done, size - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail("{}: write failed: {}", tmp_, std::strerror(errno));
+    }
+    done += static_cast<size_t>(w);
+  }
+  written_ += size;
+  if (written_ - dropped_ >= 2 * kWritebackStep) drop_written(false);
+}
+
+// Starts writeback of what was written since the last call and waits for, then drops, the step before
+// it: at most about two steps of the output are in the page cache at any time.
+void AtomicFileWriter::drop_written(bool wait) {
+  const uint64_t upto = wait ? written_ : written_ - kWritebackStep;
+  (void)::sync_file_range(fd_, static_cast<off_t>(dropped_), static_cast<off_t>(written_ - dropped_),
+                          SYNC_FILE_RANGE_WRITE);
+  if (upto <= dropped_) return;
+  (void)::sync_file_range(fd_, static_cast<off_t>(dropped_), static_cast<off_t>(upto - dropped_),
+                          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+  (void)::posix_fadvise(fd_, static_cast<off_t>(dropped_), static_cast<off_t>(upto - dropped_), POSIX_FADV_DONTNEED);
+  dropped_ = upto;
+}
+
+void AtomicFileWriter::commit() {
+  if (fd_ < 0) fail("{}: committed twice", path_);
+  if (::fsync(fd_) != 0) fail("{}: cannot flush: {}", tmp_, std::strerror(errno));
+  drop_written(true);
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) {
+    ::unlink(tmp_.c_str());
+    fail("{}: cannot flush: {}", tmp_, std::strerror(errno));
+  }
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const int e = errno;
+    ::unlink(tmp_.c_str());
+    fail("{}: cannot rename into place: {}", path_, std::strerror(e));
+  }
+}
+
 std::string human_bytes(uint64_t b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(b);

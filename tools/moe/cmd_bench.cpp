@@ -6,7 +6,9 @@
 //   ttft   prompt eval of p tokens + the first (greedy) sample, in ms
 //   decode_gbps   active bytes per token (Model::byte_report) * tg tok/s
 //   mem_bw_gbps   a streaming-read probe run here, with the same thread count (best of 3 passes), just
-//                 before each timed decode run: the median of those probes
+//                 before each timed decode run: the median of those probes. Under --mem the probe's buffer
+//                 counts against the budget (plan_probe): it shrinks, runs once before the model loads, or
+//                 is skipped, and says so on stderr
 //   roofline_frac each decode run's GB/s over the probe taken just before it: the median of those
 //                 ratios. Bandwidth on a shared machine swings by 2x within minutes, so a decode run is
 //                 compared with the bandwidth of its own moment, alternating, as performance.md asks of
@@ -117,6 +119,64 @@ double probe_read_bandwidth(ThreadPool& pool, size_t bytes, int passes) {
   return best;
 }
 
+// Below this a probe reads partly from cache: on the development VM 64 MiB read 3-5x faster than 128 MiB,
+// while 128 MiB, 256 MiB and 1 GiB agreed within run-to-run noise.
+constexpr uint64_t kMinProbeBytes = 128ull << 20;
+// Room left beside the probe's buffer for what the process's footprint may add meanwhile (allocator, stacks).
+constexpr uint64_t kProbeMargin = 16ull << 20;
+
+enum class ProbeWhen { EachRun, BeforeLoad, None };
+
+struct ProbePlan {
+  uint64_t bytes = 0;
+  ProbeWhen when = ProbeWhen::EachRun;
+  std::string note;  // what --mem changed ("" = nothing)
+};
+
+// The bandwidth probe under --mem, whose buffer counts against the budget like everything else:
+//   - before each decode run, as without --mem, when the buffer fits in what the plan leaves of the budget
+//     (a resident model with room to spare), shrunk to that room if needed;
+//   - otherwise once before the model loads, when the budget is still free (streaming: the expert pool
+//     takes everything the plan leaves, and giving the probe part of it would make the benchmark's pool
+//     smaller than `moe run`'s at the same --mem); its buffer is freed before anything is loaded;
+//   - skipped, when even then the budget holds less than a DRAM measurement needs.
+ProbePlan plan_probe(const std::string& model_path, const EngineFlags& flags, int64_t n_ctx, int64_t n_batch,
+                     uint64_t asked) {
+  ProbePlan pp{asked, ProbeWhen::EachRun, ""};
+  if (asked == 0) pp.when = ProbeWhen::None;
+  if (asked == 0 || flags.mem.empty()) return pp;
+  const EngineOptions o = engine_options(flags, n_ctx, n_batch);
+  const MemoryPlan plan = plan_memory(model_path, o);
+  const uint64_t need = std::min<uint64_t>(asked, kMinProbeBytes);
+  // The margin keeps the plan resident when the engine opens: what the process holds then (measured
+  // again) may have grown a little (the header this plan read leaves heap behind).
+  const uint64_t planned = plan.total_bytes() + kProbeMargin;
+  const uint64_t spare = !plan.offload && o.mem_bytes > planned ? o.mem_bytes - planned : 0;
+  const std::string budget = fmt::format("--mem {}", flags.mem);
+  if (spare >= need) {
+    pp.bytes = std::min(asked, spare);
+    if (pp.bytes < asked)
+      pp.note = fmt::format("{} instead of {}: what {} leaves beside the resident model", human_bytes(pp.bytes),
+                            human_bytes(asked), budget);
+    return pp;
+  }
+  const uint64_t held = o.held_bytes + kProbeMargin;
+  const uint64_t free_now = o.mem_bytes > held ? o.mem_bytes - held : 0;
+  const std::string why = plan.offload ? "the expert pool takes what the plan leaves of " + budget
+                                       : budget + " leaves " + human_bytes(spare) + " beside the resident model";
+  if (free_now < need) {
+    pp.bytes = 0;
+    pp.when = ProbeWhen::None;
+    pp.note = fmt::format("skipped: {}, and before loading it holds {}, under the {} a DRAM measurement needs", why,
+                          human_bytes(free_now), human_bytes(kMinProbeBytes));
+    return pp;
+  }
+  pp.bytes = std::min(asked, free_now);
+  pp.when = ProbeWhen::BeforeLoad;
+  pp.note = fmt::format("of {} once before loading, not before each decode run: {}", human_bytes(pp.bytes), why);
+  return pp;
+}
+
 // Resets VmHWM to the current RSS (Linux's clear_refs "5"), so a freed probe buffer leaves no trace
 // in the peak. False where the kernel does not allow it.
 bool reset_peak_rss() {
@@ -165,15 +225,26 @@ std::string type_summary(const Model& m) {
 int run_bench(const BenchArgs& a) {
   const int n_threads = resolve_threads(a.threads);
   if (a.reps < 1) fail("bench: -r must be >= 1");
-  const auto t_load = Clock::now();
   const int64_t n_ctx = std::max<int64_t>(a.n_prompt, a.depth + a.n_gen) + 1;
   const int64_t n_batch = std::max<int64_t>({1, a.n_prompt, std::min<int64_t>(a.depth, 512)});
-  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch);
+  ThreadPool pool(n_threads);
+  // The probe's buffer counts against --mem like the engine's memory (plan_probe): reserved in the plan
+  // when it runs between the timed runs, or used and freed before anything loads.
+  const ProbePlan probe = plan_probe(a.model, a.engine, n_ctx, n_batch, static_cast<uint64_t>(a.bw_gib * (1 << 30)));
+  if (!probe.note.empty()) std::fprintf(stderr, "moe bench: bandwidth probe %s\n", probe.note.c_str());
+  std::vector<double> bw_rep;
+  if (probe.when == ProbeWhen::BeforeLoad) {
+    bw_rep.push_back(probe_read_bandwidth(pool, probe.bytes, 5));
+    reset_peak_rss();  // peak_rss describes the engine, not the probe's freed buffer
+  }
+  std::vector<MemoryReservation> reserved;
+  if (probe.when == ProbeWhen::EachRun && !a.engine.mem.empty()) reserved.push_back({"bandwidth probe", probe.bytes});
+  const auto t_load = Clock::now();
+  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, 0, 1, std::move(reserved));
   const Model* model = &engine->model();
   const double load_s = seconds_since(t_load);
   const ModelSpec& spec = model->spec();
   const Model::ByteReport br = model->byte_report();
-  ThreadPool pool(n_threads);
   const ForwardOptions fo = forward_options(a.engine, *engine, false);
   Session session(*model, engine->store(), n_ctx, fo);
   // Experts routed per layer over the timed decode runs: under a routing policy they, not the model's k,
@@ -279,11 +350,11 @@ int run_bench(const BenchArgs& a) {
   // Warm-up (untimed): pages the mapped weights in, sizes the scratch buffers.
   if (a.n_prompt > 0) run_pp(false);
   if (a.n_gen > 0) run_tg(false, std::min<int64_t>(a.n_gen, 4));
-  const size_t probe_bytes = static_cast<size_t>(a.bw_gib * (1 << 30));
+  const size_t probe_bytes = static_cast<size_t>(probe.bytes);
   // Probe just before each decode run when the probe's buffer can be kept out of the peak RSS.
-  const bool probe_each_rep = a.bw_gib > 0 && a.n_gen > 0 && reset_peak_rss();
+  const bool probe_each_rep =
+      probe.when == ProbeWhen::EachRun && probe_bytes > 0 && a.n_gen > 0 && reset_peak_rss();
   uint64_t rss = peak_rss_bytes();  // load and warm-up
-  std::vector<double> bw_rep;
   for (int r = 0; r < a.reps; ++r) {
     if (a.n_prompt > 0) run_pp(true);
     if (probe_each_rep) {
@@ -296,7 +367,8 @@ int run_bench(const BenchArgs& a) {
                               pp_rate.empty() ? 0.0 : pp_rate.back(), tg_rate.empty() ? 0.0 : tg_rate.back());
   }
   rss = std::max(rss, peak_rss_bytes());  // before any later probe buffer exists
-  if (a.bw_gib > 0 && !probe_each_rep) bw_rep.push_back(probe_read_bandwidth(pool, probe_bytes, 5));
+  if (probe.when == ProbeWhen::EachRun && probe_bytes > 0 && !probe_each_rep)
+    bw_rep.push_back(probe_read_bandwidth(pool, probe_bytes, 5));
   const Stat bw_stat = stat_of(bw_rep);
   const double bw = bw_stat.median;
 
@@ -364,7 +436,12 @@ int run_bench(const BenchArgs& a) {
   j["mem_bw_gbps"] = bw;
   j["mem_bw_gbps_min"] = bw_stat.min;
   j["mem_bw_gbps_max"] = bw_stat.max;
-  j["mem_bw_probe"] = probe_each_rep ? "before each decode run" : (bw > 0 ? "after all runs" : "none");
+  j["mem_bw_probe"] = probe_each_rep                        ? "before each decode run"
+                     : probe.when == ProbeWhen::BeforeLoad ? "before loading"
+                     : bw > 0                              ? "after all runs"
+                                                           : "none";
+  j["mem_bw_probe_bytes"] = probe_bytes;
+  if (!probe.note.empty()) j["mem_bw_probe_note"] = probe.note;
   j["roofline_tok_s"] = bw > 0 ? bw * 1e9 / active : 0.0;
   j["roofline_frac"] = frac.median;
   j["roofline_frac_min"] = frac.min;
@@ -372,6 +449,8 @@ int run_bench(const BenchArgs& a) {
   j["peak_rss_bytes"] = rss;
   j["load_s"] = load_s;
   j["mode"] = offload ? "offload" : "resident";
+  j["plan"] = engine->plan().describe();
+  j["plan_bytes"] = plan_bytes_json(engine->plan());
   if (offload) {
     j["mem_budget"] = a.engine.mem;
     j["cache_policy"] = offload->policy_name();
@@ -404,8 +483,9 @@ int run_bench(const BenchArgs& a) {
     std::printf("routing          %s: %.2f experts per token per MoE layer in decode\n", fo.routing.to_json().dump().c_str(),
                 experts_per_token);
   std::printf("decode GB/s      %.2f\n", decode_gbps);
-  std::printf("memory bw GB/s   %.2f  [min %.2f, max %.2f] (read probe %s, %d threads, %.2f GiB)\n", bw, bw_stat.min,
-              bw_stat.max, j["mem_bw_probe"].get<std::string>().c_str(), n_threads, a.bw_gib);
+  std::printf("memory bw GB/s   %.2f  [min %.2f, max %.2f] (read probe %s, %d threads, %s%s)\n", bw, bw_stat.min,
+              bw_stat.max, j["mem_bw_probe"].get<std::string>().c_str(), n_threads, human_bytes(probe_bytes).c_str(),
+              probe.note.empty() ? "" : (", " + probe.note).c_str());
   std::printf("roofline         %.1f%%  [min %.1f%%, max %.1f%%] (bound %.2f tok/s)\n", 100.0 * frac.median,
               100.0 * frac.min, 100.0 * frac.max, bw > 0 ? bw * 1e9 / active : 0.0);
   std::printf("peak RSS         %s\n", human_bytes(rss).c_str());
@@ -433,7 +513,10 @@ void register_bench(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-d,--depth", a->depth, "Context tokens in the KV cache before tg starts (evaluated untimed)")
       ->check(CLI::Range(0, 1 << 20));
   sub->add_option("-r,--reps", a->reps, "Repetitions (median, min, max)")->check(CLI::Range(1, 1000));
-  sub->add_option("--bw-gib", a->bw_gib, "Bandwidth probe buffer in GiB (0 = skip the probe)")->check(CLI::Range(0.0, 64.0));
+  sub->add_option("--bw-gib", a->bw_gib,
+                  "Bandwidth probe buffer in GiB (0 = skip the probe). With --mem it counts in the budget: it runs "
+                  "before each decode run in what a resident model leaves (shrunk to fit), else once before the "
+                  "model loads (experts stream: the pool keeps its full share), or is skipped, saying so")->check(CLI::Range(0.0, 64.0));
   sub->add_option("--seed", a->seed, "Seed for the random prompt");
   add_engine_flags(sub, a->engine);
   sub->add_flag("--json", a->json, "Print one JSON object");

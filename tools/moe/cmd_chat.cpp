@@ -258,6 +258,8 @@ class ChatLoop {
     const size_t n_eval_answer = static_cast<size_t>(session_.n_past()) - cached_.size();
     cached_.insert(cached_.end(), r.ids.begin(), r.ids.begin() + static_cast<std::ptrdiff_t>(n_eval_answer));
     msgs_.push_back({"assistant", r.text});
+    generated_ += r.ids.size();
+    generate_seconds_ += r.seconds;
     // What the next turn can build on: the prompt and, unless a stop string cut the text short of
     // the sampled ids, the answer's ids.
     history_text_ = text;
@@ -301,6 +303,12 @@ class ChatLoop {
   std::vector<int32_t> history_ids_;
   int n_turns_ = 0;
   CliTrace* trace_ = nullptr;  // --trace: each turn is an input; answers are generated tokens
+  uint64_t generated_ = 0;       // tokens generated over all turns, and the time it took (--stats)
+  double generate_seconds_ = 0;
+
+ public:
+  uint64_t generated() const { return generated_; }
+  double generate_seconds() const { return generate_seconds_; }
 };
 
 int run_chat(const ChatArgs& a) {
@@ -347,6 +355,9 @@ int run_chat(const ChatArgs& a) {
   ChatLoop loop(a, *tok, tmpl, session, pool, g_sigint, interactive, trace.get());
   const int rc = loop.run();
   if (trace) trace->finish();
+  // Every answer ended its line on stdout, so these start on a line of their own.
+  report_engine_stats(a.engine, *engine, &session.forward().prediction_stats(), loop.generated(),
+                      loop.generate_seconds());
   return rc;
 }
 

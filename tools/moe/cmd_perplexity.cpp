@@ -22,6 +22,7 @@
 #include "commands.h"
 #include "engine_flags.h"
 #include "generation.h"
+#include "text_inputs.h"
 #include "model/forward.h"
 #include "analysis/expert_npmi.h"
 #include "moe/expert_load.h"
@@ -185,17 +186,28 @@ std::string usage_html(const std::string& model, const std::vector<FileResult>& 
 }
 
 int run_perplexity(PerplexityArgs& a) {
+  if (a.scmoe) a.scmoe_params.check();
+  // Tokenized before the engine opens: under --mem the tokenizer and the texts never share the budget
+  // with the model, and the ids that stay count as held.
+  const std::vector<std::vector<int32_t>> all_ids = tokenize_text_files(a.model, a.files, a.engine);
+  for (size_t f = 0; f < a.files.size(); ++f)
+    if (all_ids[f].size() < 2) fail("{}: fewer than 2 tokens, nothing to score", a.files[f]);
   ThreadPool pool(resolve_threads(a.threads));
-  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx);
+  // The batch is the window: its [ctx][n_vocab] logits are part of the plan's buffers. SCMoE's weak pass is
+  // a second session with its own KV cache and buffers: reserved under --mem.
+  std::vector<MemoryReservation> reserved;
+  if (a.scmoe && !a.engine.mem.empty()) {
+    const MemoryPlan p = plan_memory(a.model, engine_options(a.engine, a.ctx, a.ctx));
+    reserved.push_back({"SCMoE weak session", p.kv_bytes + p.buffer_bytes});
+  }
+  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx, 0, 1, std::move(reserved));
   const Model& model = engine->model();
   const ModelSpec& spec = model.spec();
-  auto tok = Tokenizer::from_gguf(model.file());
   const ForwardOptions fo = forward_options(a.engine, *engine, false);
   Session session(model, engine->store(), a.ctx, fo);
   std::unique_ptr<Session> weak;
   std::vector<float> scores(static_cast<size_t>(spec.n_vocab));
   if (a.scmoe) {
-    a.scmoe_params.check();
     ForwardOptions wo = fo;
     wo.routing = scmoe_weak_policy(fo.routing, a.scmoe_params.rank);
     wo.routing_use = nullptr;
@@ -209,9 +221,9 @@ int run_perplexity(PerplexityArgs& a) {
   std::vector<FileResult> results;
   const auto t0 = std::chrono::steady_clock::now();
   uint64_t evaluated = 0;
-  for (const std::string& path : a.files) {
-    const std::vector<int32_t> ids = tok->encode(read_text_file(path), false, false);
-    if (ids.size() < 2) fail("{}: fewer than 2 tokens, nothing to score", path);
+  for (size_t fi = 0; fi < a.files.size(); ++fi) {
+    const std::string& path = a.files[fi];
+    const std::vector<int32_t>& ids = all_ids[fi];
     ExpertCounter counter(spec);
     session.forward().set_observer(&counter);
     if (trace) {
@@ -355,6 +367,10 @@ void register_perplexity(CLI::App& app, CommandSet& cmds) {
   sub->add_option("--html", a->html_out, "write an HTML report with expert-usage heatmaps");
   add_engine_flags(sub, a->engine);
   add_trace_flags(sub, a->trace);
+  sub->footer(
+      "Memory: with --mem SIZE, at most SIZE (the experts stream from disk when the model does not fit). Without "
+      "it, the whole model, plus one window's KV cache, activations and [ctx][n_vocab] logits (twice with --scmoe), "
+      "plus the token ids of every file. The files are tokenized before the model loads.");
   const std::string g = "Decoding strategies (docs/routing-lab.md)";
   sub->add_flag("--scmoe", a->scmoe, "Also report next-token accuracy under SCMoE self-contrast (weak pass: one expert "
                                      "by router rank)")

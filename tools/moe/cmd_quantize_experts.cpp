@@ -2,6 +2,7 @@
 // routed expert (model/lowbit_experts.h), for `--lowbit SIDE.gguf --lowbit-below W` at run time.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -35,9 +36,16 @@ int run_quantize_experts(const QuantizeExpertsArgs& a) {
   const int n_threads = resolve_threads(a.threads);
   ThreadPool pool(n_threads);
   const uint64_t expert_bytes = model->byte_report().by_placement[static_cast<size_t>(Placement::Expert)];
-  std::fprintf(stderr, "moe quantize-experts: %s (%s of experts) -> %s as %s, %d threads\n", a.model.c_str(),
-               human_bytes(expert_bytes).c_str(), a.out.c_str(), std::string(dtype_traits(*type).name).c_str(),
-               n_threads);
+  // What the output holds at most: the largest expert tensor (all experts of one matrix) at the new type.
+  uint64_t largest = 0;
+  for (int il = 0; il < model->spec().n_layer; ++il)
+    for (Role r : {Role::ExpGate, Role::ExpUp, Role::ExpDown})
+      if (const WeightView& v = model->layer(il)[r])
+        largest = std::max<uint64_t>(largest, row_bytes(*type, v.cols) * static_cast<uint64_t>(v.rows * v.n_mat));
+  std::fprintf(stderr, "moe quantize-experts: %s (%s of experts) -> %s as %s, %d threads; holds one output tensor "
+                       "at a time (at most %s)\n",
+               a.model.c_str(), human_bytes(expert_bytes).c_str(), a.out.c_str(),
+               std::string(dtype_traits(*type).name).c_str(), n_threads, human_bytes(largest).c_str());
 
   const auto t0 = std::chrono::steady_clock::now();
   const bool tty = isatty(STDERR_FILENO);
@@ -76,6 +84,11 @@ void register_quantize_experts(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-o,--output", a->out, "Side file to write (GGUF holding only the expert tensors)")->required();
   sub->add_option("-t,--threads", a->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_flag("-q,--quiet", a->quiet, "No progress line");
+  sub->footer(
+      "Memory: holds one output tensor at a time (all experts of one matrix of one layer, at the new type; the "
+      "largest is printed at the start), plus a chunk of rows per thread and the model's metadata. The model's "
+      "expert bytes are read with pread, tensor by tensor, and dropped from the page cache after use; the output "
+      "is written to disk tensor by tensor. No --mem: this is the most it holds.");
   cmds.add(sub, [a] { return run_quantize_experts(*a); });
 }
 

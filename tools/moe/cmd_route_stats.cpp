@@ -23,6 +23,8 @@
 #include "commands.h"
 #include "engine_flags.h"
 #include "generation.h"
+#include "model/weights.h"
+#include "text_inputs.h"
 #include "model/transitions.h"
 #include "runtime/engine.h"
 #include "runtime/session.h"
@@ -52,22 +54,21 @@ struct Window {
 double pct(uint64_t a, uint64_t b) { return 100.0 * TransitionAccuracy::frac(a, b); }
 
 int run_route_stats(const RouteStatsArgs& a) {
-  ThreadPool pool(resolve_threads(a.threads));
-  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx);
-  const Model& model = engine->model();
-  const ModelSpec& spec = model.spec();
-  int n_moe = 0;
-  for (const LayerSpec& L : spec.layers) n_moe += L.is_moe;
+  // The experts per token of each layer (0: dense), from a header view (nothing is loaded).
+  std::vector<int> layer_k;
+  {
+    auto header = load_model_for_generation(a.model);
+    for (const LayerSpec& L : header->spec().layers) layer_k.push_back(L.is_moe ? L.moe.n_expert_used : 0);
+  }
+  const int n_moe = static_cast<int>(std::count_if(layer_k.begin(), layer_k.end(), [](int k) { return k > 0; }));
   if (n_moe < 2)
     fail("{}: {} MoE layer(s); a transition table needs two or more consecutive MoE layers", a.model, n_moe);
-  auto tok = Tokenizer::from_gguf(model.file());
-
-  // Tokenize everything first, so the held-out windows are known before the model runs and only their
+  // Tokenize everything first, before the engine opens (the tokenizer is released again, and under --mem
+  // the ids count as held), so the held-out windows are known before the model runs and only their
   // routing has to be kept in memory.
-  std::vector<std::vector<int32_t>> ids(a.files.size());
+  std::vector<std::vector<int32_t>> ids = tokenize_text_files(a.model, a.files, a.engine);
   std::vector<Window> windows;
   for (size_t f = 0; f < a.files.size(); ++f) {
-    ids[f] = tok->encode(read_text_file(a.files[f]), false, false);
     const int64_t n = static_cast<int64_t>(ids[f].size());
     if (n == 0) fail("{}: no tokens", a.files[f]);
     int64_t n_windows = (n + a.ctx - 1) / a.ctx;
@@ -80,6 +81,20 @@ int run_route_stats(const RouteStatsArgs& a) {
                                 windows.size() - 1);
   const bool in_sample = n_eval == 0;
   const size_t first_eval = in_sample ? 0 : windows.size() - n_eval;
+
+  // The scored windows' routing is kept until the end: ids and weights of k experts per token and MoE
+  // layer, and one Routing per layer and window. It counts against --mem.
+  uint64_t kept_tokens = 0;
+  for (size_t w = first_eval; w < windows.size(); ++w) kept_tokens += static_cast<uint64_t>(windows[w].end - windows[w].begin);
+  uint64_t kept_bytes = 0;
+  for (int k : layer_k)
+    kept_bytes += sizeof(Routing) * (windows.size() - first_eval) +
+                  kept_tokens * static_cast<uint64_t>(k) * (sizeof(int32_t) + sizeof(float));
+
+  ThreadPool pool(resolve_threads(a.threads));
+  auto engine = open_engine(a.model, a.engine, a.ctx, a.ctx, 0, 1, {{"held-out routing", kept_bytes}});
+  const Model& model = engine->model();
+  const ModelSpec& spec = model.spec();
 
   const std::string out = a.out.empty() ? default_transition_path(a.model) : a.out;
   TransitionTable table(transition_shape(model));
@@ -200,6 +215,11 @@ void register_route_stats(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-t,--threads", a->threads, "threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_option("--json", a->json_out, "write the statistics as JSON");
   add_engine_flags(sub, a->engine);
+  sub->footer(
+      "Memory: with --mem SIZE, at most SIZE (the experts stream from disk when the model does not fit). Without "
+      "it, the whole model, plus one window's KV cache and activations, the token ids of every file and the "
+      "held-out windows' routing (8 bytes per token, layer and routed expert). The files are tokenized before the "
+      "model loads.");
   cmds.add(sub, [a] {
     if (a->model.empty()) a->model = default_model_path();
     return run_route_stats(*a);

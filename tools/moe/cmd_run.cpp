@@ -95,6 +95,18 @@ int run_run(RunArgs& a) {
                                n_prompt + a.n_predict});
     if (s.n_ctx_train > 0) n_ctx = std::min(n_ctx, std::max<int64_t>(s.n_ctx_train, 512));
   }
+  if (a.n_ctx <= 0 && !a.engine.mem.empty()) {
+    // Under --mem the KV cache shares the budget with the expert pool: a run never uses more context
+    // than its prompt and -n, so the rest would only take memory from the experts.
+    const int64_t need = n_prompt + std::max(a.n_predict, 1);
+    if (need < n_ctx) {
+      std::fprintf(stderr,
+                   "moe run: --mem: a context of %lld tokens (the prompt and -n) instead of the default %lld, so the "
+                   "KV cache leaves the rest of the budget to the experts; -c sets it\n",
+                   static_cast<long long>(need), static_cast<long long>(n_ctx));
+      n_ctx = need;
+    }
+  }
   if (n_prompt >= n_ctx)
     fail("run: the prompt has {} tokens but the context size is {} ({}); it must be smaller (pass a larger -c{})",
          n_prompt, n_ctx, a.n_ctx > 0 ? "-c" : "default", a.n_ctx > 0 ? "" : " or shorten the prompt");
@@ -108,8 +120,14 @@ int run_run(RunArgs& a) {
   int k_list_max = 0;
   for (int k : a.samples.k_list) k_list_max = std::max(k_list_max, k);
   ThreadPool pool(resolve_threads(a.threads));
-  auto engine = open_engine(a.model, a.engine, n_ctx, std::min<int64_t>(512, std::max<int64_t>(n_prompt, 1)),
-                            k_list_max);
+  const int64_t n_batch = std::min<int64_t>(512, std::max<int64_t>(n_prompt, 1));
+  // SCMoE's weak pass is a second session with its own KV cache and buffers: reserved under --mem.
+  std::vector<MemoryReservation> reserved;
+  if (a.scmoe && !a.engine.mem.empty()) {
+    const MemoryPlan p = plan_memory(a.model, engine_options(a.engine, n_ctx, n_batch, k_list_max));
+    reserved.push_back({"SCMoE weak session", p.kv_bytes + p.buffer_bytes});
+  }
+  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, k_list_max, 1, std::move(reserved));
   ForwardOptions fo = forward_options(a.engine, *engine, a.llama_compat);
   Session session(engine->model(), engine->store(), n_ctx, fo);
   if (a.samples.n > 0 && !a.trace.path.empty()) fail("run: --trace records one generation; it cannot record --samples");
@@ -183,7 +201,8 @@ int run_run(RunArgs& a) {
     };
   }
   const GenerateResult r = generate(session, pool, sampler, tok.get(), logits, gp, emit, nullptr);
-  if (text_prompt && isatty(STDOUT_FILENO)) std::fputs("\n", stdout);
+  // Text output: the statistics below start on a line of their own (ids always end with a newline).
+  if (text_prompt) end_open_line(r.text);
   std::fflush(stdout);
   if (r.reason == StopReason::ContextFull)
     std::fprintf(stderr, "moe run: the context is full (%lld tokens); generation stopped\n",
@@ -219,7 +238,8 @@ void register_run(CLI::App& app, CommandSet& cmds) {
   sub->add_option("-n,--n-predict", args->n_predict, "Tokens to generate")->check(CLI::Range(0, 1 << 20));
   sub->add_option("--ids-out", args->ids_out, "Write generated ids here, one per line");
   sub->add_option("-t,--threads", args->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
-  sub->add_option("-c,--ctx-size", args->n_ctx, "Context size (default: prompt + n, at least min(train ctx, 4096), at most train ctx)")
+  sub->add_option("-c,--ctx-size", args->n_ctx, "Context size (default: prompt + n, at least min(train ctx, 4096), at most train ctx; with --mem, "
+                  "prompt + n)")
       ->check(CLI::Range(0, 1 << 24));
   add_sampling_flags(sub, args->sampling);
   sub->add_option("--stop", args->stops, "Stop before this string would be printed (repeatable)");

@@ -1,6 +1,7 @@
 #include "engine_flags.h"
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "base/error.h"
@@ -12,8 +13,9 @@ namespace moe::cli {
 
 void add_engine_flags(CLI::App* sub, EngineFlags& f) {
   sub->add_option("--mem", f.mem,
-                  "Memory budget for weights + KV cache + buffers (e.g. 8G). Experts stream from disk when the "
-                  "model does not fit");
+                  "Memory budget for everything the command holds: weights, KV cache, buffers, its own inputs and "
+                  "outputs (e.g. 8G; a container of that size is enough). Experts stream from disk when the model "
+                  "does not fit");
   sub->add_option("--cache-policy", f.cache_policy, "Expert cache policy when streaming: distance (to the executing layer; default), lru, lfu, arc, layer")
       ->check(CLI::IsMember(cache_policy_names()));
   sub->add_option("--prefetch-margin", f.prefetch_margin,
@@ -92,8 +94,8 @@ void add_sampling_flags(CLI::App* sub, SamplerParams& p) {
   sub->add_option("--seed", p.seed, "Sampling seed");
 }
 
-std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
-                                    int experts_per_token, int n_seq) {
+EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch, int experts_per_token, int n_seq,
+                             std::vector<MemoryReservation> reserved) {
   EngineOptions o;
   if (!f.mem.empty()) o.mem_bytes = parse_size(f.mem, "--mem");
   o.n_ctx = n_ctx;
@@ -111,6 +113,14 @@ std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& 
   if (experts_per_token < 0) o.experts_per_token = -1;
   else if (o.experts_per_token >= 0) o.experts_per_token = std::max(o.experts_per_token, experts_per_token);
   for (const LayerExpert& m : policy.mask_experts) o.preload_exclude.emplace_back(m.layer, m.expert);
+  o.held_bytes = current_rss_bytes();
+  o.reserved = std::move(reserved);
+  return o;
+}
+
+std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
+                                    int experts_per_token, int n_seq, std::vector<MemoryReservation> reserved) {
+  const EngineOptions o = engine_options(f, n_ctx, n_batch, experts_per_token, n_seq, std::move(reserved));
   try {
     return Engine::open(path, o);
   } catch (const Error&) {
@@ -158,12 +168,32 @@ ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_
   return fo;
 }
 
-uint64_t peak_rss_bytes() {
+namespace {
+uint64_t proc_status_kib(const char* field) {
   std::ifstream in("/proc/self/status");
   std::string line;
+  const size_t n = std::strlen(field);
   while (std::getline(in, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    if (line.compare(0, n, field) == 0 && line.size() > n && line[n] == ':') return std::stoull(line.substr(n + 1)) * 1024;
   return 0;
+}
+}  // namespace
+
+uint64_t peak_rss_bytes() { return proc_status_kib("VmHWM"); }
+
+uint64_t current_rss_bytes() { return proc_status_kib("VmRSS"); }
+
+nlohmann::ordered_json plan_bytes_json(const MemoryPlan& p) {
+  nlohmann::ordered_json j;
+  j["held"] = p.held_bytes;
+  j["weights_resident"] = p.weights_resident;
+  j["low_bit"] = p.low_bit_bytes;
+  j["kv"] = p.kv_bytes;
+  j["buffers"] = p.buffer_bytes;
+  for (const MemoryReservation& r : p.reserved) j["reserved"][r.what] = r.bytes;
+  j["expert_pool"] = p.expert_pool_bytes;
+  j["total"] = p.total_bytes();
+  return j;
 }
 
 nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* pred, uint64_t tokens,
@@ -172,6 +202,7 @@ nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* 
   const MemoryPlan& plan = engine.plan();
   j["mode"] = plan.offload ? "offload" : "resident";
   j["plan"] = plan.describe();
+  j["plan_bytes"] = plan_bytes_json(plan);
   j["tokens"] = tokens;
   j["seconds"] = seconds;
   j["tok_s"] = seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -41,12 +42,18 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f);
 // --temp, --top-k, --top-p, --seed (shared by run and chat).
 void add_sampling_flags(CLI::App* sub, SamplerParams& p);
 
-// Opens the model under the budget. Vocabulary-only files get an error saying so.
-// experts_per_token: plan buffers and the expert pool for at least this many experts per token (beyond
-// what the routing flags need; e.g. `run --k-list`; -1: every expert). n_seq: KV caches of n_ctx each
-// (a server's slots).
+// Opens the model under the budget. What the process holds at this point (VmRSS: code, libraries, a
+// tokenizer, tokenized inputs) counts against --mem, and so does each reservation: memory the command
+// will allocate for itself while the engine runs. experts_per_token: plan buffers and the expert pool
+// for at least this many experts per token (beyond what the routing flags need; e.g. `run --k-list`;
+// -1: every expert). n_seq: KV caches of n_ctx each (a server's slots). Vocabulary-only files get an
+// error saying so.
 std::unique_ptr<Engine> open_engine(const std::string& path, const EngineFlags& f, int64_t n_ctx, int64_t n_batch,
-                                    int experts_per_token = 0, int n_seq = 1);
+                                    int experts_per_token = 0, int n_seq = 1,
+                                    std::vector<MemoryReservation> reserved = {});
+// The EngineOptions open_engine would use (held_bytes measured now).
+EngineOptions engine_options(const EngineFlags& f, int64_t n_ctx, int64_t n_batch, int experts_per_token = 0,
+                             int n_seq = 1, std::vector<MemoryReservation> reserved = {});
 
 // The precision-tier thresholds of the flags; throws on a bad combination (a threshold without
 // --lowbit or the reverse, W < 0, S > W).
@@ -63,6 +70,9 @@ ForwardOptions forward_options(const EngineFlags& f, Engine& engine, bool llama_
 // The predictor the flags choose: "gate", "transition" or "none".
 std::string resolved_predictor(const EngineFlags& f);
 
+// The plan's byte counts (held, weights, KV, buffers, reservations, pool, total) as JSON.
+nlohmann::ordered_json plan_bytes_json(const MemoryPlan& p);
+
 // Expert-store and prediction statistics; `tokens`/`seconds` describe the measured generation.
 nlohmann::ordered_json engine_stats_json(Engine& engine, const PredictionStats* pred, uint64_t tokens, double seconds);
 
@@ -71,5 +81,7 @@ void report_engine_stats(const EngineFlags& f, Engine& engine, const PredictionS
                          double seconds);
 
 uint64_t peak_rss_bytes();
+// VmRSS: what the process holds now.
+uint64_t current_rss_bytes();
 
 }  // namespace moe::cli

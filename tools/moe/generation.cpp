@@ -1,9 +1,13 @@
 #include "generation.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -121,6 +125,16 @@ std::unique_ptr<Model> load_model_for_generation(const std::string& path) {
     }
     throw;
   }
+}
+
+void end_open_line(const std::string& printed) {
+  if (printed.empty() || printed.back() == '\n') return;
+  struct stat out {}, err {};
+  const bool same = ::fstat(STDOUT_FILENO, &out) == 0 && ::fstat(STDERR_FILENO, &err) == 0 &&
+                    out.st_dev == err.st_dev && out.st_ino == err.st_ino;
+  if (!same && !::isatty(STDOUT_FILENO)) return;
+  std::fputs("\n", stdout);
+  std::fflush(stdout);
 }
 
 std::string read_text_file(const std::string& path) {
