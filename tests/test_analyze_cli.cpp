@@ -91,7 +91,11 @@ TEST(AnalyzeCli, SimulatorMatchesTheStoreOfARecordedRun) {
                                "--offload-all", "-c", "256", "--trace", probe, "-t", "2"});
   ASSERT_EQ(r.status, 0) << r.err;
   const nlohmann::ordered_json mem = TraceReader(probe).header().json["memory"];
-  const uint64_t fixed = mem["resident_bytes"].get<uint64_t>() + mem["kv_bytes"].get<uint64_t>() + mem["buffer_bytes"].get<uint64_t>();
+  // held_bytes is the process's RSS before loading, measured per run: half a slot of slack absorbs most of
+  // its jitter.
+  const uint64_t fixed = mem["resident_bytes"].get<uint64_t>() + mem["kv_bytes"].get<uint64_t>() +
+                         mem["buffer_bytes"].get<uint64_t>() + mem["held_bytes"].get<uint64_t>() +
+                         mem["slot_bytes"].get<uint64_t>() / 2;
   for (const std::string policy : {"distance", "lru", "arc"}) {
     for (uint64_t slots : {3u, 6u}) {
       const uint64_t mem_bytes = fixed + slots * mem["slot_bytes"].get<uint64_t>();
@@ -101,9 +105,11 @@ TEST(AnalyzeCli, SimulatorMatchesTheStoreOfARecordedRun) {
                    "-1", "--trace", trace, "--stats-json", stats, "-t", "2"});
       ASSERT_EQ(r.status, 0) << r.err;
       const nlohmann::json st = read_json(stats);
-      ASSERT_EQ(st["pool_slots"].get<uint64_t>(), slots) << "--mem " << mem_bytes;
+      // The held RSS of this run may exceed the probe's by more than the half-slot slack: one slot fewer.
+      const uint64_t got = st["pool_slots"].get<uint64_t>();
+      ASSERT_TRUE(got == slots || got + 1 == slots) << "--mem " << mem_bytes << ": " << got << " slots";
       const std::string out = (dir / "sim.json").string();
-      r = run_cli({"analyze", trace, "--simulate", "--policies", policy, "--predictors", "none", "--budgets", std::to_string(slots),
+      r = run_cli({"analyze", trace, "--simulate", "--policies", policy, "--predictors", "none", "--budgets", std::to_string(got),
                    "--json", out, "-q"});
       ASSERT_EQ(r.status, 0) << r.err;
       const nlohmann::json sim = read_json(out)["simulation"];
@@ -111,7 +117,10 @@ TEST(AnalyzeCli, SimulatorMatchesTheStoreOfARecordedRun) {
       ASSERT_EQ(sim["results"].size(), 1u);
       EXPECT_EQ(sim["results"][0]["gen_hits"], st["hits"]) << policy << " " << slots;
       EXPECT_EQ(sim["results"][0]["gen_misses"], st["misses"]) << policy << " " << slots;
-      EXPECT_EQ(sim["results"][0]["mem_bytes"].get<uint64_t>(), mem_bytes);
+      // The --mem the run's own header implies for its pool fits the budget it was given, one slot short of more.
+      const uint64_t implied = sim["results"][0]["mem_bytes"].get<uint64_t>();
+      EXPECT_LE(implied, mem_bytes);
+      EXPECT_GT(implied + mem["slot_bytes"].get<uint64_t>(), mem_bytes);
     }
   }
 }

@@ -116,7 +116,7 @@ TEST_P(SimulatorEqualsStore, GatePredictorWhenNothingIsOrderSensitive) {
   fo.lookahead_margin = 1;
   fo.predictor = PrefetchPredictor::Gate;
   int compared = 0;
-  for (const std::string& policy : {"distance", "lru", "lfu"}) {
+  for (const char* policy : {"distance", "lru", "lfu"}) {
     for (size_t slots : {8, 12, 16}) {
       const Recorded rec = record_run(name, policy, slots, fo, 8);  // k + margin <= 8 on every fixture here
       const CacheSimResult sim = simulate(rec.trace, {policy, slots, SimPredictor::Gate, 1});

@@ -214,8 +214,11 @@ TEST(ChatTemplate, FixtureTemplatesRenderAsLlamaCpp) {
   std::string unknown;
   for (const std::string& name : names) {
     const ChatTemplate t = moe::detect_chat_template(read_file(dir / (name + ".jinja")));
-    for (const auto& [n, want] : must)
-      if (n == name) EXPECT_EQ(moe::chat_template_name(t), std::string(moe::chat_template_name(want))) << name;
+    for (const auto& [n, want] : must) {
+      if (n == name) {
+        EXPECT_EQ(moe::chat_template_name(t), std::string(moe::chat_template_name(want))) << name;
+      }
+    }
     if (t == ChatTemplate::None) {
       unknown += " " + name;
       continue;

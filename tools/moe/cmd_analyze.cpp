@@ -78,9 +78,11 @@ MemoryModel memory_model(const TraceHeader& h, const AnalyzeArgs& a) {
     o.n_ctx = a.ctx > 0 ? a.ctx : (mem.contains("n_ctx") ? mem["n_ctx"].get<int64_t>() : 4096);
     o.n_batch = mem.contains("n_batch") ? std::min<int64_t>(mem["n_batch"].get<int64_t>(), o.n_ctx) : std::min<int64_t>(512, o.n_ctx);
     o.force_offload = true;
+    // What the recorded process held before loading (its RSS, measured): --mem covers it as well.
+    o.held_bytes = mem.contains("held_bytes") && mem["held_bytes"].is_number_unsigned() ? mem["held_bytes"].get<uint64_t>() : 0;
     const MemoryPlan p = plan_memory(*model, o);
     mm.known = true;
-    mm.fixed = p.weights_resident + p.kv_bytes + p.buffer_bytes;
+    mm.fixed = p.weights_resident + p.kv_bytes + p.buffer_bytes + p.held_bytes;
     mm.slot = BudgetedExpertStore::slot_bytes_for(model->expert_layout());
     mm.n_ctx = o.n_ctx;
     mm.source = a.model;
@@ -90,7 +92,7 @@ MemoryModel memory_model(const TraceHeader& h, const AnalyzeArgs& a) {
   const json& mem = h.json["memory"];
   auto u = [&](const char* k) -> uint64_t { return mem.contains(k) && mem[k].is_number_unsigned() ? mem[k].get<uint64_t>() : 0; };
   mm.slot = u("slot_bytes");
-  mm.fixed = u("resident_bytes") + u("kv_bytes") + u("buffer_bytes");
+  mm.fixed = u("resident_bytes") + u("kv_bytes") + u("buffer_bytes") + u("held_bytes");
   mm.n_ctx = mem.contains("n_ctx") ? mem["n_ctx"].get<int64_t>() : 0;
   mm.known = mm.slot > 0;
   mm.source = "the trace header";

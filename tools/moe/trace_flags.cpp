@@ -39,7 +39,7 @@ TraceHeader cli_trace_header(Engine& engine, const EngineFlags& ef, const TraceF
                  {"lowbit", ef.lowbit},
                  {"n_ctx", n_ctx},
                  {"n_batch", n_batch}};
-  // What turns a pool of N expert slots into a --mem value: --mem = resident + KV + buffers + N x slot.
+  // What turns a pool of N expert slots into a --mem value: --mem = resident + KV + buffers + held + N x slot.
   const ExpertLayout layout = model.expert_layout();
   const Model::ByteReport br = model.byte_report();
   const MemoryPlan& plan = engine.plan();
@@ -51,6 +51,8 @@ TraceHeader cli_trace_header(Engine& engine, const EngineFlags& ef, const TraceF
                  {"resident_bytes", br.total - br.by_placement[static_cast<size_t>(Placement::Expert)]},
                  {"kv_bytes", plan.kv_bytes},
                  {"buffer_bytes", plan.buffer_bytes},
+                 // What the process held before loading (measured) and its reservations: --mem covers them too.
+                 {"held_bytes", plan.held_bytes + plan.reserved_bytes()},
                  {"n_ctx", n_ctx},
                  {"n_batch", n_batch}};
   j["command"] = command;
