@@ -169,3 +169,69 @@ void PanelArgs(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_PanelGemm)->Apply(PanelArgs)->Unit(benchmark::kMillisecond);
 
 }  // namespace
+
+// BM_FewTokens/{dtype}/{shape}/{tokens}: an expert's few rows of a batched decode step (a server step of
+// 8 streams gives each of ~42 experts 1-3 tokens). The matrices cycle through 48 experts' worth of
+// weights (more than the L3), so every call reads its weights from DRAM as decode does. Compares the
+// panel GEMM (which converts every weight block for the tokens) with the one-token row kernels run
+// once per token over row groups of 16 (the weights come from DRAM for the first token and from L1
+// for the rest). Counters: us_panel, us_rows (thread CPU time per call), x_rows = panel / rows (> 1:
+// the row kernels are faster at this token count).
+void BM_FewTokens(benchmark::State& state) {
+  const auto type = static_cast<moe::DType>(state.range(0));
+  const int shape = static_cast<int>(state.range(1));
+  const int nt = static_cast<int>(state.range(2));
+  const moe::DTypeTraits& tr = moe::dtype_traits(type);
+  if (!vnni_ok() || moe::best_isa() != moe::Isa::Avx512 || !tr.vec_dot_tile || !moe::quant::has_panel_gemm(type)) {
+    state.SkipWithError("no AVX-512 panel GEMM for this type here");
+    return;
+  }
+  // shape 0: OLMoE gate/up (1024 x 2048), 1: its down projection (2048 x 1024).
+  const int64_t rows = shape == 0 ? 1024 : 2048, cols = shape == 0 ? 2048 : 1024;
+  const size_t rb = moe::row_bytes(type, cols);
+  constexpr int kExperts = 48;
+  const std::vector<uint8_t> one = make_weights(type, rows, cols, 5);
+  std::vector<uint8_t> w(one.size() * kExperts);
+  for (int e = 0; e < kExperts; ++e) std::copy(one.begin(), one.end(), w.begin() + static_cast<ptrdiff_t>(e * one.size()));
+  std::mt19937 rng(6);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(cols * nt));
+  for (auto& v : x) v = dist(rng);
+  moe::kernels::ActBuffer act;
+  act.convert(tr.vec_dot_type, x.data(), nt, cols, cols);
+  std::vector<float> y(static_cast<size_t>(rows * nt));
+  int next = 0;
+  auto panel = [&] {
+    const uint8_t* m = w.data() + static_cast<size_t>(next++ % kExperts) * one.size();
+    moe::quant::panel_gemm_avx512(type, cols, m, rb, static_cast<int>(rows), act.row(0), act.row_bytes(),
+                                  act.block_sums(0), nt, y.data(), rows);
+    benchmark::DoNotOptimize(y.data());
+  };
+  auto row_kernels = [&] {
+    const uint8_t* m = w.data() + static_cast<size_t>(next++ % kExperts) * one.size();
+    constexpr int64_t kGroup = 16;
+    for (int64_t r = 0; r < rows; r += kGroup)
+      for (int t = 0; t < nt; ++t)
+        tr.vec_dot_tile(cols, m + r * rb, rb, static_cast<int>(std::min(kGroup, rows - r)), act.row(t), act.row_bytes(),
+                        1, y.data() + t * rows + r, rows);
+    benchmark::DoNotOptimize(y.data());
+  };
+  double p = 0, r = 0;
+  for (auto _ : state) {
+    p += cpu_seconds_per_call(panel, kExperts);
+    r += cpu_seconds_per_call(row_kernels, kExperts);
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["us_panel"] = p / n * 1e6;
+  state.counters["us_rows"] = r / n * 1e6;
+  state.counters["x_rows"] = p / r;
+  state.SetLabel(std::string(tr.name) + "/" + std::to_string(rows) + "x" + std::to_string(cols) + "/" +
+                 std::to_string(nt) + "tok");
+}
+
+void FewTokenArgs(benchmark::internal::Benchmark* b) {
+  for (moe::DType t : {moe::DType::Q4_K_R, moe::DType::Q4_K, moe::DType::Q6_K, moe::DType::Q8_0})
+    for (int shape : {0, 1})
+      for (int nt : {2, 3, 4, 6, 8, 12, 16}) b->Args({static_cast<int64_t>(t), shape, nt});
+}
+BENCHMARK(BM_FewTokens)->Apply(FewTokenArgs)->Unit(benchmark::kMillisecond);

@@ -200,3 +200,41 @@ TEST(PanelGemm, MatmulBeyondOneTokenBlockMatchesReference) {
     }
   }
 }
+
+// Batches of a few tokens (an expert's rows in a batched decode step) take the one-token row kernels
+// once per token instead of the panel GEMM (kernels/matmul.cpp): every count on both sides of that
+// switch, with row counts that leave partial row groups, equals each token computed alone (what a
+// server step's row independence needs, on every ISA) and, with the AVX-512 kernels, the scalar
+// reference bit for bit.
+TEST(PanelGemm, FewTokenMatmulMatchesReferenceOnBothSidesOfTheSwitch) {
+  const bool exact = avx512_in_use();
+  const int64_t n = 1024, rows = 37;
+  for (DType t : panel_types()) {
+    const DTypeTraits& tr = dtype_traits(t);
+    const Operands o = gaussian_operands(t, n, rows, 1, 31 + static_cast<uint32_t>(t));
+    const kernels::MatrixRef m{o.w.data(), t, rows, n, o.wrb};
+    for (int64_t tokens = 2; tokens <= 9; ++tokens) {
+      const std::vector<float> x = gaussian(n * tokens, 40 + static_cast<uint32_t>(tokens));
+      kernels::ActBuffer act;
+      act.convert(tr.vec_dot_type, x.data(), tokens, n, n);
+      for (int threads : {1, 2}) {
+        ThreadPool pool(threads);
+        std::vector<float> y(static_cast<size_t>(rows * tokens), -7.0f);
+        kernels::matmul(m, act, y.data(), rows, pool);
+        for (int64_t i = 0; i < tokens; ++i) {
+          kernels::ActBuffer one;
+          one.convert(tr.vec_dot_type, x.data() + i * n, 1, n, n);
+          std::vector<float> alone(static_cast<size_t>(rows));
+          kernels::matmul(m, one, alone.data(), rows, pool);
+          for (int64_t r = 0; r < rows; ++r) {
+            ASSERT_EQ(bits(y[i * rows + r]), bits(alone[r]))
+                << tr.name << " tokens=" << tokens << " threads=" << threads << " r=" << r << " t=" << i << " (alone)";
+            if (exact)
+              ASSERT_EQ(bits(y[i * rows + r]), bits(tr.vec_dot_ref(n, o.w.data() + r * o.wrb, act.row(i))))
+                  << tr.name << " tokens=" << tokens << " threads=" << threads << " r=" << r << " t=" << i;
+          }
+        }
+      }
+    }
+  }
+}

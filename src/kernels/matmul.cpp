@@ -55,6 +55,15 @@ int64_t gemm_token_block(size_t act_row_bytes) {
   return std::max<int64_t>(16, static_cast<int64_t>((256 << 10) / std::max<size_t>(1, act_row_bytes))) & ~int64_t{7};
 }
 
+// Fewer tokens than this go through the one-token row kernels once per token instead of the panel
+// GEMM: converting a weight block into the panel format costs about as much as 7 row-kernel passes
+// over it from L1 (bench/gemm_bench.cpp BM_FewTokens on OLMoE expert shapes, weights from DRAM: the
+// panel is 1.8-3.7x slower at 2-4 tokens, even at 8, and 1.3-1.6x faster at 16).
+constexpr int64_t kPanelMinTokens = 8;
+// Rows per group of the few-token path: 16 rows of a 2048-wide Q4_K matrix are 18 KB, in L1 while every
+// token passes over them.
+constexpr int64_t kFewTokenRowGroup = 16;
+
 bool uses_panel_gemm(const DTypeTraits& tr) { return tr.vec_dot_tile && quant::has_panel_gemm(tr.type); }
 
 }  // namespace
@@ -65,6 +74,19 @@ void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_s
   if (tr.tile_one_token && act.n_tokens() == 1 && r1 > r0) {
     tr.vec_dot_tile(w.cols, w.data + static_cast<size_t>(r0) * w.row_bytes, w.row_bytes, static_cast<int>(r1 - r0),
                     act.row(0), act.row_bytes(), 1, y + r0, y_stride);
+    return;
+  }
+  // A few tokens (an expert's rows in a batched decode step): converting each weight block into the
+  // panel format costs more than it saves, so each row group goes through the one-token kernels once
+  // per token, its rows staying in L1 after the first (the same bits per (row, token) either way).
+  if (act.n_tokens() > 1 && act.n_tokens() < kPanelMinTokens && tr.vec_dot_tile) {
+    const int64_t G = kFewTokenRowGroup;
+    for (int64_t r = r0; r < r1; r += G) {
+      const int mr = static_cast<int>(std::min(G, r1 - r));
+      for (int64_t t = 0; t < act.n_tokens(); ++t)
+        tr.vec_dot_tile(w.cols, w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, mr, act.row(t),
+                        act.row_bytes(), 1, y + t * y_stride + r, y_stride);
+    }
     return;
   }
   if (act.n_tokens() > 1 && uses_panel_gemm(tr)) {

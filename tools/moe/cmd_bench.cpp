@@ -17,6 +17,12 @@
 //                 counting the probe's buffer
 //   preload_s     streaming with --preload: how long the expert pool's background fill still ran after
 //                 the model loaded; waited for before anything is timed (0 without --preload)
+//   --parallel N  tg decodes N sequences together, one token of each per step (each with its own KV cache,
+//                 as `moe serve`'s continuous batching runs them): tg tok/s counts all N streams. A step
+//                 reads the union of its rows' experts once, so the roofline is the bytes of that union
+//                 (distinct_experts_per_layer, measured) per N tokens; batched decode can also go no
+//                 faster than prefill, so batch_bound_tok_s = min(pp tok/s, that roofline) and
+//                 batch_frac = tg / batch_bound (issue 20's fraction).
 // Every rate is the median of REPS repetitions, with min and max, after one untimed warm-up of each.
 #include <emmintrin.h>
 #include <sys/resource.h>
@@ -56,7 +62,32 @@ struct BenchArgs {
   bool json = false;
   double bw_gib = 1.0;  // probe buffer size; 0 = skip the probe
   uint64_t seed = 42;
+  int parallel = 1;  // sequences decoded together per tg step
   EngineFlags engine;
+};
+
+// Distinct routed experts per MoE layer per step (the union a batched step reads), over the steps seen
+// while counting is on.
+class DistinctExpertCounter : public ForwardObserver {
+ public:
+  bool counting = false;
+  uint64_t layer_steps = 0, distinct = 0;
+  void on_routing(const MoeLayerRouting& r) override {
+    if (!counting) return;
+    seen_.assign(static_cast<size_t>(r.n_expert), 0);
+    uint64_t n = 0;
+    for (int64_t t = 0; t < r.routing->n_tokens; ++t)
+      for (int j = 0; j < r.routing->k; ++j) {
+        const int32_t e = r.routing->id(t, j);
+        if (e >= 0 && e < r.n_expert && !seen_[static_cast<size_t>(e)]) seen_[static_cast<size_t>(e)] = 1, ++n;
+      }
+    distinct += n;
+    ++layer_steps;
+  }
+  double mean() const { return layer_steps ? static_cast<double>(distinct) / static_cast<double>(layer_steps) : 0.0; }
+
+ private:
+  std::vector<uint8_t> seen_;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -226,7 +257,8 @@ int run_bench(const BenchArgs& a) {
   const int n_threads = resolve_threads(a.threads);
   if (a.reps < 1) fail("bench: -r must be >= 1");
   const int64_t n_ctx = std::max<int64_t>(a.n_prompt, a.depth + a.n_gen) + 1;
-  const int64_t n_batch = std::max<int64_t>({1, a.n_prompt, std::min<int64_t>(a.depth, 512)});
+  if (a.parallel < 1) fail("bench: --parallel must be >= 1");
+  const int64_t n_batch = std::max<int64_t>({1, a.n_prompt, std::min<int64_t>(a.depth, 512), a.parallel});
   ThreadPool pool(n_threads);
   // The probe's buffer counts against --mem like the engine's memory (plan_probe): reserved in the plan
   // when it runs between the timed runs, or used and freed before anything loads.
@@ -240,7 +272,7 @@ int run_bench(const BenchArgs& a) {
   std::vector<MemoryReservation> reserved;
   if (probe.when == ProbeWhen::EachRun && !a.engine.mem.empty()) reserved.push_back({"bandwidth probe", probe.bytes});
   const auto t_load = Clock::now();
-  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, 0, 1, std::move(reserved));
+  auto engine = open_engine(a.model, a.engine, n_ctx, n_batch, 0, a.parallel, std::move(reserved));
   const Model* model = &engine->model();
   const double load_s = seconds_since(t_load);
   const ModelSpec& spec = model->spec();
@@ -319,27 +351,59 @@ int run_bench(const BenchArgs& a) {
       next = argmax(logits.data(), spec.n_vocab);
     }
   };
+  // --parallel: one pass and one cache per sequence, every step one token of each (serve's batched decode).
+  std::unique_ptr<ForwardPass> batch_fwd;
+  std::vector<std::unique_ptr<KvCache>> batch_kv;
+  DistinctExpertCounter distinct;
+  if (a.parallel > 1) {
+    if (a.depth > 0) fail("bench: --parallel with --depth is not supported (each sequence starts empty)");
+    batch_fwd = std::make_unique<ForwardPass>(*model, engine->store(), fo);
+    batch_fwd->add_observer(&distinct);
+    for (int i = 0; i < a.parallel; ++i) batch_kv.push_back(std::make_unique<KvCache>(spec, n_ctx));
+  }
+  auto decode_parallel = [&](int64_t n) {
+    const size_t P = static_cast<size_t>(a.parallel);
+    std::vector<int32_t> next(P);
+    for (auto& t : next) t = tok(rng);  // different first tokens: the streams route differently
+    std::vector<std::vector<float>> logits(P, std::vector<float>(static_cast<size_t>(spec.n_vocab)));
+    std::vector<SeqSpan> spans(P);
+    for (int64_t i = 0; i < n; ++i) {
+      for (size_t q = 0; q < P; ++q) {
+        spans[q].kv = batch_kv[q].get();
+        spans[q].tokens = &next[q];
+        spans[q].n_tokens = 1;
+        spans[q].pos0 = i;
+        spans[q].seq_id = static_cast<int32_t>(q);
+        spans[q].logits = logits[q].data();
+      }
+      batch_fwd->run(spans.data(), spans.size(), pool);
+      for (size_t q = 0; q < P; ++q) next[q] = argmax(logits[q].data(), spec.n_vocab);
+    }
+  };
   auto run_tg = [&](bool timed, int64_t n) {
-    const int32_t first = prepare_tg();
+    const int32_t first = a.parallel > 1 ? 0 : prepare_tg();
     uint64_t h0 = 0, m0 = 0, b0 = 0, h1 = 0, m1 = 0, b1 = 0;
     double s0 = 0, s1 = 0;
     if (timed && offload) totals(h0, m0, b0, s0);
     std::vector<uint64_t> r0(tg_routed.size()), s0_(tg_selected.size());
     for (int il = 0; il < spec.n_layer; ++il) r0[il] = routing_use.tokens(il), s0_[il] = routing_use.selected(il);
+    distinct.counting = timed;
     const auto t0 = Clock::now();
-    decode(first, n);
+    if (a.parallel > 1) decode_parallel(n);
+    else decode(first, n);
     const double seconds = seconds_since(t0);
+    distinct.counting = false;
     if (!timed) return;
     for (int il = 0; il < spec.n_layer; ++il) {
       tg_routed[il] += routing_use.tokens(il) - r0[il];
       tg_selected[il] += routing_use.selected(il) - s0_[il];
     }
-    tg_rate.push_back(static_cast<double>(n) / seconds);
+    tg_rate.push_back(static_cast<double>(n * a.parallel) / seconds);
     tg_seconds += seconds;
     if (!offload) return;
     totals(h1, m1, b1, s1);
     tg_hits += h1 - h0, tg_misses += m1 - m0, tg_bytes += b1 - b0, tg_stall += s1 - s0;
-    tg_tokens += static_cast<uint64_t>(n);
+    tg_tokens += static_cast<uint64_t>(n * a.parallel);
   };
 
   if (!a.json) {
@@ -392,7 +456,22 @@ int run_bench(const BenchArgs& a) {
       weight_bytes += static_cast<double>(per_expert) * (used - spec.layers[il].moe.n_expert_used);
     }
   }
-  const double active = weight_bytes + kv_read;
+  double active = weight_bytes + kv_read;
+  // --parallel: a step reads the union of its rows' experts once (and each row its own KV cache); the
+  // bytes per token are those of a step over its rows.
+  const double distinct_per_layer = distinct.mean();
+  if (a.parallel > 1) {
+    const ExpertLayout& layout = model->expert_layout();
+    double step = weight_bytes + kv_read * a.parallel;
+    for (int il = 0; il < spec.n_layer; ++il) {
+      if (!spec.layers[il].is_moe || tg_routed[il] == 0) continue;
+      uint64_t per_expert = 0;
+      for (const auto& t : layout.layers[static_cast<size_t>(il)]) per_expert += t.matrix_bytes();
+      const double used = static_cast<double>(tg_selected[il]) / static_cast<double>(tg_routed[il]);
+      step += static_cast<double>(per_expert) * (distinct_per_layer - used);
+    }
+    active = step / a.parallel;
+  }
   const double decode_gbps = active * tg.median / 1e9;
   // Each decode run against the probe of its own moment, or all of them against the one probe.
   std::vector<double> frac_rep;
@@ -443,6 +522,14 @@ int run_bench(const BenchArgs& a) {
   j["mem_bw_probe_bytes"] = probe_bytes;
   if (!probe.note.empty()) j["mem_bw_probe_note"] = probe.note;
   j["roofline_tok_s"] = bw > 0 ? bw * 1e9 / active : 0.0;
+  j["parallel"] = a.parallel;
+  if (a.parallel > 1) {
+    j["distinct_experts_per_layer"] = distinct_per_layer;
+    const double roof = bw > 0 ? bw * 1e9 / active : 0.0;
+    const double bound = pp.median > 0 && roof > 0 ? std::min(pp.median, roof) : std::max(pp.median, roof);
+    j["batch_bound_tok_s"] = bound;
+    j["batch_frac"] = bound > 0 ? tg.median / bound : 0.0;
+  }
   j["roofline_frac"] = frac.median;
   j["roofline_frac_min"] = frac.min;
   j["roofline_frac_max"] = frac.max;
@@ -488,6 +575,10 @@ int run_bench(const BenchArgs& a) {
               probe.note.empty() ? "" : (", " + probe.note).c_str());
   std::printf("roofline         %.1f%%  [min %.1f%%, max %.1f%%] (bound %.2f tok/s)\n", 100.0 * frac.median,
               100.0 * frac.min, 100.0 * frac.max, bw > 0 ? bw * 1e9 / active : 0.0);
+  if (a.parallel > 1)
+    std::printf("batched decode   %d streams: %.1f distinct experts per MoE layer per step; bound min(pp, roofline) "
+                "%.2f tok/s, reached %.1f%%\n",
+                a.parallel, distinct_per_layer, j["batch_bound_tok_s"].get<double>(), 100 * j["batch_frac"].get<double>());
   std::printf("peak RSS         %s\n", human_bytes(rss).c_str());
   if (offload)
     std::printf("expert cache     %s, hit rate %.1f%%, %s read per token, stalled %.1f%% of decode, prediction "
@@ -518,6 +609,10 @@ void register_bench(CLI::App& app, CommandSet& cmds) {
                   "before each decode run in what a resident model leaves (shrunk to fit), else once before the "
                   "model loads (experts stream: the pool keeps its full share), or is skipped, saying so")->check(CLI::Range(0.0, 64.0));
   sub->add_option("--seed", a->seed, "Seed for the random prompt");
+  sub->add_option("--parallel", a->parallel,
+                  "tg decodes N sequences together, one token of each per step (as `moe serve` batches them); tg "
+                  "tok/s counts all streams, and the roofline is that of the step's expert union")
+      ->check(CLI::Range(1, 256));
   add_engine_flags(sub, a->engine);
   sub->add_flag("--json", a->json, "Print one JSON object");
   cmds.add(sub, [a] { return run_bench(*a); });
