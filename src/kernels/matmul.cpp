@@ -55,11 +55,6 @@ int64_t gemm_token_block(size_t act_row_bytes) {
   return std::max<int64_t>(16, static_cast<int64_t>((256 << 10) / std::max<size_t>(1, act_row_bytes))) & ~int64_t{7};
 }
 
-// Fewer tokens than this go through the one-token row kernels once per token instead of the panel
-// GEMM: converting a weight block into the panel format costs about as much as 7 row-kernel passes
-// over it from L1 (bench/gemm_bench.cpp BM_FewTokens on OLMoE expert shapes, weights from DRAM: the
-// panel is 1.8-3.7x slower at 2-4 tokens, even at 8, and 1.3-1.6x faster at 16).
-constexpr int64_t kPanelMinTokens = 8;
 // Rows per group of the few-token path: 16 rows of a 2048-wide Q4_K matrix are 18 KB, in L1 while every
 // token passes over them.
 constexpr int64_t kFewTokenRowGroup = 16;

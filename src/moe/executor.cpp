@@ -215,7 +215,12 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
     if (weights_[i].down.cols != n_ff)
       fail("expert {} of layer {}: down projection has {} columns, gate has {} rows", needed_[i], layer,
            weights_[i].down.cols, n_ff);
-  if (one_token && nb >= 2 * static_cast<size_t>(pool.size())) {
+  // Few tokens per expert (a decoded token, or a batched decode step's rows spread over many experts):
+  // every matrix is computed row by row with the one-token kernels, so the dataflow region serves them
+  // as it serves one token.
+  bool few_tokens = true;
+  for (const int32_t i : batch_) few_tokens = few_tokens && row0_[i + 1] - row0_[i] < kernels::kPanelMinTokens;
+  if (few_tokens && nb >= 2 * static_cast<size_t>(pool.size())) {
     compute_decode_dataflow(nb, n_embd, pool, activate);
   } else {
     kernels::matmul_batch(jobs_.data(), jobs_.size(), pool, chunk_scratch_);
@@ -235,8 +240,9 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
   for (const int32_t i : batch_) store.release(layer, needed_[i], weights_[i].tier);
 }
 
-// A decoded token's experts in one parallel region instead of three. Work is handed out in order: the
-// gate and up products of every expert (jobs_, one whole matrix per claim, one stream each), then the
+// A decoded token's experts (or a batched decode step's, a few tokens each) in one parallel region
+// instead of three. Work is handed out in order: the gate and up products of every expert (jobs_, one
+// whole matrix per claim, one stream each), then the
 // down products' rows laid end to end and cut by guided claims, which shrink towards the end so that
 // neither thread waits long for the other's last piece. The thread that finishes the second of an
 // expert's gate/up pair runs its SwiGLU at once, and down rows wait for their expert's activations (by
