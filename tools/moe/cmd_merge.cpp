@@ -112,6 +112,9 @@ void register_merge(CLI::App& app, CommandSet& cmds) {
   add_eval_flags(sub, a->eval);
   sub->add_option("-t,--threads", a->threads, "threads for --eval (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_flag("-q,--quiet", a->quiet, "No progress line");
+  sub->footer(
+      "Memory: one output tensor, the f32 matrices of the experts of one group being averaged and, with --align, two "
+      "experts' matrices and an n_ff x n_ff score matrix; the model is read tensor by tensor.");
   cmds.add(sub, [a] { return run_merge(*a); });
 }
 
