@@ -54,6 +54,25 @@ END {
   }
   printf "\n"
 
+  printf "### Expert merging (M-SMoE) against pruning to the same count\n\n"
+  printf "The centres are the most frequent experts, the set frequency pruning keeps; merging averages the others into them.\n\n"
+  printf "| method | experts per layer | bible | python | fortunes | mean KL | time (s) |\n|---|---|---|---|---|---|---|\n"
+  split("merge/msmoe merge/msmoe-noalign merge/naive prune/frequency prune/reap", MR, " ")
+  MN["merge/msmoe"] = "M-SMoE (aligned, frequency-weighted)"; MN["merge/msmoe-noalign"] = "M-SMoE without alignment"
+  MN["merge/naive"] = "naive average (uniform weights, no alignment)"; MN["prune/frequency"] = "frequency pruning (same centres, no merging)"
+  MN["prune/reap"] = "REAP pruning"
+  for (k = 6; k >= 4; k -= 2) {
+    for (c = 1; c <= 5; ++c) {
+      r = MR[c] "/" k
+      if (!(r in rows)) continue
+      m = 0; lm = 0; line = sprintf("| %s | %d of 8 |", MN[MR[c]], k)
+      for (i = 1; i <= nd; ++i) { line = line " " fmt_ppl(base[D[i]], ppl[r, D[i]]) " |"; m += kl[r, D[i]] / nd; lm += log(ppl[r, D[i]] / base[D[i]]) / nd }
+      mlog[MR[c], k] = lm; mkl[MR[c], k] = m
+      printf "%s %.4f | %.1f |\n", line, m, secs[r]
+    }
+  }
+  printf "\n"
+
   printf "### TCESS: a domain'"'"'s own expert set (4 of 8, PreMoe task pattern) against frequency on all domains\n\n"
   printf "| experts of | bible | python | fortunes |\n|---|---|---|---|\n"
   for (j = 1; j <= nd; ++j) {
@@ -103,6 +122,21 @@ END {
     v = "no"; if (beat == 3) v = "yes"; else if (beat >= 1) v = "partly"
     printf "| a criterion beats random draws (%d%% removed) | the best criterion beats %d of 3 random seeds | %s |\n", (8 - k) * 100 / 8, beat, v
   }
+  for (k = 6; k >= 4; k -= 2) {
+    if (!(("merge/msmoe", k) in mlog)) continue
+    pc = (8 - k) * 100 / 8
+    a = mlog["merge/msmoe", k]; na = mlog["merge/msmoe-noalign", k]; nv = mlog["merge/naive", k]
+    fq = mlog["prune/frequency", k]; re = mlog["prune/reap", k]
+    best = a < na ? a : na
+    v = best < nv ? "yes" : "no"
+    printf "| merging beats naive averaging (%d%% removed) | mean log-ppl ratio: M-SMoE %.3f (without alignment %.3f), naive %.3f | %s |\n", pc, a, na, nv, v
+    v = a < na ? "yes" : "no"
+    printf "| neuron alignment helps merging (%d%% removed) | mean log-ppl ratio: aligned %.3f, unaligned %.3f | %s |\n", pc, a, na, v
+    v = best < fq ? "yes" : "no"
+    printf "| merging beats dropping the same experts (%d%% removed) | mean log-ppl ratio: M-SMoE %.3f, frequency pruning %.3f | %s |\n", pc, best, fq, v
+    v = re < best ? "yes" : "no"
+    printf "| pruning (REAP) beats merging (REAP'"'"'s claim, on generation; here perplexity) (%d%% removed) | mean log-ppl ratio: REAP %.3f, best merge %.3f | %s |\n", pc, re, best, v
+  }
   own = 0; n = 0
   for (j = 1; j <= nd; ++j) {
     r = "tcess/" D[j] "/4"; if (!(r in rows)) continue
@@ -129,7 +163,7 @@ END {
     printf "| PMQ < frequency-only < uniform at the same bytes (%s) | mean KL: PMQ %.4f, frequency-only %.4f, uniform %.4f | %s |\n", B[b], p, f, u, v
   }
   printf "\nTimes: calibrate %.1f s", secs["calibrate"]
-  printf "; each prune or quantize above includes its --eval of both models on %d windows per domain.\n", 0
+  printf "; each prune, merge or quantize above includes its --eval of both models on %d windows per domain.\n", 0
 }' "$TSV" > "$OUT"
 sed -i "s/on 0 windows per domain/on the held-out windows/" "$OUT"
 # Splice into the doc.

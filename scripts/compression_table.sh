@@ -3,6 +3,7 @@
 # (8 experts per layer, top-2; trained on KJV, Python stdlib, fortunes), calibrates on each domain's valid split and
 # evaluates every compressed file against the original on each domain's held-out test split:
 #   - pruning by REAP, EASY-EP, frequency and random (3 seeds) to 6 and 4 of 8 experts (25% and 50% removed);
+#   - M-SMoE merging to 6 and 4 of 8 (with and without neuron alignment) and naive averaging;
 #   - TCESS: each domain's own expert set (4 of 8) on its domain and on the others, against frequency at 4 of 8;
 #   - mixed precision (PMQ by the ILP, and frequency-only) against uniform expert types at the same bytes.
 # The table is written between the markers of docs/compression.md; the raw rows go to $WORK/results.tsv.
@@ -71,6 +72,17 @@ done
 for d in "${DOMAINS[@]}"; do
   run_eval "tcess/$d/4" "$MOE" prune -m "$MODEL" --stats "$WORK/stats.gguf" --criterion tcess --label "$d" \
     --keep-experts 4 -o "$WORK/p.gguf" "${EVAL[@]}"
+done
+# M-SMoE merging to the same counts: with neuron alignment (the paper's method), without it, and the naive baseline
+# (uniform averaging, no alignment). The centres are frequency pruning's kept experts, so prune/frequency is the same
+# choice without the averaging.
+for keep in 6 4; do
+  run_eval "merge/msmoe/$keep" "$MOE" merge -m "$MODEL" --stats "$WORK/stats.gguf" --method msmoe --align \
+    --keep-experts "$keep" -o "$WORK/p.gguf" "${EVAL[@]}"
+  run_eval "merge/msmoe-noalign/$keep" "$MOE" merge -m "$MODEL" --stats "$WORK/stats.gguf" --method msmoe \
+    --keep-experts "$keep" -o "$WORK/p.gguf" "${EVAL[@]}"
+  run_eval "merge/naive/$keep" "$MOE" merge -m "$MODEL" --stats "$WORK/stats.gguf" --method msmoe --weighting uniform \
+    --keep-experts "$keep" -o "$WORK/p.gguf" "${EVAL[@]}"
 done
 # Mixed precision at the size of uniform Q3_K and Q4_K experts (the rest of the model as Q8_0 in every file).
 # Without super-expert protection: uniform types do not protect either, and at Q3_K's size the protected layer at

@@ -16,6 +16,7 @@
 
 #include "base/error.h"
 #include "cli_runner.h"
+#include "compress_test_util.h"
 #include "compress/calib_stats.h"
 #include "compress/calibrate.h"
 #include "compress/criteria.h"
@@ -41,13 +42,7 @@ std::unique_ptr<Model> load_fixture(const std::string& name) {
   return Model::load(p);
 }
 
-std::vector<float> eval_logits(const Model& model, const std::vector<int32_t>& ids, ForwardObserver* obs = nullptr) {
-  ResidentExpertStore store(model);
-  ThreadPool pool(2);
-  Session s(model, store, static_cast<int64_t>(ids.size()) + 4);
-  if (obs) s.forward().add_observer(obs);
-  return s.eval(ids, pool, /*all_logits=*/true, 512);
-}
+using test::eval_logits;
 
 compress::CalibStats calibrate(const Model& model, const std::vector<int32_t>& ids, std::vector<DType> types,
                                std::vector<float>* logits = nullptr) {

@@ -8,8 +8,8 @@
 // (the last two are optional). Placeholders: {model} the synthetic model (165 MB: 4 layers of 48 experts
 // of 816 KiB, vocab 8000), {mem} the row's budget (also the cgroup's limit), {tokens} 48 prompt ids,
 // {long_tokens} 2000 ids, {text} about 3 KB of text (one token per byte with this model's vocabulary),
-// {out} an output path, {json} a path for --stats-json. The row's command must end on its own (the test
-// waits for it). What each row must show:
+// {out} an output path, {json} a path for --stats-json, {stats} calibration statistics of the model (moe
+// calibrate). The row's command must end on its own (the test waits for it). What each row must show:
 //   - exit 0, no signal, the cgroup's oom_kill counter unchanged, its peak at most its limit (reported);
 //   - with {mem}: that experts streamed: `--stats-json {json}` (checked: "mode" is "offload" and the
 //     process's peak RSS is at most the budget), or a JSON object on stdout with "mode" (bench --json);
@@ -71,6 +71,8 @@ const std::vector<MemCase> kCases = {
       "--mem", "{mem}", "--stats-json", "{json}"}},
     // No --mem: holds one output tensor at a time, in a cgroup of 30% of the model.
     {"quantize_experts", "48M", {"quantize-experts", "-m", "{model}", "--type", "q4_0", "-o", "{out}", "-t", "2"}},
+    // No --mem: merges one output expert at a time (two experts' f32 matrices for the alignment).
+    {"merge", "48M", {"merge", "-m", "{model}", "--stats", "{stats}", "--keep", "0.5", "--align", "-q", "-o", "{out}"}},
 };
 
 const char* cli_path() {
@@ -80,7 +82,7 @@ const char* cli_path() {
 }
 
 struct Inputs {
-  std::string model, tokens, long_tokens, text;
+  std::string model, tokens, long_tokens, text, stats;
   uint64_t model_bytes = 0;
 };
 
@@ -110,6 +112,10 @@ const Inputs& inputs() {
       text += "Line " + std::to_string(line) + ": the experts stream from disk when the model does not fit.\n";
     i.text = (dir / "text.txt").string();
     moe::test::write_text(i.text, text);
+    i.stats = (dir / "calib.stats.gguf").string();
+    const auto c = moe::test::run_cli({"calibrate", "-q", "-m", i.model, "-f", i.text, "--recon-types", "", "-c", "128",
+                                       "--max-windows", "2", "-o", i.stats});
+    if (c.status != 0) throw std::runtime_error("moe calibrate failed: " + c.err);
     return i;
   }();
   return in;
@@ -136,7 +142,7 @@ TEST_P(MemCeiling, StaysUnderTheCgroupLimit) {
   const std::map<std::string, std::string> subst = {{"{model}", in.model}, {"{mem}", c.cgroup},
                                                     {"{tokens}", in.tokens}, {"{long_tokens}", in.long_tokens},
                                                     {"{text}", in.text},   {"{out}", out},
-                                                    {"{json}", json}};
+                                                    {"{json}", json},      {"{stats}", in.stats}};
   std::vector<std::string> argv = {cli_path()};
   bool budgeted = false, stats_json = false;
   for (const std::string& a : c.args) {

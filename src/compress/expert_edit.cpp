@@ -21,6 +21,9 @@ int proj_of(Role r) {
     case Role::ExpGate: return 0;
     case Role::ExpUp: return 1;
     case Role::ExpDown: return 2;
+    case Role::ExpGateBias: return 3;
+    case Role::ExpUpBias: return 4;
+    case Role::ExpDownBias: return 5;
     default: return -1;
   }
 }
@@ -117,7 +120,8 @@ void write_expert_edit(const gguf::File& src, const ExpertEdit& edit, const std:
     const std::vector<int>& from = is_router ? edit.router_from[il] : edit.copy_from[il];
     if (!is_router && proj < 0)
       for (int f : from)
-        if (f < 0) fail("{}: tensor '{}': new matrices are only defined for gate, up and down", src.path(), t.name);
+        if (f < 0) fail("{}: tensor '{}': new matrices are only defined for gate, up, down and their biases", src.path(),
+                                 t.name);
     const int64_t cols = out_dims[0];
     DType type = info->type;
     bool any_new = false;

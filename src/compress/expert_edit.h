@@ -27,7 +27,8 @@ struct ExpertEdit {
   // Per model layer: for each output expert, the source expert whose router row and selection-bias entry it
   // takes.
   std::vector<std::vector<int>> router_from;
-  // New matrices: proj 0 = gate [n_ff][n_embd], 1 = up [n_ff][n_embd], 2 = down [n_embd][n_ff], row-major fp32.
+  // New matrices: proj 0 = gate [n_ff][n_embd], 1 = up [n_ff][n_embd], 2 = down [n_embd][n_ff], row-major fp32;
+  // for archs with per-expert biases also 3 = gate bias [n_ff], 4 = up bias [n_ff], 5 = down bias [n_embd].
   std::function<std::vector<float>(int layer, int out_expert, int proj)> matrix;
   int64_t n_ff = 0;  // output expert width (0: unchanged)
 };

@@ -85,6 +85,7 @@ ExpertEdit neuron_edit(const gguf::File& src, const NeuronPlan& plan, int n_laye
   const gguf::File* f = &src;
   const NeuronPlan* pl = &plan;
   edit.matrix = [model, f, pl](int layer, int expert, int proj) {
+    if (proj > 2) fail("heapr: layer {}: experts with biases are not supported", layer);
     const ExpertF32 w = read_expert_f32(*f, *model, layer, expert);
     const int64_t d = model->spec().n_embd, ff = model->spec().layers[layer].moe.n_ff_exp, W = pl->width;
     const std::vector<int>& kept = pl->kept[layer][expert];

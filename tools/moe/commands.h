@@ -40,6 +40,7 @@ void register_quantize(CLI::App& app, CommandSet& cmds);
 void register_tensors(CLI::App& app, CommandSet& cmds);
 void register_calibrate(CLI::App& app, CommandSet& cmds);
 void register_prune(CLI::App& app, CommandSet& cmds);
+void register_merge(CLI::App& app, CommandSet& cmds);
 void register_remix(CLI::App& app, CommandSet& cmds);  // remix-build, remix-eval
 
 }  // namespace moe::cli

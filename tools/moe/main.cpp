@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   moe::cli::register_tensors(app, cmds);
   moe::cli::register_calibrate(app, cmds);
   moe::cli::register_prune(app, cmds);
+  moe::cli::register_merge(app, cmds);
   moe::cli::register_remix(app, cmds);
   try {
     app.parse(argc, argv);
