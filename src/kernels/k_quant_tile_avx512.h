@@ -254,30 +254,89 @@ void k4_row1(int64_t n, const uint8_t* w, size_t, const uint8_t* act, float* out
   *out = _mm_cvtss_f32(sum);
 }
 
-// K-quant row kernels for one token over up to four rows, and the panel GEMM for more tokens.
+// One row x NT tokens (NT <= 4; an expert's few tokens in a batched decode step): each block is decoded
+// once for all the tokens, and lane t carries token t through exactly k4_rows's arithmetic for one row
+// (the same integer sums, then sum += (d * dy) * I - (dmin * dy) * M per block in block order), so every
+// (row, token) has the bits of the one-token kernels. The row streams from DRAM: prefetched as k4_row1.
+template <int NT, class Dec>
+void k4_tokens(int64_t n, const uint8_t* w, const uint8_t* act, size_t as, float* out, int64_t os) {
+  static_assert(NT >= 1 && NT <= 4, "k4_tokens: one to four tokens");
+  __m128 sum = _mm_setzero_ps();
+  const int64_t nb = n / kQKK;
+  constexpr size_t xb = Dec::kBlockBytes;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * xb;
+    prefetch_block(blk + 4096, xb);
+    K4Weights k;
+    Dec::decode(blk, k);
+    __m512i isum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    __m128i msum[4] = {_mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128()};
+    __m128i dy = _mm_setzero_si128();
+    #pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) {
+      const BlockQ8_K& y = reinterpret_cast<const BlockQ8_K*>(act + t * as)[b];
+      #pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(k.v[i], ld512(y.qs + 64 * i)), k.s[i]);
+      msum[t] = _mm_madd_epi16(k.mins16, q8k_pair_sums(y));
+      dy = insert_epi32_from(dy, &y.d, t);
+    }
+    const __m128i I = hsum4_epi32(isum[0], isum[1], isum[2], isum[3]);
+    const __m128i M = _mm_hadd_epi32(_mm_hadd_epi32(msum[0], msum[1]), _mm_hadd_epi32(msum[2], msum[3]));
+    sum = k_quant_block_sum(sum, _mm_set1_ps(k.dx), _mm_set1_ps(k.dmx), _mm_castsi128_ps(dy), I, M);
+  }
+  alignas(16) float s[4];
+  _mm_store_ps(s, sum);
+  #pragma GCC unroll 4
+  for (int t = 0; t < NT; ++t) out[t * os] = s[t];
+}
+
+// K-quant row kernels for one token over up to four rows, the few-token kernels (where the type has
+// them), and the panel GEMM for kPanelMinTokens tokens or more.
 using RowsImpl = void (*)(int64_t, const uint8_t*, size_t, const uint8_t*, float*, size_t);
+using TokensImpl = void (*)(int64_t, const uint8_t*, const uint8_t*, size_t, float*, int64_t);
 struct KQuantKernels {
   DType type;  // for the panel GEMM
   RowsImpl rows[kTileRows];  // rows[0] is the single-row kernel
+  TokensImpl tokens[4];      // tokens[m - 1]: one row x m tokens; null: the row kernels once per token
 };
 
-#define MOE_K4_KERNELS(TYPE, DEC) \
-  {TYPE, {k4_row1<DEC>, k4_rows<2, DEC>, k4_rows<3, DEC>, k4_rows<4, DEC>}}
+#define MOE_K4_KERNELS(TYPE, DEC)                                                  \
+  {TYPE,                                                                           \
+   {k4_row1<DEC>, k4_rows<2, DEC>, k4_rows<3, DEC>, k4_rows<4, DEC>},              \
+   {k4_tokens<1, DEC>, k4_tokens<2, DEC>, k4_tokens<3, DEC>, k4_tokens<4, DEC>}}
 
 // One row streamed from DRAM (decode, one token): prefetch this far ahead of the block being decoded.
 // The hardware prefetcher alone left the single-thread Q4_K matvec about 10% slower.
 inline constexpr size_t kSingleRowPrefetch = 4096;
 
-// One token: the row kernels. Two or more: the panel GEMM (gemm_panel_avx512.cpp), which gives the same
-// bits per (row, token) and converts each weight block once for all tokens.
+// One token: the row kernels. A few (under kPanelMinTokens): each row through the few-token kernels, or
+// where the type has none, each group of rows through the row kernels once per token (from L1 after the
+// first). More: the panel GEMM (gemm_panel_avx512.cpp), which converts each weight block once for all
+// tokens. The same bits per (row, token) on every path.
 template <const KQuantKernels& K>
 void drive_k(int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as, int nt, float* out, int64_t os) {
-  if (nt >= 2) {
+  if (nt >= kPanelMinTokens) {
     panel_gemm_avx512(K.type, n, w, ws, nr, act, as, nullptr, nt, out, os);
     return;
   }
   const auto* wp = static_cast<const uint8_t*>(w);
   const auto* ap = static_cast<const uint8_t*>(act);
+  if (nt >= 2 && K.tokens[0]) {
+    for (int r = 0; r < nr; ++r)
+      for (int t0 = 0; t0 < nt; t0 += 4) {
+        const int m = nt - t0 < 4 ? nt - t0 : 4;
+        K.tokens[m - 1](n, wp + r * ws, ap + t0 * as, as, out + t0 * os + r, os);
+      }
+    return;
+  }
+  if (nt >= 2) {
+    for (int r0 = 0; r0 < nr; r0 += kTileRows) {
+      const int mr = nr - r0 < kTileRows ? nr - r0 : kTileRows;
+      for (int t = 0; t < nt; ++t)
+        K.rows[mr - 1](n, wp + r0 * ws, ws, ap + t * as, out + t * os + r0, 2 * static_cast<size_t>(mr) * ws);
+    }
+    return;
+  }
   for (int r0 = 0; r0 < nr; r0 += kTileRows) {
     const int mr = nr - r0 < kTileRows ? nr - r0 : kTileRows;
     K.rows[mr - 1](n, wp + r0 * ws, ws, ap, out + r0, 2 * static_cast<size_t>(mr) * ws);

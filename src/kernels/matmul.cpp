@@ -55,7 +55,7 @@ int64_t gemm_token_block(size_t act_row_bytes) {
   return std::max<int64_t>(16, static_cast<int64_t>((256 << 10) / std::max<size_t>(1, act_row_bytes))) & ~int64_t{7};
 }
 
-// Rows per group of the few-token path: 16 rows of a 2048-wide Q4_K matrix are 18 KB, in L1 while every
+// Rows per call of the few-token path: 16 rows of a 2048-wide Q4_K matrix are 18 KB, in L1 while every
 // token passes over them.
 constexpr int64_t kFewTokenRowGroup = 16;
 
@@ -71,16 +71,14 @@ void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_s
                     act.row(0), act.row_bytes(), 1, y + r0, y_stride);
     return;
   }
-  // A few tokens (an expert's rows in a batched decode step): converting each weight block into the
-  // panel format costs more than it saves, so each row group goes through the one-token kernels once
-  // per token, its rows staying in L1 after the first (the same bits per (row, token) either way).
+  // A few tokens (an expert's rows in a batched decode step): the tile kernels take them all at once,
+  // row group by row group; below kPanelMinTokens the AVX-512 drivers use their row kernels rather than
+  // the panel GEMM, whose weight conversion would cost more than it saves (quant_tile.h).
   if (act.n_tokens() > 1 && act.n_tokens() < kPanelMinTokens && tr.vec_dot_tile) {
-    const int64_t G = kFewTokenRowGroup;
-    for (int64_t r = r0; r < r1; r += G) {
-      const int mr = static_cast<int>(std::min(G, r1 - r));
-      for (int64_t t = 0; t < act.n_tokens(); ++t)
-        tr.vec_dot_tile(w.cols, w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, mr, act.row(t),
-                        act.row_bytes(), 1, y + t * y_stride + r, y_stride);
+    for (int64_t r = r0; r < r1; r += kFewTokenRowGroup) {
+      const int mr = static_cast<int>(std::min(kFewTokenRowGroup, r1 - r));
+      tr.vec_dot_tile(w.cols, w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, mr, act.row(0),
+                      act.row_bytes(), static_cast<int>(act.n_tokens()), y + r, y_stride);
     }
     return;
   }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "base/thread_pool.h"
+#include "kernels/quant_tile.h"
 #include "tensor/dtype.h"
 
 namespace moe::kernels {
@@ -72,12 +73,8 @@ void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::v
 // multiple of 4 rows, about 64 KB of weights.
 int64_t decode_min_rows(size_t row_bytes);
 
-// Fewer tokens than this go through the one-token row kernels once per token instead of the panel
-// GEMM: converting a weight block into the panel format costs about as much as 7 row-kernel passes
-// over it from L1 (bench/gemm_bench.cpp BM_FewTokens on OLMoE expert shapes, weights from DRAM: the
-// panel is 1.8-3.7x slower at 2-4 tokens, even at 8, and 1.3-1.6x faster at 16). A batched decode
-// step gives most experts this few tokens.
-inline constexpr int64_t kPanelMinTokens = 8;
+// Fewer tokens than this take the row kernels instead of the panel GEMM (quant_tile.h says why).
+inline constexpr int64_t kPanelMinTokens = quant::kPanelMinTokens;
 
 // Throws unless act fits w (length, and w's vec_dot_type). matmul and matmul_batch check every job; a
 // fused region that calls matmul_rows checks its jobs first, since its workers must not throw.

@@ -14,6 +14,13 @@ namespace moe::quant {
 inline constexpr int kTileRows = 4;
 inline constexpr int kTileTokens = 2;
 
+// Fewer tokens than this take the row kernels (one decode of each weight block, shared by the tokens
+// where the type has a few-token kernel) instead of the panel GEMM: converting a weight block into the
+// panel format costs about as much as 7 one-token passes over it from L1 (bench/gemm_bench.cpp
+// BM_FewTokens on OLMoE expert shapes, weights from DRAM: the panel was 1.8-3.7x slower at 2-4 tokens,
+// even at 8, and 1.3-1.6x faster at 16). A batched decode step gives most experts this few tokens.
+inline constexpr int kPanelMinTokens = 8;
+
 struct TileKernels {
   VecDotTileFn tile = nullptr;  // nullptr: the ISA has no tile kernel for the type
   VecDotFn dot = nullptr;       // the same arithmetic for one (row, token): bit-identical to tile

@@ -270,18 +270,21 @@ struct LegacyKernels {
                                                      legacy_rows<4, kQ4>};
 };
 
-// Q8_0 / Q4_0: the row kernels for one token, the panel GEMM for two or more.
+// Q8_0 / Q4_0: the row kernels, once per token (from L1 after the first) below kPanelMinTokens tokens;
+// the panel GEMM from there on.
 template <bool kQ4>
 void drive_legacy(int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as, int nt, float* out,
                   int64_t os) {
-  if (nt >= 2) {
+  if (nt >= kPanelMinTokens) {
     panel_gemm_avx512(kQ4 ? DType::Q4_0 : DType::Q8_0, n, w, ws, nr, act, as, nullptr, nt, out, os);
     return;
   }
   const auto* wp = static_cast<const uint8_t*>(w);
   for (int r0 = 0; r0 < nr; r0 += kTileRows) {
     const int mr = nr - r0 < kTileRows ? nr - r0 : kTileRows;
-    LegacyKernels<kQ4>::rows[mr - 1](n, wp + r0 * ws, ws, static_cast<const uint8_t*>(act), out + r0);
+    for (int t = 0; t < nt; ++t)
+      LegacyKernels<kQ4>::rows[mr - 1](n, wp + r0 * ws, ws, static_cast<const uint8_t*>(act) + t * as,
+                                       out + t * os + r0);
   }
 }
 
@@ -294,7 +297,7 @@ float single_legacy(int64_t n, const void* w, const void* act) {
 
 const KQuantKernels kQ4K = MOE_K4_KERNELS(DType::Q4_K, K4Decoder<false>);
 const KQuantKernels kQ5K = MOE_K4_KERNELS(DType::Q5_K, K4Decoder<true>);
-const KQuantKernels kQ6K = {DType::Q6_K, {q6_row1, q6_rows<2>, q6_rows<3>, q6_rows<4>}};
+const KQuantKernels kQ6K = {DType::Q6_K, {q6_row1, q6_rows<2>, q6_rows<3>, q6_rows<4>}, {}};
 
 }  // namespace
 }  // namespace avx512t
