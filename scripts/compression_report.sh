@@ -94,11 +94,11 @@ END {
   printf "| expert types | file size | bible | python | fortunes | mean KL |\n|---|---|---|---|---|---|\n"
   split("q3_K q4_K", B, " ")
   for (b = 1; b <= 2; ++b) {
-    split("uniform pmq freq-only pmq-pe freq-only-pe", M, " ")
-    for (m = 1; m <= 5; ++m) {
+    split("uniform pmq freq-only pmq-pe freq-only-pe pmq-pew", M, " ")
+    for (m = 1; m <= 6; ++m) {
       r = "quant/" M[m] "/" B[b]
       if (!(r in rows)) continue
-      unit = M[m] ~ /-pe$/ ? "per expert" : "per (layer, projection)"
+      unit = M[m] ~ /-pe$/ ? "per expert matrix" : (M[m] ~ /-pew$/ ? "per expert (gate, up, down alike)" : "per (layer, projection)")
       name = M[m] == "uniform" ? "uniform " B[b] : (M[m] ~ /^pmq/ ? "PMQ (ILP, f^1 w^1.5), " unit ", at " B[b] "'"'"'s size" : "frequency-only (ILP, f^1), " unit ", at " B[b] "'"'"'s size")
       line = sprintf("| %s | %.2f MB |", name, size[r] / 1e6); mk = 0
       for (i = 1; i <= nd; ++i) { line = line " " fmt_ppl(base[D[i]], ppl[r, D[i]]) " |"; mk += kl[r, D[i]] / nd; qk[M[m], B[b]] = mk; qs[M[m], B[b]] = size[r] }
@@ -167,9 +167,11 @@ END {
     v = "no"
     if (pe < p && fe <= f) v = "yes"
     else if (pe < p || fe < f) v = "partly"
-    printf "| one type per expert beats one per (layer, projection) at the same bytes (%s) | mean KL per expert: PMQ %.4f, frequency-only %.4f; per tensor: PMQ %.4f, frequency-only %.4f | %s |\n", B[b], pe, fe, p, f, v
+    printf "| a type per expert matrix beats one per (layer, projection) at the same bytes (%s) | mean KL per expert matrix: PMQ %.4f, frequency-only %.4f; per tensor: PMQ %.4f, frequency-only %.4f | %s |\n", B[b], pe, fe, p, f, v
     v = pe < fe ? "yes" : (pe == fe ? "no: the same types" : "no")
-    printf "| PMQ < frequency-only with one type per expert (%s) | mean KL: PMQ %.4f, frequency-only %.4f | %s |\n", B[b], pe, fe, v
+    printf "| PMQ < frequency-only with a type per expert matrix (%s) | mean KL: PMQ %.4f, frequency-only %.4f | %s |\n", B[b], pe, fe, v
+    pw = qk["pmq-pew", B[b]]
+    if (pw != "") printf "| one type per whole expert (gate, up, down alike) beats one per (layer, projection) (%s) | mean KL (PMQ): per expert %.4f, per expert matrix %.4f, per tensor %.4f | %s |\n", B[b], pw, pe, p, pw < p ? "yes" : "no"
   }
   printf "\nTimes: calibrate %.1f s", secs["calibrate"]
   printf "; each prune, merge or quantize above includes its --eval of both models on %d windows per domain.\n", 0

@@ -100,11 +100,13 @@ for base in q3_K q4_K; do
     --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
   run_eval "quant/freq-only/$base" "$MOE" quantize -m "$MODEL" --type Q8_0 --mixed --no-protect --beta 0 --budget "$meta" \
     --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
-  # The same budget, one type per expert (moe.cpp's own layout, docs/compression.md).
+  # The same budget, one type per expert matrix (moe.cpp's own layout, docs/compression.md), and one per expert.
   run_eval "quant/pmq-pe/$base" "$MOE" quantize -m "$MODEL" --type Q8_0 --mixed --layout per-expert --no-protect \
     --budget "$meta" --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
   run_eval "quant/freq-only-pe/$base" "$MOE" quantize -m "$MODEL" --type Q8_0 --mixed --layout per-expert --no-protect \
     --beta 0 --budget "$meta" --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
+  run_eval "quant/pmq-pew/$base" "$MOE" quantize -m "$MODEL" --type Q8_0 --mixed --layout per-expert --expert-unit expert \
+    --no-protect --budget "$meta" --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
 done
 rm -f "$WORK"/p.gguf "$WORK"/u-*.gguf "$WORK"/m.gguf
 bash scripts/compression_report.sh "$WORK" docs/compression.md

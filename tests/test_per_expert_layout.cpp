@@ -85,6 +85,7 @@ TEST(PerExpertAllocation, TheHotExpertsGetTheBitsAndThePlanIsSplit) {
   Hand h = hand(/*hot=*/1);
   compress::MixedOptions o;
   o.per_expert = true;
+  o.whole_expert = true;
   // Room for the two hot experts at Q8_0 and the six others at Q2_K (and not for anything better).
   o.budget.total_bytes = 2 * expert_bytes(DType::Q8_0) + 6 * expert_bytes(DType::Q2_K) + 1024;
   const compress::MixedResult r = compress::allocate_mixed(h.stats, h.plan, o);
@@ -109,11 +110,33 @@ TEST(PerExpertAllocation, TheHotExpertsGetTheBitsAndThePlanIsSplit) {
   EXPECT_EQ(h.plan.bytes_out, r.alloc.bytes + 1024);
 }
 
+TEST(PerExpertAllocation, PerMatrixTheSensitiveProjectionGetsTheBits) {
+  // Every expert's down projection loses 100x more than its gate and up: per matrix, all downs take Q8_0 and the
+  // rest Q2_K, which one type per expert cannot express.
+  Hand h = hand(/*hot=*/-1);
+  for (auto& l : h.stats.layers)
+    for (size_t c = 0; c < 3; ++c)
+      for (int e = 0; e < 4; ++e) l.recon[(c * compress::kReconParts + 2) * 4 + e] *= 100;
+  compress::MixedOptions o;
+  o.per_expert = true;
+  const uint64_t m8 = row_bytes(DType::Q8_0, 256) * 32, m2 = row_bytes(DType::Q2_K, 256) * 32;
+  o.budget.total_bytes = 8 * m8 + 16 * m2 + 1024;
+  const compress::MixedResult r = compress::allocate_mixed(h.stats, h.plan, o);
+  ASSERT_EQ(r.type.size(), 24u);  // layer, expert, then gate, up, down
+  for (size_t k = 0; k < 24; ++k) EXPECT_EQ(r.type[k], k % 3 == 2 ? DType::Q8_0 : DType::Q2_K) << k;
+  EXPECT_EQ(r.alloc.bytes, 8 * m8 + 16 * m2);
+  for (size_t i = 0; i < h.plan.tensors.size(); ++i)
+    if (h.plan.tensors[i].role)
+      EXPECT_EQ(h.plan.types[i], *h.plan.tensors[i].role == Role::ExpDown ? DType::Q8_0 : DType::Q2_K)
+          << h.plan.tensors[i].name;
+}
+
 TEST(PerExpertAllocation, BudgetsAreNeverExceededAndSuperExpertsAloneKeepTheHighestType) {
   for (double bpw : {2.7, 3.0, 3.7, 4.5, 5.0, 6.0, 8.5, 9.0}) {
     Hand h = hand(2);
     compress::MixedOptions o;
     o.per_expert = true;
+    o.whole_expert = bpw > 5;  // both units
     o.budget.bits_per_weight = bpw;
     const compress::MixedResult r = compress::allocate_mixed(h.stats, h.plan, o);
     EXPECT_LE(8.0 * static_cast<double>(r.alloc.bytes) / static_cast<double>(r.expert_elements), bpw) << bpw;
@@ -126,6 +149,7 @@ TEST(PerExpertAllocation, BudgetsAreNeverExceededAndSuperExpertsAloneKeepTheHigh
   h.stats.layers[0].max_out[3] = 1000;  // a super expert in layer 0 (in the first 75% of the layers)
   compress::MixedOptions o;
   o.per_expert = true;
+  o.whole_expert = true;
   o.budget.total_bytes = 2 * expert_bytes(DType::Q8_0) + 6 * expert_bytes(DType::Q2_K) + 1024;
   const compress::MixedResult r = compress::allocate_mixed(h.stats, h.plan, o);
   // Forced, alone: its layer-mates are not, and the hot experts lose the Q8_0 its bytes took (Q4_K instead).
@@ -305,7 +329,7 @@ TEST(PerExpertCli, OneTypeEqualsTheStackedFileAndMixedTypesStreamAsResident) {
   r = run_cli({"quantize", "-q", "-m", model, "-o", uniform, "--type", "Q8_0", "--mixed", "--layout", "per-expert",
                "--candidates", "q4_K", "--budget", "8", "--stats", stats});
   ASSERT_EQ(r.status, 0) << r.err;
-  EXPECT_NE(r.out.find("mixed: 16 experts: 16 q4_K"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("mixed: 48 expert matrices: 48 q4_K"), std::string::npos) << r.out;
 
   // One type: every split tensor holds the bytes of its slice of the stacked tensor.
   auto fs_ = gguf::File::open(stacked, gguf::DataAccess::Pread);
@@ -366,7 +390,10 @@ TEST(PerExpertCli, OneTypeEqualsTheStackedFileAndMixedTypesStreamAsResident) {
   // Bad --layout values and combinations.
   for (const auto& [args, want] : std::vector<std::pair<std::vector<std::string>, std::string>>{
            {{"--layout", "per-expert"}, "--layout per-expert is for --mixed"},
-           {{"--mixed", "--budget", "4", "--stats", stats, "--layout", "experts"}, "--layout experts"}}) {
+           {{"--mixed", "--budget", "4", "--stats", stats, "--layout", "experts"}, "--layout experts"},
+           {{"--mixed", "--budget", "4", "--stats", stats, "--expert-unit", "expert"}, "--expert-unit is for"},
+           {{"--mixed", "--budget", "4", "--stats", stats, "--layout", "per-expert", "--expert-unit", "row"},
+            "--expert-unit row"}}) {
     std::vector<std::string> full = {"quantize", "-q", "-m", model, "-o", mixed, "--type", "Q8_0"};
     full.insert(full.end(), args.begin(), args.end());
     r = run_cli(full);

@@ -90,7 +90,7 @@ uint64_t expert_budget(const MixedOptions& o, uint64_t expert_elements, uint64_t
 
 constexpr int kAllParts = 3;  // calib_stats.h: recon part "all" (gate, up and down quantized together)
 
-// One item per (layer, expert): its three matrices at one type.
+// One item per (layer, expert, projection), or with whole_expert per (layer, expert) with its matrices at one type.
 MixedResult allocate_per_expert(const CalibStats& stats, QuantizePlan& plan, const MixedOptions& o,
                                 const std::vector<size_t>& cand, size_t best, const std::vector<std::vector<bool>>& supers) {
   MixedResult r;
@@ -117,6 +117,7 @@ MixedResult allocate_per_expert(const CalibStats& stats, QuantizePlan& plan, con
   struct ItemRef {
     size_t layer_j;
     int expert;
+    int tensor;  // index into the layer's tensors, or -1 for all of them (whole_expert)
   };
   std::vector<ItemRef> refs;
   for (size_t lj = 0; lj < layer_order.size(); ++lj) {
@@ -132,26 +133,32 @@ MixedResult allocate_per_expert(const CalibStats& stats, QuantizePlan& plan, con
     double total = 0;
     for (double c : ls->count) total += c;
     for (int e = 0; e < ls->n_expert; ++e) {
-      AllocItem it;
-      it.name = fmt::format("blk.{} expert {}", il, e);
       const double f = total > 0 ? ls->count[e] / total : 1.0 / ls->n_expert;
       const double w = ls->count[e] > 0 ? ls->weight_sum[e] / ls->count[e] : 0.0;
       const double importance = std::pow(f, o.alpha) * std::pow(w, o.beta);
-      for (size_t c : cand) {
-        const DType ty = stats.recon_types[c];
-        uint64_t bytes = 0;
-        bool fits = true;
-        for (size_t i : tensors) {
-          const auto& d = plan.tensors[i].dims;
-          fits &= fallback_type(ty, d[0]) == ty;
-          bytes += tensor_bytes(ty, {d[0], d[1]});
+      const int n_items = o.whole_expert ? 1 : static_cast<int>(tensors.size());
+      for (int k = 0; k < n_items; ++k) {
+        AllocItem it;
+        it.name = o.whole_expert ? fmt::format("blk.{} expert {}", il, e)
+                                 : fmt::format("{} expert {}", plan.tensors[tensors[static_cast<size_t>(k)]].name, e);
+        for (size_t c : cand) {
+          const DType ty = stats.recon_types[c];
+          uint64_t bytes = 0;
+          bool fits = true;
+          for (size_t x = 0; x < tensors.size(); ++x) {
+            if (!o.whole_expert && static_cast<int>(x) != k) continue;
+            const auto& d = plan.tensors[tensors[x]].dims;
+            fits &= fallback_type(ty, d[0]) == ty;
+            bytes += tensor_bytes(ty, {d[0], d[1]});
+          }
+          const int part = o.whole_expert ? kAllParts : proj_index(*plan.tensors[tensors[static_cast<size_t>(k)]].role);
+          it.cost.push_back(fits ? importance * ls->recon_at(c, part, e) : kNotAllowed);
+          it.bytes.push_back(bytes);
         }
-        it.cost.push_back(fits ? importance * ls->recon_at(c, kAllParts, e) : kNotAllowed);
-        it.bytes.push_back(bytes);
+        if (o.protect && supers[li][static_cast<size_t>(e)]) it.forced = static_cast<int>(best);
+        refs.push_back({lj, e, o.whole_expert ? -1 : k});
+        p.items.push_back(std::move(it));
       }
-      if (o.protect && supers[li][static_cast<size_t>(e)]) it.forced = static_cast<int>(best);
-      refs.push_back({lj, e});
-      p.items.push_back(std::move(it));
     }
   }
   if (p.items.empty()) fail("--mixed: the model has no routed-expert tensors the statistics cover");
@@ -173,7 +180,9 @@ MixedResult allocate_per_expert(const CalibStats& stats, QuantizePlan& plan, con
     const DType ty = stats.recon_types[cand[static_cast<size_t>(r.alloc.choice[k])]];
     const size_t lj = refs[k].layer_j;
     const size_t n_t = by_layer[static_cast<size_t>(layer_order[lj])].size();
-    for (size_t t = 0; t < n_t; ++t) r.split_types[first_j[lj] + t][static_cast<size_t>(refs[k].expert)] = ty;
+    for (size_t t = 0; t < n_t; ++t)
+      if (refs[k].tensor < 0 || static_cast<int>(t) == refs[k].tensor)
+        r.split_types[first_j[lj] + t][static_cast<size_t>(refs[k].expert)] = ty;
     r.type.push_back(ty);
   }
   for (size_t j = 0; j < r.tensor.size(); ++j) {

@@ -92,6 +92,9 @@ int run_quantize(const QuantizeFlags& a) {
   if (a.layout != "per-tensor" && a.layout != "per-expert")
     fail("--layout {}: expected per-tensor (standard GGUF) or per-expert (moe.cpp's own)", a.layout);
   if (!a.mixed && a.layout != "per-tensor") fail("--layout per-expert is for --mixed");
+  if (a.expert_unit != "matrix" && a.expert_unit != "expert")
+    fail("--expert-unit {}: expected matrix (a type per expert matrix) or expert (one per expert)", a.expert_unit);
+  if (a.expert_unit != "matrix" && a.layout != "per-expert") fail("--expert-unit is for --layout per-expert");
   if (a.mixed) {
     if (!a.expert_type.empty()) fail("--mixed chooses the experts' types: drop --expert-type");
     compress::MixedOptions mo;
@@ -100,6 +103,7 @@ int run_quantize(const QuantizeFlags& a) {
     mo.beta = a.beta;
     mo.protect = !a.no_protect;
     mo.per_expert = a.layout == "per-expert";
+    mo.whole_expert = a.expert_unit == "expert";
     for (size_t p = 0; p < a.candidates.size();) {
       size_t q = a.candidates.find(',', p);
       if (q == std::string::npos) q = a.candidates.size();
@@ -119,7 +123,7 @@ int run_quantize(const QuantizeFlags& a) {
     for (const auto& [name, n] : by_type) chosen += fmt::format("{}{} {}", chosen.empty() ? "" : ", ", n, name);
     uint64_t expert_bytes = mr.alloc.bytes;
     std::printf("mixed: %zu %s: %s; %s of %s budget (%.3f bits/weight), cost %.6g%s\n", mr.type.size(),
-                mo.per_expert ? "experts" : "expert tensors", chosen.c_str(), human_bytes(expert_bytes).c_str(),
+                mo.per_expert ? (mo.whole_expert ? "experts" : "expert matrices") : "expert tensors", chosen.c_str(), human_bytes(expert_bytes).c_str(),
                 human_bytes(mr.expert_budget).c_str(),
                 8.0 * static_cast<double>(expert_bytes) / static_cast<double>(mr.expert_elements), mr.alloc.cost,
                 mr.alloc.optimal ? " (optimal)" : " (time limit)");
@@ -208,6 +212,9 @@ void register_quantize(CLI::App& app, CommandSet& cmds) {
   sub->add_option("--layout", a->layout, "--mixed: per-tensor (one type per layer and projection: standard GGUF, "
                                          "llama.cpp loads it) or per-expert (one type per expert: moe.cpp's own "
                                          "layout, docs/compression.md)")
+      ->capture_default_str();
+  sub->add_option("--expert-unit", a->expert_unit, "--layout per-expert: matrix (a type per expert matrix: gate, up "
+                                                   "and down apart) or expert (one type per expert)")
       ->capture_default_str();
   add_eval_flags(sub, a->eval);
   sub->add_option("-t,--threads", a->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
