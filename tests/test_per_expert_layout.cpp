@@ -185,7 +185,8 @@ struct Mutation {
   std::string layout = kExpertLayoutPerExpert;  // the key's value ("" = no key)
 };
 
-// Copies `src` with every routed-expert matrix tensor written as one tensor per expert (same type, same bytes).
+// Copies `src` with every routed-expert matrix tensor written as one tensor per expert (same type, same bytes),
+// in reverse expert order.
 void write_split(const std::string& src, const std::string& out, const Mutation& m = {}) {
   auto model = Model::load(src, gguf::DataAccess::Pread, /*defer_experts=*/true);
   std::set<std::string> stacked;
@@ -202,7 +203,9 @@ void write_split(const std::string& src, const std::string& out, const Mutation&
     if (!stacked.count(t.name) || m.keep_stacked) w.add_tensor_stream(t.name, t.type, t.dims, whole);
     if (!stacked.count(t.name)) continue;
     const uint64_t mb = row_bytes(t.type, t.dims[0]) * static_cast<uint64_t>(t.dims[1]);
-    for (int64_t e = 0; e < t.dims[2]; ++e) {
+    // Last expert first: the loader and the store must use each tensor's own offset, not expert 0's + e * size
+    // (which a file written in expert order would happen to match).
+    for (int64_t e = t.dims[2] - 1; e >= 0; --e) {
       const std::string name = split_expert_name(t.name, static_cast<int>(e));
       if (name == m.drop) continue;
       std::vector<int64_t> dims = {t.dims[0], t.dims[1] - (name == m.reshape ? 1 : 0)};
