@@ -94,11 +94,12 @@ END {
   printf "| expert types | file size | bible | python | fortunes | mean KL |\n|---|---|---|---|---|---|\n"
   split("q3_K q4_K", B, " ")
   for (b = 1; b <= 2; ++b) {
-    split("uniform pmq freq-only", M, " ")
-    for (m = 1; m <= 3; ++m) {
+    split("uniform pmq freq-only pmq-pe freq-only-pe pmq-pew", M, " ")
+    for (m = 1; m <= 6; ++m) {
       r = "quant/" M[m] "/" B[b]
       if (!(r in rows)) continue
-      name = M[m] == "uniform" ? "uniform " B[b] : (M[m] == "pmq" ? "PMQ (ILP, f^1 w^1.5) at " B[b] "'"'"'s size" : "frequency-only (ILP, f^1) at " B[b] "'"'"'s size")
+      unit = M[m] ~ /-pe$/ ? "per expert matrix" : (M[m] ~ /-pew$/ ? "per expert (gate, up, down alike)" : "per (layer, projection)")
+      name = M[m] == "uniform" ? "uniform " B[b] : (M[m] ~ /^pmq/ ? "PMQ (ILP, f^1 w^1.5), " unit ", at " B[b] "'"'"'s size" : "frequency-only (ILP, f^1), " unit ", at " B[b] "'"'"'s size")
       line = sprintf("| %s | %.2f MB |", name, size[r] / 1e6); mk = 0
       for (i = 1; i <= nd; ++i) { line = line " " fmt_ppl(base[D[i]], ppl[r, D[i]]) " |"; mk += kl[r, D[i]] / nd; qk[M[m], B[b]] = mk; qs[M[m], B[b]] = size[r] }
       printf "%s %.4f |\n", line, mk
@@ -161,6 +162,16 @@ END {
     else if (p < u && f < u) v = "partly: both beat uniform, PMQ not below frequency-only"
     else if (p < u) v = "partly: PMQ beats uniform"
     printf "| PMQ < frequency-only < uniform at the same bytes (%s) | mean KL: PMQ %.4f, frequency-only %.4f, uniform %.4f | %s |\n", B[b], p, f, u, v
+    pe = qk["pmq-pe", B[b]]; fe = qk["freq-only-pe", B[b]]
+    if (pe == "") continue
+    v = "no"
+    if (pe < p && fe <= f) v = "yes"
+    else if (pe < p || fe < f) v = "partly"
+    printf "| a type per expert matrix beats one per (layer, projection) at the same bytes (%s) | mean KL per expert matrix: PMQ %.4f, frequency-only %.4f; per tensor: PMQ %.4f, frequency-only %.4f | %s |\n", B[b], pe, fe, p, f, v
+    v = pe < fe ? "yes" : (pe == fe ? "no: the same types" : "no")
+    printf "| PMQ < frequency-only with a type per expert matrix (%s) | mean KL: PMQ %.4f, frequency-only %.4f | %s |\n", B[b], pe, fe, v
+    pw = qk["pmq-pew", B[b]]
+    if (pw != "") printf "| one type per whole expert (gate, up, down alike) beats one per (layer, projection) (%s) | mean KL (PMQ): per expert %.4f, per expert matrix %.4f, per tensor %.4f | %s |\n", B[b], pw, pe, p, pw < p ? "yes" : "no"
   }
   printf "\nTimes: calibrate %.1f s", secs["calibrate"]
   printf "; each prune, merge or quantize above includes its --eval of both models on %d windows per domain.\n", 0

@@ -5,7 +5,8 @@
 #   - pruning by REAP, EASY-EP, frequency and random (3 seeds) to 6 and 4 of 8 experts (25% and 50% removed);
 #   - M-SMoE merging to 6 and 4 of 8 (with and without neuron alignment) and naive averaging;
 #   - TCESS: each domain's own expert set (4 of 8) on its domain and on the others, against frequency at 4 of 8;
-#   - mixed precision (PMQ by the ILP, and frequency-only) against uniform expert types at the same bytes.
+#   - mixed precision (PMQ by the ILP, and frequency-only) against uniform expert types at the same bytes, one type
+#     per (layer, projection) (standard GGUF) and one per expert (moe.cpp's per-expert layout).
 # The table is written between the markers of docs/compression.md; the raw rows go to $WORK/results.tsv.
 #
 #   scripts/compression_table.sh   env: MOE (build/bin/moe), MODEL, CORPUS (build/corpus: scripts/build_corpus.sh
@@ -99,6 +100,13 @@ for base in q3_K q4_K; do
     --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
   run_eval "quant/freq-only/$base" "$MOE" quantize -m "$MODEL" --type Q8_0 --mixed --no-protect --beta 0 --budget "$meta" \
     --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
+  # The same budget, one type per expert matrix (moe.cpp's own layout, docs/compression.md), and one per expert.
+  run_eval "quant/pmq-pe/$base" "$MOE" quantize -m "$MODEL" --type Q8_0 --mixed --layout per-expert --no-protect \
+    --budget "$meta" --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
+  run_eval "quant/freq-only-pe/$base" "$MOE" quantize -m "$MODEL" --type Q8_0 --mixed --layout per-expert --no-protect \
+    --beta 0 --budget "$meta" --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
+  run_eval "quant/pmq-pew/$base" "$MOE" quantize -m "$MODEL" --type Q8_0 --mixed --layout per-expert --expert-unit expert \
+    --no-protect --budget "$meta" --stats "$WORK/stats.gguf" -o "$WORK/m.gguf" "${EVAL[@]}"
 done
 rm -f "$WORK"/p.gguf "$WORK"/u-*.gguf "$WORK"/m.gguf
 bash scripts/compression_report.sh "$WORK" docs/compression.md

@@ -73,6 +73,10 @@ const std::vector<MemCase> kCases = {
     {"quantize_experts", "48M", {"quantize-experts", "-m", "{model}", "--type", "q4_0", "-o", "{out}", "-t", "2"}},
     // No --mem: merges one output expert at a time (two experts' f32 matrices for the alignment).
     {"merge", "48M", {"merge", "-m", "{model}", "--stats", "{stats}", "--keep", "0.5", "--align", "-q", "-o", "{out}"}},
+    // The same model in the per-expert layout (one tensor per expert): the experts stream from their own tensors.
+    {"run_per_expert", "112M",
+     {"run", "-m", "{pe_model}", "--tokens", "{tokens}", "-n", "48", "-c", "256", "-t", "2", "--temp", "0", "--mem",
+      "{mem}", "--stats-json", "{json}"}},
 };
 
 const char* cli_path() {
@@ -83,6 +87,7 @@ const char* cli_path() {
 
 struct Inputs {
   std::string model, tokens, long_tokens, text, stats;
+  std::string pe_model;  // the model in the per-expert layout (same types, so the tensors are copied)
   uint64_t model_bytes = 0;
 };
 
@@ -116,6 +121,15 @@ const Inputs& inputs() {
     const auto c = moe::test::run_cli({"calibrate", "-q", "-m", i.model, "-f", i.text, "--recon-types", "", "-c", "128",
                                        "--max-windows", "2", "-o", i.stats});
     if (c.status != 0) throw std::runtime_error("moe calibrate failed: " + c.err);
+    const std::string pe_stats = (dir / "calib-q8.stats.gguf").string();
+    const auto pc = moe::test::run_cli({"calibrate", "-q", "-m", i.model, "-f", i.text, "--recon-types", "q8_0", "-c",
+                                        "64", "--max-windows", "1", "-o", pe_stats});
+    if (pc.status != 0) throw std::runtime_error("moe calibrate failed: " + pc.err);
+    i.pe_model = (dir / "synth-165mb-per-expert.gguf").string();
+    const auto q = moe::test::run_cli({"quantize", "-q", "-m", i.model, "--type", "Q8_0", "--mixed", "--layout",
+                                       "per-expert", "--candidates", "q8_0", "--budget", "9", "--stats", pe_stats,
+                                       "-o", i.pe_model});
+    if (q.status != 0) throw std::runtime_error("moe quantize --layout per-expert failed: " + q.err);
     return i;
   }();
   return in;
@@ -142,7 +156,8 @@ TEST_P(MemCeiling, StaysUnderTheCgroupLimit) {
   const std::map<std::string, std::string> subst = {{"{model}", in.model}, {"{mem}", c.cgroup},
                                                     {"{tokens}", in.tokens}, {"{long_tokens}", in.long_tokens},
                                                     {"{text}", in.text},   {"{out}", out},
-                                                    {"{json}", json},      {"{stats}", in.stats}};
+                                                    {"{json}", json},      {"{stats}", in.stats},
+                                                    {"{pe_model}", in.pe_model}};
   std::vector<std::string> argv = {cli_path()};
   bool budgeted = false, stats_json = false;
   for (const std::string& a : c.args) {
@@ -154,7 +169,7 @@ TEST_P(MemCeiling, StaysUnderTheCgroupLimit) {
   // Larger than the budget, so that a command which held the whole model could not pass.
   ASSERT_GT(in.model_bytes, limit) << "the synthetic model must be larger than the " << c.cgroup << " budget";
 
-  const CgroupRun r = cg->run(argv, scratch.string(), c.stdin_text, {in.model});
+  const CgroupRun r = cg->run(argv, scratch.string(), c.stdin_text, {in.model, in.pe_model});
   std::printf("[ %s ] cgroup %s: limit %llu, peak %llu (%.1f%%), exit %d%s\n", c.name.c_str(), cg->version(),
               static_cast<unsigned long long>(r.limit), static_cast<unsigned long long>(r.peak),
               r.limit ? 100.0 * static_cast<double>(r.peak) / static_cast<double>(r.limit) : 0.0, r.status,

@@ -207,15 +207,17 @@ ExpertF32 read_expert_f32(const gguf::File& f, const Model& model, int layer, in
   for (int i = 0; i < 3; ++i) {
     const WeightView& v = model.layer(layer)[roles[i]];
     if (!v) fail("{}: layer {} has no {}", f.path(), layer, role_name(roles[i]));
-    const gguf::TensorInfo* t = f.find_tensor(v.info->name);
-    if (!t) fail("{}: tensor '{}' is missing", f.path(), v.info->name);
-    const uint64_t mb = v.matrix_bytes();
+    // The expert's own tensor in the per-expert layout, else its slice of the stacked one.
+    const WeightView m = v.matrix(expert);
+    const gguf::TensorInfo* t = f.find_tensor(m.info->name);
+    if (!t) fail("{}: tensor '{}' is missing", f.path(), m.info->name);
+    const uint64_t mb = m.matrix_bytes();
     raw.resize(static_cast<size_t>(mb));
-    f.read_tensor_bytes(*t, static_cast<uint64_t>(expert) * mb, mb, raw.data());
+    f.read_tensor_bytes(*t, v.split ? 0 : static_cast<uint64_t>(expert) * mb, mb, raw.data());
     dst[i]->resize(static_cast<size_t>(v.rows * v.cols));
     const DType file_type = file_dtype(t->type);
     for (int64_t r = 0; r < v.rows; ++r)
-      dequantize_row(file_type, raw.data() + static_cast<size_t>(r) * v.row_bytes, dst[i]->data() + r * v.cols, v.cols);
+      dequantize_row(file_type, raw.data() + static_cast<size_t>(r) * m.row_bytes, dst[i]->data() + r * v.cols, v.cols);
   }
   return out;
 }

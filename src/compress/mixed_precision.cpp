@@ -60,6 +60,143 @@ uint64_t tensor_bytes(DType t, const std::vector<int64_t>& dims) {
   return static_cast<uint64_t>(row_bytes(t, dims[0])) * rows;
 }
 
+// The best single type at this size, for comparison.
+void best_uniform(const CalibStats& stats, const std::vector<size_t>& cand, const AllocProblem& p, MixedResult& r) {
+  double best = -1;
+  for (size_t ci = 0; ci < cand.size(); ++ci) {
+    uint64_t bytes = 0;
+    double cost = 0;
+    for (const AllocItem& it : p.items) {
+      bytes += it.bytes[ci];
+      cost += it.cost[ci];
+    }
+    if (bytes <= p.budget && std::isfinite(cost) && (best < 0 || cost < best)) {
+      best = cost;
+      r.uniform_type = dtype_traits(stats.recon_types[cand[ci]]).name;
+    }
+  }
+  r.cost_uniform_at_size = best;
+}
+
+// The expert budget from the options: bits per expert weight, or the file's tensor bytes less the rest's.
+uint64_t expert_budget(const MixedOptions& o, uint64_t expert_elements, uint64_t other_bytes) {
+  if (o.budget.bits_per_weight > 0)
+    return static_cast<uint64_t>(o.budget.bits_per_weight * static_cast<double>(expert_elements) / 8.0);
+  if (o.budget.total_bytes <= other_bytes)
+    fail("--budget: {} bytes do not even hold the {} bytes of the tensors other than the routed experts",
+         o.budget.total_bytes, other_bytes);
+  return o.budget.total_bytes - other_bytes;
+}
+
+constexpr int kAllParts = 3;  // calib_stats.h: recon part "all" (gate, up and down quantized together)
+
+// One item per (layer, expert, projection), or with whole_expert per (layer, expert) with its matrices at one type.
+MixedResult allocate_per_expert(const CalibStats& stats, QuantizePlan& plan, const MixedOptions& o,
+                                const std::vector<size_t>& cand, size_t best, const std::vector<std::vector<bool>>& supers) {
+  MixedResult r;
+  AllocProblem p;
+  uint64_t other_bytes = 0;
+  // Each covered layer's projection tensors (plan indices), in plan order.
+  std::vector<std::vector<size_t>> by_layer(static_cast<size_t>(std::max(stats.n_layer, 0)));
+  std::vector<int> layer_order;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const MixTensor& t = plan.tensors[i];
+    const int proj = t.role ? proj_index(*t.role) : -1;
+    const LayerStats* ls = proj >= 0 ? stats.find_layer(t.layer) : nullptr;
+    if (!ls) {
+      other_bytes += tensor_bytes(plan.types[i], t.dims);
+      continue;
+    }
+    if (t.dims.size() != 3 || t.dims[2] != ls->n_expert)
+      fail("--mixed: tensor '{}' has {} experts, the statistics {}", t.name, t.dims.size() == 3 ? t.dims[2] : 0,
+           ls->n_expert);
+    auto& v = by_layer.at(static_cast<size_t>(t.layer));
+    if (v.empty()) layer_order.push_back(t.layer);
+    v.push_back(i);
+  }
+  struct ItemRef {
+    size_t layer_j;
+    int expert;
+    int tensor;  // index into the layer's tensors, or -1 for all of them (whole_expert)
+  };
+  std::vector<ItemRef> refs;
+  for (size_t lj = 0; lj < layer_order.size(); ++lj) {
+    const int il = layer_order[lj];
+    const LayerStats* ls = stats.find_layer(il);
+    const size_t li = static_cast<size_t>(ls - stats.layers.data());
+    const std::vector<size_t>& tensors = by_layer[static_cast<size_t>(il)];
+    for (size_t i : tensors) {
+      r.tensor.push_back(i);
+      const auto& d = plan.tensors[i].dims;
+      r.expert_elements += static_cast<uint64_t>(d[0] * d[1] * d[2]);
+    }
+    double total = 0;
+    for (double c : ls->count) total += c;
+    for (int e = 0; e < ls->n_expert; ++e) {
+      const double f = total > 0 ? ls->count[e] / total : 1.0 / ls->n_expert;
+      const double w = ls->count[e] > 0 ? ls->weight_sum[e] / ls->count[e] : 0.0;
+      const double importance = std::pow(f, o.alpha) * std::pow(w, o.beta);
+      const int n_items = o.whole_expert ? 1 : static_cast<int>(tensors.size());
+      for (int k = 0; k < n_items; ++k) {
+        AllocItem it;
+        it.name = o.whole_expert ? fmt::format("blk.{} expert {}", il, e)
+                                 : fmt::format("{} expert {}", plan.tensors[tensors[static_cast<size_t>(k)]].name, e);
+        for (size_t c : cand) {
+          const DType ty = stats.recon_types[c];
+          uint64_t bytes = 0;
+          bool fits = true;
+          for (size_t x = 0; x < tensors.size(); ++x) {
+            if (!o.whole_expert && static_cast<int>(x) != k) continue;
+            const auto& d = plan.tensors[tensors[x]].dims;
+            fits &= fallback_type(ty, d[0]) == ty;
+            bytes += tensor_bytes(ty, {d[0], d[1]});
+          }
+          const int part = o.whole_expert ? kAllParts : proj_index(*plan.tensors[tensors[static_cast<size_t>(k)]].role);
+          it.cost.push_back(fits ? importance * ls->recon_at(c, part, e) : kNotAllowed);
+          it.bytes.push_back(bytes);
+        }
+        if (o.protect && supers[li][static_cast<size_t>(e)]) it.forced = static_cast<int>(best);
+        refs.push_back({lj, e, o.whole_expert ? -1 : k});
+        p.items.push_back(std::move(it));
+      }
+    }
+  }
+  if (p.items.empty()) fail("--mixed: the model has no routed-expert tensors the statistics cover");
+  p.budget = expert_budget(o, r.expert_elements, other_bytes);
+  r.expert_budget = p.budget;
+  r.alloc = solve_allocation(p);
+  // Every tensor of a layer gets the layer's experts' types.
+  r.split_types.resize(r.tensor.size());
+  size_t j0 = 0;
+  std::vector<size_t> first_j(layer_order.size());
+  for (size_t lj = 0; lj < layer_order.size(); ++lj) {
+    first_j[lj] = j0;
+    const size_t n_t = by_layer[static_cast<size_t>(layer_order[lj])].size();
+    const int n_e = stats.find_layer(layer_order[lj])->n_expert;
+    for (size_t k = 0; k < n_t; ++k) r.split_types[j0 + k].resize(static_cast<size_t>(n_e));
+    j0 += n_t;
+  }
+  for (size_t k = 0; k < refs.size(); ++k) {
+    const DType ty = stats.recon_types[cand[static_cast<size_t>(r.alloc.choice[k])]];
+    const size_t lj = refs[k].layer_j;
+    const size_t n_t = by_layer[static_cast<size_t>(layer_order[lj])].size();
+    for (size_t t = 0; t < n_t; ++t)
+      if (refs[k].tensor < 0 || static_cast<int>(t) == refs[k].tensor)
+        r.split_types[first_j[lj] + t][static_cast<size_t>(refs[k].expert)] = ty;
+    r.type.push_back(ty);
+  }
+  for (size_t j = 0; j < r.tensor.size(); ++j) {
+    const size_t i = r.tensor[j];
+    const auto& d = plan.tensors[i].dims;
+    uint64_t split_bytes = 0;
+    for (DType ty : r.split_types[j]) split_bytes += tensor_bytes(ty, {d[0], d[1]});
+    plan.bytes_out = plan.bytes_out - tensor_bytes(plan.types[i], d) + split_bytes;
+  }
+  best_uniform(stats, cand, p, r);
+  split_experts(plan, r.tensor, r.split_types);
+  return r;
+}
+
 }  // namespace
 
 MixedResult allocate_mixed(const CalibStats& stats, QuantizePlan& plan, const MixedOptions& o) {
@@ -88,6 +225,7 @@ MixedResult allocate_mixed(const CalibStats& stats, QuantizePlan& plan, const Mi
   MixedResult r;
   AllocProblem p;
   uint64_t other_bytes = 0;
+  if (o.per_expert) return allocate_per_expert(stats, plan, o, cand, best, supers);
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const MixTensor& t = plan.tensors[i];
     const int proj = t.role ? proj_index(*t.role) : -1;
@@ -130,14 +268,7 @@ MixedResult allocate_mixed(const CalibStats& stats, QuantizePlan& plan, const Mi
     p.items.push_back(std::move(it));
   }
   if (p.items.empty()) fail("--mixed: the model has no routed-expert tensors the statistics cover");
-  if (o.budget.bits_per_weight > 0) {
-    p.budget = static_cast<uint64_t>(o.budget.bits_per_weight * static_cast<double>(r.expert_elements) / 8.0);
-  } else {
-    if (o.budget.total_bytes <= other_bytes)
-      fail("--budget: {} bytes do not even hold the {} bytes of the tensors other than the routed experts",
-           o.budget.total_bytes, other_bytes);
-    p.budget = o.budget.total_bytes - other_bytes;
-  }
+  p.budget = expert_budget(o, r.expert_elements, other_bytes);
   r.expert_budget = p.budget;
   r.alloc = solve_allocation(p);
   for (size_t j = 0; j < r.tensor.size(); ++j) {
@@ -148,21 +279,7 @@ MixedResult allocate_mixed(const CalibStats& stats, QuantizePlan& plan, const Mi
                      tensor_bytes(ty, plan.tensors[i].dims);
     plan.types[i] = ty;
   }
-  // The best single type at this size, for comparison.
-  double best_uniform = -1;
-  for (size_t ci = 0; ci < cand.size(); ++ci) {
-    uint64_t bytes = 0;
-    double cost = 0;
-    for (const AllocItem& it : p.items) {
-      bytes += it.bytes[ci];
-      cost += it.cost[ci];
-    }
-    if (bytes <= p.budget && std::isfinite(cost) && (best_uniform < 0 || cost < best_uniform)) {
-      best_uniform = cost;
-      r.uniform_type = dtype_traits(stats.recon_types[cand[ci]]).name;
-    }
-  }
-  r.cost_uniform_at_size = best_uniform;
+  best_uniform(stats, cand, p, r);
   return r;
 }
 

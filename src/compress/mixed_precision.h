@@ -10,6 +10,12 @@
 // mean squared error of the expert's output with that one projection quantized to c on calibration tokens
 // (calib_stats.h's recon).
 // Layers holding a super expert keep the highest-precision candidate for all three projections.
+//
+// With `per_expert` the unit is one expert's matrix instead (layer, expert, projection): the cost of candidate c
+// is f_e^alpha * w_e^beta * err(l, e, p, c), and super experts alone (not their layers) are forced to the
+// highest candidate. With `whole_expert` the unit is one (layer, expert): its gate, up and down take one type at
+// the cost f_e^alpha * w_e^beta * err(l, e, all three quantized to c). Such a file stores every expert matrix as
+// its own tensor (model/expert_split.h): moe.cpp loads and streams it, llama.cpp does not.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -35,11 +41,18 @@ struct MixedOptions {
   double alpha = 1.0;             // frequency exponent of the importance
   double beta = 1.5;              // mean-routing-weight exponent (0: frequency only)
   bool protect = true;            // super experts' layers at the highest precision
+  bool per_expert = false;        // one item per expert matrix, written in the per-expert layout
+  bool whole_expert = false;      // per_expert: one item per expert (its gate, up and down at one type)
 };
 
 struct MixedResult {
-  std::vector<size_t> tensor;      // plan index of each allocated tensor
-  std::vector<DType> type;         // its chosen type
+  // Per (layer, projection): the plan index of each allocated tensor and its chosen type. Per expert: the plan
+  // index (before the split) of each layer's gate, up and down tensors, and split_types[j] its experts' types.
+  std::vector<size_t> tensor;
+  // Per (layer, projection): each tensor's type. Per expert: each item's, in order layer, expert, then (unless
+  // whole_expert) the layer's projections in plan order.
+  std::vector<DType> type;
+  std::vector<std::vector<DType>> split_types;  // per expert only: [j][expert]
   AllocResult alloc;
   uint64_t expert_budget = 0;      // bytes the experts were allowed
   uint64_t expert_elements = 0;
@@ -47,7 +60,8 @@ struct MixedResult {
   std::string uniform_type;
 };
 
-// Re-types the routed-expert tensors of `plan` (from plan_quantize with the base mix) in place. Throws naming
+// Re-types the routed-expert tensors of `plan` (from plan_quantize with the base mix) in place; per expert, it
+// splits them into one tensor per expert (split_experts in quantize_model.h). Throws naming
 // the budget when nothing fits, and the stats when they lack reconstruction errors or do not match the plan.
 MixedResult allocate_mixed(const CalibStats& stats, QuantizePlan& plan, const MixedOptions& o);
 

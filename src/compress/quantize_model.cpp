@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "base/error.h"
+#include "model/expert_split.h"
 
 namespace moe::compress {
 
@@ -62,6 +63,10 @@ MixModel mix_model(const ModelSpec& spec) {
 }
 
 QuantizePlan plan_quantize(const gguf::File& f, const MixOptions& o, bool allow_requantize) {
+  if (f.find(kExpertLayoutKey))
+    fail("{}: {} is set: the experts are one tensor each, which moe quantize does not re-type; quantize the "
+         "original (stacked) model instead",
+         f.path(), kExpertLayoutKey);
   const std::string arch_name = f.get_string("general.architecture");
   const ArchDescriptor* arch = find_arch(arch_name);
   if (!arch) fail("{}: unknown architecture '{}'", f.path(), arch_name);
@@ -93,6 +98,44 @@ QuantizePlan plan_quantize(const gguf::File& f, const MixOptions& o, bool allow_
   return p;
 }
 
+void split_experts(QuantizePlan& plan, const std::vector<size_t>& tensors, const std::vector<std::vector<DType>>& types) {
+  std::vector<int> job(plan.tensors.size(), -1);
+  for (size_t j = 0; j < tensors.size(); ++j) {
+    const MixTensor& t = plan.tensors.at(tensors[j]);
+    if (t.dims.size() != 3 || types.at(j).size() != static_cast<size_t>(t.dims[2]))
+      fail("split experts: tensor '{}' is not stacked over {} experts", t.name, types.at(j).size());
+    job[tensors[j]] = static_cast<int>(j);
+  }
+  QuantizePlan out;
+  out.n_fallback = plan.n_fallback;
+  out.bytes_in = plan.bytes_in;
+  out.bytes_out = plan.bytes_out;
+  out.n_elements = plan.n_elements;
+  out.split_experts = true;
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const uint64_t base = plan.src_offset.empty() ? 0 : plan.src_offset[i];
+    if (job[i] < 0) {
+      out.tensors.push_back(plan.tensors[i]);
+      out.src.push_back(plan.src[i]);
+      out.types.push_back(plan.types[i]);
+      out.src_offset.push_back(base);
+      continue;
+    }
+    const MixTensor& t = plan.tensors[i];
+    const uint64_t matrix_in = row_bytes(t.type, t.dims[0]) * static_cast<uint64_t>(t.dims[1]);
+    for (int64_t e = 0; e < t.dims[2]; ++e) {
+      MixTensor m = t;
+      m.name = split_expert_name(t.name, static_cast<int>(e));
+      m.dims = {t.dims[0], t.dims[1]};
+      out.tensors.push_back(std::move(m));
+      out.src.push_back(plan.src[i]);
+      out.types.push_back(types[static_cast<size_t>(job[i])][static_cast<size_t>(e)]);
+      out.src_offset.push_back(base + static_cast<uint64_t>(e) * matrix_in);
+    }
+  }
+  plan = std::move(out);
+}
+
 void convert_rows(const uint8_t* src, DType from, uint8_t* dst, DType to, int64_t cols, int64_t rows,
                   ThreadPool* pool) {
   const size_t rb_in = row_bytes(from, cols), rb_out = row_bytes(to, cols);
@@ -121,6 +164,7 @@ void write_quantized(const gguf::File& src, const QuantizePlan& plan, int ftype,
   if (src.alignment() != w.alignment()) w.set_alignment(static_cast<uint32_t>(src.alignment()));
   w.set("general.quantization_version", gguf::Value::make_u32(2));
   w.set("general.file_type", gguf::Value::make_u32(static_cast<uint32_t>(ftype)));
+  if (plan.split_experts) w.set(kExpertLayoutKey, gguf::Value::make_string(kExpertLayoutPerExpert));
   if (extra_metadata) extra_metadata(w);
 
   struct State {
@@ -134,20 +178,22 @@ void write_quantized(const gguf::File& src, const QuantizePlan& plan, int ftype,
     const gguf::TensorInfo* info = plan.src[i];
     const DType to = plan.types[i];
     const MixTensor& t = plan.tensors[i];
-    w.add_tensor_stream(t.name, to, t.dims, [&src, info, to, st, n_tensors, bytes_total, &pool,
-                                             &progress](uint8_t* dst, uint64_t nbytes) {
+    // The tensor's rows, from its slice of the source (a whole tensor, or one expert of a stacked one).
+    const uint64_t base = plan.src_offset.empty() ? 0 : plan.src_offset[i];
+    const int64_t rows = n_rows_of(t.dims);
+    w.add_tensor_stream(t.name, to, t.dims, [&src, info, to, st, n_tensors, bytes_total, &pool, &progress, base,
+                                             rows](uint8_t* dst, uint64_t nbytes) {
       const int64_t cols = info->dims[0];
-      const int64_t rows = info->n_rows();
       const size_t rb_in = row_bytes(info->type, cols), rb_out = row_bytes(to, cols);
       if (info->type == to) {
-        src.read_tensor_bytes(*info, 0, nbytes, dst);
+        src.read_tensor_bytes(*info, base, nbytes, dst);
       } else {
         // Bounded reads: a slab of rows at a time (a few MB), converted on the pool.
         const int64_t slab = std::max<int64_t>(1, static_cast<int64_t>((8u << 20) / std::max<size_t>(rb_in, 1)));
         std::vector<uint8_t> in(static_cast<size_t>(std::min(slab, rows)) * rb_in);
         for (int64_t r0 = 0; r0 < rows; r0 += slab) {
           const int64_t n = std::min(slab, rows - r0);
-          src.read_tensor_bytes(*info, static_cast<uint64_t>(r0) * rb_in, static_cast<uint64_t>(n) * rb_in,
+          src.read_tensor_bytes(*info, base + static_cast<uint64_t>(r0) * rb_in, static_cast<uint64_t>(n) * rb_in,
                                 in.data());
           convert_rows(in.data(), info->type, dst + static_cast<size_t>(r0) * rb_out, to, cols, n, &pool);
         }

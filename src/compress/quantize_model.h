@@ -26,6 +26,8 @@ struct QuantizePlan {
   std::vector<MixTensor> tensors;          // llama.cpp's order, which is also the output order
   std::vector<const gguf::TensorInfo*> src;
   std::vector<DType> types;                // output type of each tensor
+  std::vector<uint64_t> src_offset;        // where each tensor's bytes start in its source (empty: all at 0)
+  bool split_experts = false;              // the per-expert layout (model/expert_split.h)
   int n_fallback = 0;
   uint64_t bytes_in = 0, bytes_out = 0;    // tensor data
   int64_t n_elements = 0;
@@ -35,12 +37,19 @@ struct QuantizePlan {
 // input would be re-quantized and allow_requantize is false (as llama-quantize does).
 QuantizePlan plan_quantize(const gguf::File& f, const MixOptions& o, bool allow_requantize);
 
+// The per-expert layout: replaces each stacked tensor plan.tensors[tensors[j]] ([cols, rows, n_expert]) by one
+// [cols, rows] tensor per expert, named by split_expert_name, of type types[j][expert], read from its slice of
+// the stacked source tensor; marks the plan so write_quantized records moe.expert_layout. plan.bytes_out is the
+// caller's to keep right.
+void split_experts(QuantizePlan& plan, const std::vector<size_t>& tensors, const std::vector<std::vector<DType>>& types);
+
 // Progress: tensors finished and output bytes written so far, out of the totals.
 using QuantizeProgress = std::function<void(int tensors_done, int tensors_total, uint64_t bytes_done,
                                             uint64_t bytes_total)>;
 
 // Writes `out` atomically: the source's metadata (general.file_type set to the mix's ftype and
-// general.quantization_version to 2, as llama-quantize does) and every tensor in plan order.
+// general.quantization_version to 2, as llama-quantize does; moe.expert_layout for a split plan) and every
+// tensor in plan order.
 // `extra_metadata` may add or replace keys before writing.
 void write_quantized(const gguf::File& src, const QuantizePlan& plan, int ftype, const std::string& out,
                      ThreadPool& pool, const QuantizeProgress& progress = nullptr,

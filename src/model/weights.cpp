@@ -9,6 +9,7 @@
 #include "base/error.h"
 #include "kernels/q4k_repack.h"
 #include "kernels/quant_blocks.h"
+#include "model/expert_split.h"
 
 namespace moe {
 
@@ -48,6 +49,27 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
   m->spec_ = load_model_spec(f, *m->arch_);
   const ModelSpec& s = m->spec_;
   m->layers_.resize(s.n_layer);
+  if (const gguf::Value* layout = f.find(kExpertLayoutKey)) {
+    if (layout->type != gguf::ValueType::STRING || layout->str != kExpertLayoutPerExpert)
+      fail("{}: {}: expected the string \"{}\" (the only expert layout besides GGUF's stacked one)", path,
+           kExpertLayoutKey, kExpertLayoutPerExpert);
+    m->experts_split_ = true;
+  }
+  // Where the tensor's bytes live: nowhere yet (deferred experts), the mapping, or memory we own.
+  auto bind_data = [&](const gguf::TensorInfo* t, const std::string& name, bool deferred) -> const uint8_t* {
+    if (deferred) return nullptr;  // served by an ExpertStore
+    if (f.is_mapped()) return f.tensor_data(*t);
+    // pread mode: the tensor is read once into memory we own (no page cache mapping kept).
+    uint8_t* buf = m->alloc_owned(t->nbytes, name);
+    f.read_tensor_bytes(*t, 0, t->nbytes, buf);
+    f.drop_cached_tensor_bytes(*t);
+    return buf;
+  };
+  // ggml drops trailing dims of size 1, so compare after trimming both.
+  auto trim = [](std::vector<int64_t> v) {
+    while (v.size() > 1 && v.back() == 1) v.pop_back();
+    return v;
+  };
 
   for (const TensorRoleDesc& d : m->arch_->roles) {
     const int n_iter = d.per_layer ? s.n_layer : 1;
@@ -56,32 +78,32 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
       if (want.empty()) continue;
       const std::string name = tensor_name(d, il);
       const gguf::TensorInfo* t = f.find_tensor(name);
+      if (d.placement == Placement::Expert && want.size() == 3) {
+        const std::string first = split_expert_name(name, 0);
+        if (m->experts_split_) {
+          if (t)
+            fail("{}: tensor '{}' is stacked, but {} is {}: expected '{}' and one tensor per expert", path, name,
+                 kExpertLayoutKey, kExpertLayoutPerExpert, first);
+          m->bind_split_experts(d, il, name, want, [&](const gguf::TensorInfo* te, const std::string& n) {
+            return bind_data(te, n, defer_experts);
+          });
+          continue;
+        }
+        if (f.find_tensor(first))
+          fail("{}: tensor '{}' is a per-expert tensor, but {} is not {}{}", path, first, kExpertLayoutKey,
+               kExpertLayoutPerExpert, t ? fmt::format(" (and the stacked '{}' is there too)", name) : "");
+      }
       if (!t) {
         if (d.optional) continue;
         fail("{}: tensor '{}' ({}) is missing", path, name, role_name(d.role));
       }
-      // ggml drops trailing dims of size 1, so compare after trimming both.
-      auto trim = [](std::vector<int64_t> v) {
-        while (v.size() > 1 && v.back() == 1) v.pop_back();
-        return v;
-      };
       if (trim(t->dims) != trim(want))
         fail("{}: tensor '{}': shape {} does not match the expected {}", path, name, dims_str(t->dims), dims_str(want));
       if (role_is_f32(d.role) && t->type != DType::F32)
         fail("{}: tensor '{}': type {} is not supported for this role (expected f32)", path, name,
              dtype_traits(t->type).name);
       WeightView v;
-      if (defer_experts && d.placement == Placement::Expert) {
-        v.data = nullptr;  // served by an ExpertStore
-      } else if (f.is_mapped()) {
-        v.data = f.tensor_data(*t);
-      } else {
-        // pread mode: the tensor is read once into memory we own (no page cache mapping kept).
-        uint8_t* buf = m->alloc_owned(t->nbytes, name);
-        f.read_tensor_bytes(*t, 0, t->nbytes, buf);
-        f.drop_cached_tensor_bytes(*t);
-        v.data = buf;
-      }
+      v.data = bind_data(t, name, defer_experts && d.placement == Placement::Expert);
       v.type = t->type;
       v.cols = t->dims[0];
       v.rows = t->dims.size() > 1 ? t->dims[1] : 1;
@@ -98,6 +120,51 @@ std::unique_ptr<Model> Model::load(const std::string& path, gguf::DataAccess acc
     if (m->layers_[il][Role::RouterBias]) m->spec_.layers[il].moe.has_selection_bias = true;
   }
   return m;
+}
+
+void Model::bind_split_experts(const TensorRoleDesc& d, int il, const std::string& name,
+                               const std::vector<int64_t>& want,
+                               const std::function<const uint8_t*(const gguf::TensorInfo*, const std::string&)>& data) {
+  const gguf::File& f = *file_;
+  const int64_t n = want[2];
+  const std::vector<int64_t> want2 = {want[0], want[1]};
+  auto trim = [](std::vector<int64_t> v) {
+    while (v.size() > 1 && v.back() == 1) v.pop_back();
+    return v;
+  };
+  auto views = std::make_unique<WeightView[]>(static_cast<size_t>(n));
+  for (int64_t e = 0; e < n; ++e) {
+    const std::string en = split_expert_name(name, static_cast<int>(e));
+    const gguf::TensorInfo* t = f.find_tensor(en);
+    if (!t)
+      fail("{}: tensor '{}' ({}, expert {} of {} in the per-expert layout) is missing", f.path(), en, role_name(d.role),
+           e, n);
+    if (trim(t->dims) != trim(want2))
+      fail("{}: tensor '{}': shape {} does not match the expected {}", f.path(), en, dims_str(t->dims),
+           dims_str(want2));
+    WeightView& v = views[static_cast<size_t>(e)];
+    v.data = data(t, en);
+    v.type = t->type;
+    v.cols = want[0];
+    v.rows = want[1];
+    v.row_bytes = row_bytes(t->type, v.cols);
+    v.info = t;
+  }
+  if (const std::string extra = split_expert_name(name, static_cast<int>(n)); f.find_tensor(extra))
+    fail("{}: tensor '{}': layer {} has only {} experts", f.path(), extra, il, n);
+  WeightView agg = views[0];
+  agg.data = nullptr;
+  agg.n_mat = n;
+  agg.split = views.get();
+  layers_[il].t[static_cast<size_t>(d.role)] = agg;
+  split_views_.push_back(std::move(views));
+  split_counts_.push_back(n);
+}
+
+void Model::require_stacked_experts(const std::string& command) const {
+  if (experts_split_)
+    fail("{}: {} = {}: {} reads GGUF's stacked expert tensors; run it on the original (stacked) model", file_->path(),
+         kExpertLayoutKey, kExpertLayoutPerExpert, command);
 }
 
 uint8_t* Model::alloc_owned(uint64_t bytes, const std::string& tensor) {
@@ -117,7 +184,10 @@ uint64_t Model::repack_q4k(int n_threads) {
     if (v && v.type == DType::Q4_K) views.push_back(&v);
   for (LayerWeights& l : layers_)
     for (WeightView& v : l.t)
-      if (v && v.type == DType::Q4_K) views.push_back(&v);
+      if (v && v.type == DType::Q4_K && !v.split) views.push_back(&v);
+  for (size_t i = 0; i < split_views_.size(); ++i)
+    for (int64_t e = 0; e < split_counts_[i]; ++e)
+      if (split_views_[i][static_cast<size_t>(e)].type == DType::Q4_K) views.push_back(&split_views_[i][static_cast<size_t>(e)]);
   struct Range {
     const uint8_t* src;
     uint8_t* dst;
@@ -169,6 +239,10 @@ uint64_t Model::repack_q4k(int n_threads) {
   for (int ti = 1; ti < nt; ++ti) threads.emplace_back(work, ti);
   work(0);
   for (auto& t : threads) t.join();
+  // A split tensor's view carries expert 0's type.
+  for (LayerWeights& l : layers_)
+    for (WeightView& v : l.t)
+      if (v.split) v.type = v.split[0].type;
   return total * sizeof(quant::BlockQ4_K);
 }
 
@@ -190,6 +264,13 @@ ExpertLayout Model::expert_layout() const {
       t.data = v.data;
       t.file_offset = file_->data_offset() + v.info->offset;
       t.shape = {nullptr, v.type, v.rows, v.cols, v.row_bytes};
+      if (v.split) {
+        t.data = nullptr;
+        for (int64_t e = 0; e < v.n_mat; ++e) {
+          const WeightView& x = v.split[e];
+          t.per_expert.push_back({x.data, file_->data_offset() + x.info->offset, x.type, x.row_bytes});
+        }
+      }
       // Biases are resident whatever happens to the matrices ([n_expert][rows] f32, checked at load).
       if (const WeightView& b = layers_[il][bias_roles[i]]) t.bias = reinterpret_cast<const float*>(b.data);
     }
@@ -201,7 +282,7 @@ Model::ByteReport Model::byte_report() const {
   ByteReport r;
   const ModelSpec& s = spec_;
   auto add = [&](const TensorRoleDesc& d, const WeightView& v) {
-    uint64_t bytes = v.info->nbytes;
+    uint64_t bytes = v.split ? v.total_bytes() : v.info->nbytes;
     r.by_placement[static_cast<size_t>(d.placement)] += bytes;
     r.total += bytes;
   };
@@ -224,10 +305,16 @@ Model::ByteReport Model::byte_report() const {
   for (int il = 0; il < s.n_layer; ++il) {
     const LayerSpec& L = s.layers[il];
     if (!L.is_moe) continue;
-    uint64_t per_expert = 0;
-    for (Role role : {Role::ExpGate, Role::ExpUp, Role::ExpDown})
-      if (const WeightView& v = layers_[il][role]) per_expert += v.matrix_bytes();
-    r.bytes_per_expert_max = std::max(r.bytes_per_expert_max, per_expert);
+    // The largest expert, and (per-expert layouts: sizes differ) the mean one for the active bytes.
+    uint64_t per_expert = 0, sum = 0;
+    for (int64_t e = 0; e < L.moe.n_expert; ++e) {
+      uint64_t b = 0;
+      for (Role role : {Role::ExpGate, Role::ExpUp, Role::ExpDown})
+        if (const WeightView& v = layers_[il][role]) b += v.matrix(e).matrix_bytes();
+      r.bytes_per_expert_max = std::max(r.bytes_per_expert_max, b);
+      sum += b;
+    }
+    per_expert = L.moe.n_expert > 0 ? sum / static_cast<uint64_t>(L.moe.n_expert) : 0;
     for (Role role : {Role::ExpGateBias, Role::ExpUpBias, Role::ExpDownBias})
       if (const WeightView& v = layers_[il][role]) per_expert += v.row_bytes;
     active += per_expert * static_cast<uint64_t>(L.moe.n_expert_used);

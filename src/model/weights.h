@@ -2,6 +2,7 @@
 // against the spec. Model code sees WeightViews (pointer + type + shape), never the file.
 #pragma once
 #include <array>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,19 +27,33 @@ struct WeightView {
   int64_t n_mat = 1;
   size_t row_bytes = 0;
   const gguf::TensorInfo* info = nullptr;
+  // Per-expert layout (model/expert_split.h): the n_mat experts are separate tensors, each with its own type
+  // and bytes, viewed by split[0..n_mat). This view then has no data of its own; type, row_bytes and info are
+  // expert 0's. Null for a stacked (or plain) tensor.
+  const WeightView* split = nullptr;
 
   // Bound to a tensor of the file (data may be null for experts served by an ExpertStore).
   explicit operator bool() const { return info != nullptr; }
+  // Bytes of one matrix (of expert 0 when split: use matrix(e).matrix_bytes() for another expert).
   size_t matrix_bytes() const { return row_bytes * static_cast<size_t>(rows); }
   const uint8_t* row(int64_t r, int64_t mat = 0) const {
+    if (split) return split[mat].row(r);
     return data + static_cast<size_t>(mat) * matrix_bytes() + static_cast<size_t>(r) * row_bytes;
   }
   // One matrix of a stacked tensor (e.g. one expert).
   WeightView matrix(int64_t mat) const {
+    if (split) return split[mat];
     WeightView v = *this;
     v.data = data + static_cast<size_t>(mat) * matrix_bytes();
     v.n_mat = 1;
     return v;
+  }
+  // Bytes of all matrices (the tensor's bytes, or the sum of the split tensors').
+  uint64_t total_bytes() const {
+    if (!split) return matrix_bytes() * static_cast<uint64_t>(n_mat);
+    uint64_t b = 0;
+    for (int64_t e = 0; e < n_mat; ++e) b += split[e].matrix_bytes();
+    return b;
   }
 };
 
@@ -60,6 +75,10 @@ class Model {
   // not read: an offloading ExpertStore loads them on demand.
   static std::unique_ptr<Model> load(const std::string& path, gguf::DataAccess access, bool defer_experts);
   bool experts_deferred() const { return experts_deferred_; }
+  // Whether the routed experts are stored one tensor per expert (model/expert_split.h).
+  bool experts_split() const { return experts_split_; }
+  // For commands that read or rewrite the stacked expert tensors: throws naming the file and `command`.
+  void require_stacked_experts(const std::string& command) const;
 
   // Rewrites the Q4_K matrices held in memory as Q4_K_R (kernels/q4k_repack.h: same bytes per block,
   // laid out for the AVX-512 VBMI kernels) with n_threads threads: in place when the model owns the
@@ -88,6 +107,9 @@ class Model {
 
  private:
   uint8_t* alloc_owned(uint64_t bytes, const std::string& tensor);  // 64-byte aligned, freed with the model
+  // Binds the per-expert tensors of a stacked expert role `name` (dims `want` = [cols, rows, n_expert]).
+  void bind_split_experts(const TensorRoleDesc& d, int il, const std::string& name, const std::vector<int64_t>& want,
+                          const std::function<const uint8_t*(const gguf::TensorInfo*, const std::string&)>& data);
 
   std::unique_ptr<gguf::File> file_;
   // Tensor bytes held in our own memory: read with pread when the file is not memory-mapped, or
@@ -95,6 +117,10 @@ class Model {
   std::vector<AlignedBuffer> owned_;
   const ArchDescriptor* arch_ = nullptr;
   bool experts_deferred_ = false;
+  bool experts_split_ = false;
+  // Per-expert views of split expert tensors (WeightView::split points into these; never reallocated).
+  std::vector<std::unique_ptr<WeightView[]>> split_views_;
+  std::vector<int64_t> split_counts_;
   ModelSpec spec_;
   LayerWeights globals_;
   std::vector<LayerWeights> layers_;

@@ -24,9 +24,10 @@ ExpertWeights views_of(const ExpertLayout& layout, int layer, int expert, Expert
   kernels::MatrixRef* out[3] = {&w.gate, &w.up, &w.down};
   for (int i = 0; i < 3; ++i) {
     const ExpertTensorLayout& t = layout.layers[layer][i];
-    if (!t.data) fail("expert store: the model was loaded with deferred experts; use an offloading store");
-    *out[i] = t.shape;
-    out[i]->data = t.data + static_cast<uint64_t>(expert) * t.matrix_bytes();
+    const uint8_t* data = t.data_of(expert);
+    if (!data) fail("expert store: the model was loaded with deferred experts; use an offloading store");
+    *out[i] = t.shape_of(expert);
+    out[i]->data = data;
   }
   attach_biases(layout, layer, expert, w);
   return w;
@@ -73,13 +74,23 @@ uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 }  // namespace
 
+namespace {
+
+bool t_split(const std::array<ExpertTensorLayout, 3>& l) { return l[0].split() || l[1].split() || l[2].split(); }
+
+}  // namespace
+
 uint64_t BudgetedExpertStore::slot_bytes_for(const ExpertLayout& layout, uint64_t a) {
   uint64_t best = 0;
   for (int il = 0; il < layout.n_layer(); ++il) {
     if (layout.n_expert_used[il] == 0) continue;
-    uint64_t sum = 0;
-    for (const auto& t : layout.layers[il]) sum += align_up(t.matrix_bytes(), a) + a;  // + a: misaligned start
-    best = std::max(best, sum);
+    // The largest expert (per-expert layouts: types, hence sizes, differ between experts).
+    const int n = t_split(layout.layers[il]) ? layout.n_expert : 1;
+    for (int e = 0; e < n; ++e) {
+      uint64_t sum = 0;
+      for (const auto& t : layout.layers[il]) sum += align_up(t.bytes_of(e), a) + a;  // + a: misaligned start
+      best = std::max(best, sum);
+    }
   }
   return best;
 }
@@ -91,8 +102,8 @@ uint64_t BudgetedExpertStore::read_bytes_for(const ExpertLayout& layout, int lay
   for (int e = 0; e < layout.n_expert; ++e) {
     uint64_t sum = 0;
     for (const auto& t : layout.layers[static_cast<size_t>(layer)]) {
-      const uint64_t offset = t.file_offset + static_cast<uint64_t>(e) * t.matrix_bytes();
-      sum += align_up(offset + t.matrix_bytes(), a) - align_down(offset, a);
+      const uint64_t offset = t.offset_of(e);
+      sum += align_up(offset + t.bytes_of(e), a) - align_down(offset, a);
     }
     best = std::max(best, sum);
   }
@@ -301,10 +312,10 @@ void BudgetedExpertStore::load_into(const Job& job) {
   uint64_t cursor = 0, bytes = 0;
   for (int i = 0; i < 3; ++i) {
     const ExpertTensorLayout& t = layout.layers[layer][i];
-    const uint64_t offset = t.file_offset + static_cast<uint64_t>(expert) * t.matrix_bytes();
-    const uint64_t start = align_down(offset, a), end = align_up(offset + t.matrix_bytes(), a);
+    const uint64_t offset = t.offset_of(expert);
+    const uint64_t start = align_down(offset, a), end = align_up(offset + t.bytes_of(expert), a);
     reqs.push_back({start, end - start, base + cursor});
-    refs[i] = t.shape;
+    refs[i] = t.shape_of(expert);
     dst[i] = base + cursor + (offset - start);
     refs[i].data = dst[i];
     cursor += end - start;

@@ -8,6 +8,7 @@
 #pragma once
 #include <condition_variable>
 #include <cstdint>
+#include <algorithm>
 #include <array>
 #include <deque>
 #include <functional>
@@ -37,15 +38,54 @@ struct ExpertWeights {
   const float* down_bias = nullptr;
 };
 
+// One expert's matrix when each expert is its own tensor (the per-expert layout, model/expert_split.h).
+struct ExpertMatrixLocation {
+  const uint8_t* data = nullptr;  // in memory, or null when only on disk
+  uint64_t file_offset = 0;       // absolute offset in the file
+  DType type = DType::F32;
+  size_t row_bytes = 0;
+};
+
 // Where every routed expert's matrices are, so stores need not know about models or files' formats.
-// Each layer's gate/up/down are stacked tensors: expert e's matrix starts e * matrix_bytes in.
+// Stacked (standard GGUF): one tensor per layer and projection, expert e's matrix starts e * matrix_bytes in.
+// Per-expert layout: `per_expert` holds each expert's own location, type and row bytes (types may differ
+// between experts); `shape` then has expert 0's. Stores read experts through the *_of(e) accessors.
 struct ExpertTensorLayout {
   const uint8_t* data = nullptr;  // in memory (resident), or null when only on disk
   uint64_t file_offset = 0;       // absolute offset of expert 0 in the file
   kernels::MatrixRef shape;       // type, rows, cols, row_bytes (data unused)
   const float* bias = nullptr;    // [n_expert][shape.rows] f32 in memory, or null (no bias)
+  std::vector<ExpertMatrixLocation> per_expert;  // empty when stacked
+  // Bytes of one stacked matrix (expert 0's when per-expert: see bytes_of).
   uint64_t matrix_bytes() const { return shape.row_bytes * static_cast<uint64_t>(shape.rows); }
   const float* bias_of(int expert) const { return bias ? bias + static_cast<int64_t>(expert) * shape.rows : nullptr; }
+
+  bool split() const { return !per_expert.empty(); }
+  // Expert e's matrix: type, rows, cols, row_bytes (data null).
+  kernels::MatrixRef shape_of(int e) const {
+    if (!split()) return shape;
+    const ExpertMatrixLocation& l = per_expert[static_cast<size_t>(e)];
+    return {nullptr, l.type, shape.rows, shape.cols, l.row_bytes};
+  }
+  uint64_t bytes_of(int e) const {
+    return split() ? per_expert[static_cast<size_t>(e)].row_bytes * static_cast<uint64_t>(shape.rows) : matrix_bytes();
+  }
+  uint64_t offset_of(int e) const {
+    return split() ? per_expert[static_cast<size_t>(e)].file_offset
+                   : file_offset + static_cast<uint64_t>(e) * matrix_bytes();
+  }
+  // In memory, or null when only on disk.
+  const uint8_t* data_of(int e) const {
+    if (split()) return per_expert[static_cast<size_t>(e)].data;
+    return data ? data + static_cast<uint64_t>(e) * matrix_bytes() : nullptr;
+  }
+  // The largest matrix over the n experts (slot sizing).
+  uint64_t max_bytes(int n_expert) const {
+    if (!split()) return matrix_bytes();
+    uint64_t m = 0;
+    for (int e = 0; e < n_expert && e < static_cast<int>(per_expert.size()); ++e) m = std::max(m, bytes_of(e));
+    return m;
+  }
 };
 
 struct ExpertLayout {

@@ -157,7 +157,8 @@ int run_info(const InfoArgs& a) {
   for (auto& [k, v] : bytes.items()) std::printf("  %-13s  %s\n", k.c_str(), human_bytes(v.get<uint64_t>()).c_str());
   std::printf("  %-13s  %s\n", "total", human_bytes(r.total).c_str());
   if (r.unused) std::printf("  %-13s  %s (in the file, not read)\n", "unused", human_bytes(r.unused).c_str());
-  std::printf("bytes per expert:       %s\n", human_bytes(r.bytes_per_expert_max).c_str());
+  std::printf("bytes per expert:       %s%s\n", human_bytes(r.bytes_per_expert_max).c_str(),
+              model->experts_split() ? " (largest; per-expert layout: one tensor and type per expert)" : "");
   std::printf("active bytes per token: %s\n", human_bytes(r.active_bytes_per_token).c_str());
   return 0;
 }

@@ -37,6 +37,7 @@ int run_merge(const MergeArgs& a) {
   if (a.out.empty()) fail("merge: -o OUT is required");
   check_output_path(a.model, a.out);
   auto model = Model::load(a.model, gguf::DataAccess::Mmap, /*defer_experts=*/true);
+  model->require_stacked_experts("moe merge");
   const ModelSpec& spec = model->spec();
   const compress::CalibStats stats = compress::load_stats(a.stats);
   if (!compress::check_stats_match(stats, *model, a.stats))

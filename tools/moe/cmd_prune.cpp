@@ -46,6 +46,7 @@ int run_prune(const PruneArgs& a) {
     check_output_path(a.model, a.out);
   }
   auto model = Model::load(a.model, gguf::DataAccess::Mmap, /*defer_experts=*/true);
+  model->require_stacked_experts("moe prune");
   const ModelSpec& spec = model->spec();
   const compress::CalibStats stats = compress::load_stats(a.stats);
   if (!compress::check_stats_match(stats, *model, a.stats))

@@ -89,6 +89,12 @@ int run_quantize(const QuantizeFlags& a) {
   if (a.mixed != !a.budget.empty() || a.mixed != !a.stats.empty())
     fail("--mixed needs --budget and --stats (and they need --mixed)");
   if (!a.mixed && !a.candidates.empty()) fail("--candidates is for --mixed");
+  if (a.layout != "per-tensor" && a.layout != "per-expert")
+    fail("--layout {}: expected per-tensor (standard GGUF) or per-expert (moe.cpp's own)", a.layout);
+  if (!a.mixed && a.layout != "per-tensor") fail("--layout per-expert is for --mixed");
+  if (a.expert_unit != "matrix" && a.expert_unit != "expert")
+    fail("--expert-unit {}: expected matrix (a type per expert matrix) or expert (one per expert)", a.expert_unit);
+  if (a.expert_unit != "matrix" && a.layout != "per-expert") fail("--expert-unit is for --layout per-expert");
   if (a.mixed) {
     if (!a.expert_type.empty()) fail("--mixed chooses the experts' types: drop --expert-type");
     compress::MixedOptions mo;
@@ -96,6 +102,8 @@ int run_quantize(const QuantizeFlags& a) {
     mo.alpha = a.alpha;
     mo.beta = a.beta;
     mo.protect = !a.no_protect;
+    mo.per_expert = a.layout == "per-expert";
+    mo.whole_expert = a.expert_unit == "expert";
     for (size_t p = 0; p < a.candidates.size();) {
       size_t q = a.candidates.find(',', p);
       if (q == std::string::npos) q = a.candidates.size();
@@ -114,14 +122,15 @@ int run_quantize(const QuantizeFlags& a) {
     std::string chosen;
     for (const auto& [name, n] : by_type) chosen += fmt::format("{}{} {}", chosen.empty() ? "" : ", ", n, name);
     uint64_t expert_bytes = mr.alloc.bytes;
-    std::printf("mixed: %zu expert tensors: %s; %s of %s budget (%.3f bits/weight), cost %.6g%s\n", mr.type.size(),
-                chosen.c_str(), human_bytes(expert_bytes).c_str(), human_bytes(mr.expert_budget).c_str(),
+    std::printf("mixed: %zu %s: %s; %s of %s budget (%.3f bits/weight), cost %.6g%s\n", mr.type.size(),
+                mo.per_expert ? (mo.whole_expert ? "experts" : "expert matrices") : "expert tensors", chosen.c_str(), human_bytes(expert_bytes).c_str(),
+                human_bytes(mr.expert_budget).c_str(),
                 8.0 * static_cast<double>(expert_bytes) / static_cast<double>(mr.expert_elements), mr.alloc.cost,
                 mr.alloc.optimal ? " (optimal)" : " (time limit)");
     if (!mr.uniform_type.empty())
       std::printf("mixed: the best uniform expert type within the budget, %s, costs %.6g\n", mr.uniform_type.c_str(),
                   mr.cost_uniform_at_size);
-    if (a.verbose)
+    if (a.verbose && !mo.per_expert)
       for (size_t j = 0; j < mr.tensor.size(); ++j)
         std::printf("  %-36s %s\n", plan.tensors[mr.tensor[j]].name.c_str(), std::string(dtype_traits(mr.type[j]).name).c_str());
   }
@@ -200,6 +209,13 @@ void register_quantize(CLI::App& app, CommandSet& cmds) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 8.0));
   sub->add_flag("--no-protect", a->no_protect, "--mixed: no forced highest precision for super experts' layers");
+  sub->add_option("--layout", a->layout, "--mixed: per-tensor (one type per layer and projection: standard GGUF, "
+                                         "llama.cpp loads it) or per-expert (one type per expert: moe.cpp's own "
+                                         "layout, docs/compression.md)")
+      ->capture_default_str();
+  sub->add_option("--expert-unit", a->expert_unit, "--layout per-expert: matrix (a type per expert matrix: gate, up "
+                                                   "and down apart) or expert (one type per expert)")
+      ->capture_default_str();
   add_eval_flags(sub, a->eval);
   sub->add_option("-t,--threads", a->threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
   sub->add_flag("-q,--quiet", a->quiet, "No progress line");

@@ -32,6 +32,7 @@ int run_quantize_experts(const QuantizeExpertsArgs& a) {
     fail("-o {}: the side file must not replace the model", a.out);
   // Mapped header and non-expert tensors (nothing is read from them); expert bytes are read with pread.
   auto model = Model::load(a.model, gguf::DataAccess::Mmap, /*defer_experts=*/true);
+  model->require_stacked_experts("moe quantize-experts");
   check_low_bit_type(*model, *type);
   const int n_threads = resolve_threads(a.threads);
   ThreadPool pool(n_threads);

@@ -21,6 +21,8 @@ struct QuantizeFlags {
   std::string budget, stats, candidates;
   double alpha = 1.0, beta = 1.5;
   bool no_protect = false;
+  std::string layout = "per-tensor";  // per-tensor (standard GGUF) or per-expert (model/expert_split.h)
+  std::string expert_unit = "matrix"; // per-expert: one type per expert matrix, or per expert ("expert")
 };
 
 // Throws naming the flag for an unknown file type or weight type, or a malformed PATTERN=TYPE.
