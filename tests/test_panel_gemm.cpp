@@ -201,11 +201,11 @@ TEST(PanelGemm, MatmulBeyondOneTokenBlockMatchesReference) {
   }
 }
 
-// Batches of a few tokens (an expert's rows in a batched decode step) take the one-token row kernels
-// once per token instead of the panel GEMM (kernels/matmul.cpp): every count on both sides of that
-// switch, with row counts that leave partial row groups, equals each token computed alone (what a
-// server step's row independence needs, on every ISA) and, with the AVX-512 kernels, the scalar
-// reference bit for bit.
+// Batches of a few tokens (an expert's rows in a batched decode step) take the row kernels, shared by
+// up to four tokens where the type has a few-token kernel, instead of the panel GEMM (quant_tile.h:
+// kPanelMinTokens, kPanelMinTokensShared). Every count on both sides of both switches, with row counts
+// that leave partial row groups, equals each token computed alone (what a server step's row
+// independence needs, on every ISA) and, with the AVX-512 kernels, the scalar reference bit for bit.
 TEST(PanelGemm, FewTokenMatmulMatchesReferenceOnBothSidesOfTheSwitch) {
   const bool exact = avx512_in_use();
   const int64_t n = 1024, rows = 37;
@@ -213,7 +213,7 @@ TEST(PanelGemm, FewTokenMatmulMatchesReferenceOnBothSidesOfTheSwitch) {
     const DTypeTraits& tr = dtype_traits(t);
     const Operands o = gaussian_operands(t, n, rows, 1, 31 + static_cast<uint32_t>(t));
     const kernels::MatrixRef m{o.w.data(), t, rows, n, o.wrb};
-    for (int64_t tokens = 2; tokens <= 9; ++tokens) {
+    for (int64_t tokens = 2; tokens <= 17; ++tokens) {
       const std::vector<float> x = gaussian(n * tokens, 40 + static_cast<uint32_t>(tokens));
       kernels::ActBuffer act;
       act.convert(tr.vec_dot_type, x.data(), tokens, n, n);

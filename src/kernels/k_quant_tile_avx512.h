@@ -309,13 +309,13 @@ struct KQuantKernels {
 // The hardware prefetcher alone left the single-thread Q4_K matvec about 10% slower.
 inline constexpr size_t kSingleRowPrefetch = 4096;
 
-// One token: the row kernels. A few (under kPanelMinTokens): each row through the few-token kernels, or
-// where the type has none, each group of rows through the row kernels once per token (from L1 after the
-// first). More: the panel GEMM (gemm_panel_avx512.cpp), which converts each weight block once for all
+// One token: the row kernels. A few (under kPanelMinTokensShared): each row through the few-token kernels,
+// or where the type has none (under kPanelMinTokens), each group of rows through the row kernels once per
+// token (from L1 after the first). More: the panel GEMM (gemm_panel_avx512.cpp), which converts each weight block once for all
 // tokens. The same bits per (row, token) on every path.
 template <const KQuantKernels& K>
 void drive_k(int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as, int nt, float* out, int64_t os) {
-  if (nt >= kPanelMinTokens) {
+  if (nt >= (K.tokens[0] ? kPanelMinTokensShared : kPanelMinTokens)) {
     panel_gemm_avx512(K.type, n, w, ws, nr, act, as, nullptr, nt, out, os);
     return;
   }
