@@ -84,15 +84,13 @@ PY
 run_llama_bench() {  # ENGINE BINARY ARGS...
   local engine=$1 bin=$2
   shift 2
-  /usr/bin/time -f '%M' -o "$OUT/last.rss" "$bin" -m "$MODEL" -t "$THREADS" -p "$P" -n "$N" -r "$REPS" -o jsonl "$@" \
-    > "$OUT/last.jsonl" 2> "$OUT/last.err" || { cat "$OUT/last.err" >&2; echo "compare: $engine failed" >&2; exit 1; }
-  python3 - "$engine" "$OUT/last.jsonl" "$OUT/last.rss" >> "$OUT/results.jsonl" <<'PY'
+  # -o json (an array): both llama.cpp's and ik_llama.cpp's llama-bench have it (ik's has no jsonl).
+  /usr/bin/time -f '%M' -o "$OUT/last.rss" "$bin" -m "$MODEL" -t "$THREADS" -p "$P" -n "$N" -r "$REPS" -o json "$@" \
+    > "$OUT/last.json" 2> "$OUT/last.err" || { cat "$OUT/last.err" >&2; echo "compare: $engine failed" >&2; exit 1; }
+  python3 - "$engine" "$OUT/last.json" "$OUT/last.rss" >> "$OUT/results.jsonl" <<'PY'
 import json, statistics, sys
 engine, rss = sys.argv[1], int(open(sys.argv[3]).read().split()[-1]) * 1024
-for line in open(sys.argv[2]):
-    if not line.strip().startswith("{"):
-        continue
-    r = json.loads(line)
+for r in json.load(open(sys.argv[2])):
     s = r.get("samples_ts") or [r["avg_ts"]]
     test = f"pp{r['n_prompt']}" if r["n_prompt"] > 0 else f"tg{r['n_gen']}"
     print(json.dumps({"engine": engine, "test": test, "median": statistics.median(s), "min": min(s), "max": max(s),
