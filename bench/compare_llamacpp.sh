@@ -90,7 +90,8 @@ run_llama_bench() {  # ENGINE BINARY ARGS...
   python3 - "$engine" "$OUT/last.json" "$OUT/last.rss" >> "$OUT/results.jsonl" <<'PY'
 import json, statistics, sys
 engine, rss = sys.argv[1], int(open(sys.argv[3]).read().split()[-1]) * 1024
-for r in json.load(open(sys.argv[2])):
+# ik_llama.cpp's llama-bench prints warnings ("WARNING: ...") into its JSON on stdout: drop such lines.
+for r in json.loads("".join(l for l in open(sys.argv[2]) if not l[:1].isalpha())):
     s = r.get("samples_ts") or [r["avg_ts"]]
     test = f"pp{r['n_prompt']}" if r["n_prompt"] > 0 else f"tg{r['n_gen']}"
     print(json.dumps({"engine": engine, "test": test, "median": statistics.median(s), "min": min(s), "max": max(s),
