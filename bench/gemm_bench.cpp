@@ -108,24 +108,34 @@ double cpu_seconds_per_call(F&& fn, int reps) {
   return (thread_cpu_seconds() - c0) / reps;
 }
 
+// Whether this CPU runs the AVX-512 panel GEMM for the type (else the benchmark is skipped, saying so).
+bool panel_gemm_here(benchmark::State& state, moe::DType type) {
+  const moe::DTypeTraits& tr = moe::dtype_traits(type);
+  if (vnni_ok() && moe::best_isa() == moe::Isa::Avx512 && tr.vec_dot_tile && moe::quant::has_panel_gemm(type)) return true;
+  state.SkipWithError("no AVX-512 panel GEMM for this type here");
+  return false;
+}
+
+// nt tokens of Gaussian activations (fixed seed), quantized for the type's vec_dot.
+void gaussian_activations(moe::DType type, int64_t cols, int nt, moe::kernels::ActBuffer& act) {
+  std::mt19937 rng(6);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(cols * nt));
+  for (auto& v : x) v = dist(rng);
+  act.convert(moe::dtype_traits(type).vec_dot_type, x.data(), nt, cols, cols);
+}
+
 void BM_PanelGemm(benchmark::State& state) {
   const auto type = static_cast<moe::DType>(state.range(0));
   const int shape = static_cast<int>(state.range(1));
   const int nt = static_cast<int>(state.range(2));
   const moe::DTypeTraits& tr = moe::dtype_traits(type);
-  if (!vnni_ok() || moe::best_isa() != moe::Isa::Avx512 || !tr.vec_dot_tile || !moe::quant::has_panel_gemm(type)) {
-    state.SkipWithError("no AVX-512 panel GEMM for this type here");
-    return;
-  }
+  if (!panel_gemm_here(state, type)) return;
   const int64_t rows = shape == 0 ? 768 : shape == 1 ? 2048 : 4096, cols = shape == 1 ? 768 : 2048;
   const size_t rb = moe::row_bytes(type, cols);
   const std::vector<uint8_t> w = make_weights(type, rows, cols, 5);
-  std::mt19937 rng(6);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(cols * nt));
-  for (auto& v : x) v = dist(rng);
   moe::kernels::ActBuffer act;
-  act.convert(tr.vec_dot_type, x.data(), nt, cols, cols);
+  gaussian_activations(type, cols, nt, act);
   std::vector<float> y(static_cast<size_t>(rows * nt));
   auto gemm = [&] {
     moe::quant::panel_gemm_avx512(type, cols, w.data(), rb, static_cast<int>(rows), act.row(0), act.row_bytes(),
@@ -183,10 +193,7 @@ void BM_FewTokens(benchmark::State& state) {
   const int shape = static_cast<int>(state.range(1));
   const int nt = static_cast<int>(state.range(2));
   const moe::DTypeTraits& tr = moe::dtype_traits(type);
-  if (!vnni_ok() || moe::best_isa() != moe::Isa::Avx512 || !tr.vec_dot_tile || !moe::quant::has_panel_gemm(type)) {
-    state.SkipWithError("no AVX-512 panel GEMM for this type here");
-    return;
-  }
+  if (!panel_gemm_here(state, type)) return;
   // shape 0: OLMoE gate/up (1024 x 2048), 1: its down projection (2048 x 1024).
   const int64_t rows = shape == 0 ? 1024 : 2048, cols = shape == 0 ? 2048 : 1024;
   const size_t rb = moe::row_bytes(type, cols);
@@ -194,12 +201,8 @@ void BM_FewTokens(benchmark::State& state) {
   const std::vector<uint8_t> one = make_weights(type, rows, cols, 5);
   std::vector<uint8_t> w(one.size() * kExperts);
   for (int e = 0; e < kExperts; ++e) std::copy(one.begin(), one.end(), w.begin() + static_cast<ptrdiff_t>(e * one.size()));
-  std::mt19937 rng(6);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(cols * nt));
-  for (auto& v : x) v = dist(rng);
   moe::kernels::ActBuffer act;
-  act.convert(tr.vec_dot_type, x.data(), nt, cols, cols);
+  gaussian_activations(type, cols, nt, act);
   std::vector<float> y(static_cast<size_t>(rows * nt));
   int next = 0;
   auto panel = [&] {
