@@ -240,16 +240,15 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
   for (const int32_t i : batch_) store.release(layer, needed_[i], weights_[i].tier);
 }
 
-// A decoded token's experts (or a batched decode step's, a few tokens each) in one parallel region
-// instead of three. Work is handed out in order: the gate and up products of every expert (jobs_, one
-// whole matrix per claim, one stream each), then the
-// down products' rows laid end to end and cut by guided claims, which shrink towards the end so that
-// neither thread waits long for the other's last piece. The thread that finishes the second of an
-// expert's gate/up pair runs its SwiGLU at once, and down rows wait for their expert's activations (by
-// then usually long done, since every gate/up task was claimed before any down row, and a claimed task
-// is being run, so the wait always ends). A decoded row is computed on its own whatever the chunk, so
-// the bits are those of separate matmuls; what goes is two barriers per layer and the idle tails before
-// them.
+// A decoded token's experts (or a batched decode step's, a few tokens each) in one parallel region instead
+// of three. Work is handed out in order: the gate and up products of every expert (jobs_, one whole matrix
+// per claim, one stream each), then the down products' rows laid end to end and cut by guided claims, which
+// shrink towards the end so that neither thread waits long for the other's last piece. The thread that
+// finishes the second of an expert's gate/up pair runs its SwiGLU at once, and down rows wait for their
+// expert's activations (by then usually long done, since every gate/up task was claimed before any down
+// row, and a claimed task is being run, so the wait always ends). A decoded row is computed on its own
+// whatever the chunk, so the bits are those of separate matmuls; what goes is two barriers per layer and
+// the idle tails before them.
 template <class Activate>
 void ExpertExecutor::compute_decode_dataflow(size_t nb, int64_t n_embd, ThreadPool& pool, Activate& activate) {
   size_t max_row_bytes = 1;
