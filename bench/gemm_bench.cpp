@@ -184,9 +184,9 @@ BENCHMARK(BM_PanelGemm)->Apply(PanelArgs)->Unit(benchmark::kMillisecond);
 // 8 streams gives each of ~42 experts 1-3 tokens). The matrices cycle through 48 experts' worth of
 // weights (more than the L3), so every call reads its weights from DRAM as decode does. Compares the
 // panel GEMM (which converts every weight block for the tokens) with the tile drivers' few-token path
-// over row groups of 16, as kernels::matmul calls it below quant_tile.h's kPanelMinTokens: Q4_K, Q4_K_R
-// and Q5_K decode each block once for up to 4 tokens (k4_tokens); Q6_K, Q8_0 and Q4_0 run the one-token
-// row kernels once per token, from L1 after the first. Counters: us_panel, us_rows (thread CPU time per
+// over row groups of 16, as kernels::matmul calls it below quant_tile.h's kPanelMinTokens: Q4_K, Q4_K_R,
+// Q5_K and Q6_K decode each block once for up to 4 tokens (k4_tokens, q6_tokens); Q8_0 and Q4_0 run the
+// one-token row kernels once per token, from L1 after the first. Counters: us_panel, us_rows (thread CPU time per
 // call), x_rows = panel / rows (> 1: the few-token path is faster at this token count).
 void BM_FewTokens(benchmark::State& state) {
   const auto type = static_cast<moe::DType>(state.range(0));
@@ -235,6 +235,6 @@ void BM_FewTokens(benchmark::State& state) {
 void FewTokenArgs(benchmark::internal::Benchmark* b) {
   for (moe::DType t : {moe::DType::Q4_K_R, moe::DType::Q4_K, moe::DType::Q6_K, moe::DType::Q8_0})
     for (int shape : {0, 1})
-      for (int nt : {2, 3, 4, 6}) b->Args({static_cast<int64_t>(t), shape, nt});
+      for (int nt : {2, 3, 4, 6, 12}) b->Args({static_cast<int64_t>(t), shape, nt});
 }
 BENCHMARK(BM_FewTokens)->Apply(FewTokenArgs)->Unit(benchmark::kMillisecond);

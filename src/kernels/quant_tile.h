@@ -21,7 +21,7 @@ inline constexpr int kTileTokens = 2;
 // even at 8, and 1.3-1.6x faster at 16). A batched decode step gives most experts this few tokens.
 inline constexpr int kPanelMinTokens = 8;
 // The same for the types whose few-token kernels decode each block once for four tokens (Q4_K, Q4_K_R,
-// Q5_K): four tokens cost about a third of the panel GEMM's conversion, so they break even near 16.
+// Q5_K, Q6_K): four tokens cost about a third of the panel GEMM's conversion, so they break even near 16.
 inline constexpr int kPanelMinTokensShared = 16;
 
 struct TileKernels {

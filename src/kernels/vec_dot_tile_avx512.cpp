@@ -1,6 +1,6 @@
 // AVX-512 VNNI kernels for one token against a few weight rows (decode), and the entry points of the
 // tile table (quant_tile.h) for Q4_0, Q8_0, Q4_K, Q5_K and Q6_K: one token goes to the row kernels here,
-// two or more to the panel GEMM (gemm_panel_avx512.cpp). Built with the AVX-512 flag set (file name ends
+// a few (below kPanelMinTokens) to the few-token kernels here, more to the panel GEMM (gemm_panel_avx512.cpp). Built with the AVX-512 flag set (file name ends
 // in _avx512.cpp); only reached after cpu_features() confirmed VNNI/BW/VL/DQ.
 //
 // Numerics: every kernel computes, per (row, token), exactly what the scalar reference kernel in
@@ -133,6 +133,40 @@ void q6_row1(int64_t n, const uint8_t* w, size_t, const uint8_t* act, float* out
     sum = add_lanes_in_order(sum, a, m);
   }
   *out = _mm_cvtss_f32(sum);
+}
+
+// One row x NT tokens (NT <= 4; an expert's down projection in a batched decode step): each block is
+// decoded once for all the tokens, and lane t carries token t through q6_rows's arithmetic for one row (the
+// same exact integer sum, then sum += (d * dy) * I per block in block order), so every (row, token) has
+// the bits of the one-token kernels. Prefetched as q6_row1: the row streams from DRAM.
+template <int NT>
+void q6_tokens(int64_t n, const uint8_t* w, const uint8_t* act, size_t as, float* out, int64_t os) {
+  static_assert(NT >= 1 && NT <= 4, "q6_tokens: one to four tokens");
+  __m128 sum = _mm_setzero_ps();
+  const int64_t nb = n / kQKK;
+  for (int64_t b = 0; b < nb; ++b) {
+    const BlockQ6_K& x = reinterpret_cast<const BlockQ6_K*>(w)[b];
+    prefetch_block(reinterpret_cast<const uint8_t*>(&x) + kSingleRowPrefetch, sizeof(BlockQ6_K));
+    Q6Weights k;
+    q6_decode(x, k);
+    __m512i isum[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    __m128i dy = _mm_setzero_si128();
+    #pragma GCC unroll 4
+    for (int t = 0; t < NT; ++t) {
+      const BlockQ8_K& y = reinterpret_cast<const BlockQ8_K*>(act + t * as)[b];
+      const __m256i negb = _mm256_sub_epi16(_mm256_setzero_si256(), ld256(y.bsums));
+      isum[t] = _mm512_zextsi256_si512(_mm256_madd_epi16(negb, k.sc32));
+      #pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) isum[t] = _mm512_dpwssd_epi32(isum[t], _mm512_maddubs_epi16(k.u[i], ld512(y.qs + 64 * i)), k.s[i]);
+      dy = insert_epi32_from(dy, &y.d, t);
+    }
+    const __m128i I = hsum4_epi32(isum[0], isum[1], isum[2], isum[3]);
+    sum = _mm_add_ps(sum, _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(k.dx), _mm_castsi128_ps(dy)), _mm_cvtepi32_ps(I)));
+  }
+  alignas(16) float s[4];
+  _mm_store_ps(s, sum);
+  #pragma GCC unroll 4
+  for (int t = 0; t < NT; ++t) out[t * os] = s[t];
 }
 
 // ---- Q8_0 / Q4_0 --------------------------------------------------------------------------------
@@ -297,7 +331,9 @@ float single_legacy(int64_t n, const void* w, const void* act) {
 
 const KQuantKernels kQ4K = MOE_K4_KERNELS(DType::Q4_K, K4Decoder<false>);
 const KQuantKernels kQ5K = MOE_K4_KERNELS(DType::Q5_K, K4Decoder<true>);
-const KQuantKernels kQ6K = {DType::Q6_K, {q6_row1, q6_rows<2>, q6_rows<3>, q6_rows<4>}, {}};
+const KQuantKernels kQ6K = {DType::Q6_K,
+                            {q6_row1, q6_rows<2>, q6_rows<3>, q6_rows<4>},
+                            {q6_tokens<1>, q6_tokens<2>, q6_tokens<3>, q6_tokens<4>}};
 
 }  // namespace
 }  // namespace avx512t
