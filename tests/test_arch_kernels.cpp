@@ -48,38 +48,50 @@ std::vector<double> naive_attention(const float* q, const float* k, const float*
 }  // namespace
 
 TEST(ArchKernels, CausalBlockWithWindowSinkAndShortValues) {
-  // MLA-like: keys 80 wide, values the first 64 of each key row; a window of 7 keys; a sink logit.
-  const int64_t dk = 80, dv = 64, m = 21, n_past = 30, window = 7;
-  const int64_t key0 = n_past - window + 1;
-  const int64_t nk = n_past + m - key0;
-  const auto q = gaussian(static_cast<size_t>(m * dk), 11, 1.0f);
-  const auto k = gaussian(static_cast<size_t>(nk * dk), 12, 1.0f);
-  for (const bool with_sink : {false, true}) {
-    const float sink = 0.7f;
-    std::vector<float> out(static_cast<size_t>(m * dv), -7.0f), scratch;
-    kernels::CausalBlock b;
-    b.q = q.data();
-    b.q_stride = dk;
-    b.k = k.data();
-    b.v = k.data();  // values inside the key rows
-    b.kv_stride = dk;
-    b.v_stride = dk;
-    b.m = m;
-    b.n_past = n_past;
-    b.key0 = key0;
-    b.window = window;
-    b.head_dim = dk;
-    b.v_dim = dv;
-    b.scale = 0.125f;
-    b.has_sink = with_sink;
-    b.sink = sink;
-    b.out = out.data();
-    b.out_stride = dv;
-    kernels::causal_attention_block(b, scratch);
-    for (int64_t i = 0; i < m; ++i) {
-      const auto want = naive_attention(q.data() + i * dk, k.data(), k.data(), dk, dk, dk, dv, n_past + i, key0, window,
-                                        0.125f, with_sink ? &sink : nullptr);
-      for (int64_t c = 0; c < dv; ++c) EXPECT_NEAR(out[i * dv + c], want[static_cast<size_t>(c)], 2e-5) << i << " " << c;
+  // MLA-like: keys 80 wide, values the first 64 of each key row; windows; a sink logit. The long cases
+  // span several key chunks (kernels::kAttnKeyChunk) with windows that start and end inside a chunk, and
+  // a larger scale so that the running maximum rises between chunks by more than the scores' spread.
+  struct Case {
+    int64_t m, n_past, window;
+    float scale;
+  };
+  const int64_t dk = 80, dv = 64;
+  for (const Case& cs : {Case{21, 30, 7, 0.125f}, Case{64, 700, 0, 0.125f}, Case{64, 900, 300, 0.5f},
+                         Case{50, 600, 260, 0.5f}, Case{3, 1000, 0, 1.0f}}) {
+    const int64_t m = cs.m, n_past = cs.n_past, window = cs.window;
+    const int64_t key0 = window > 0 ? std::max<int64_t>(0, n_past - window + 1) : 0;
+    const int64_t nk = n_past + m - key0;
+    const auto q = gaussian(static_cast<size_t>(m * dk), 11, 1.0f);
+    const auto k = gaussian(static_cast<size_t>(nk * dk), 12, 1.0f);
+    for (const bool with_sink : {false, true}) {
+      const float sink = 0.7f;
+      std::vector<float> out(static_cast<size_t>(m * dv), -7.0f), scratch;
+      kernels::CausalBlock b;
+      b.q = q.data();
+      b.q_stride = dk;
+      b.k = k.data();
+      b.v = k.data();  // values inside the key rows
+      b.kv_stride = dk;
+      b.v_stride = dk;
+      b.m = m;
+      b.n_past = n_past;
+      b.key0 = key0;
+      b.window = window;
+      b.head_dim = dk;
+      b.v_dim = dv;
+      b.scale = cs.scale;
+      b.has_sink = with_sink;
+      b.sink = sink;
+      b.out = out.data();
+      b.out_stride = dv;
+      kernels::causal_attention_block(b, scratch);
+      for (int64_t i = 0; i < m; ++i) {
+        const auto want = naive_attention(q.data() + i * dk, k.data(), k.data(), dk, dk, dk, dv, n_past + i, key0, window,
+                                          cs.scale, with_sink ? &sink : nullptr);
+        for (int64_t c = 0; c < dv; ++c)
+          ASSERT_NEAR(out[i * dv + c], want[static_cast<size_t>(c)], 2e-5)
+              << "m=" << m << " n_past=" << n_past << " window=" << window << " sink=" << with_sink << " i=" << i << " c=" << c;
+      }
     }
   }
 }

@@ -121,3 +121,39 @@ TEST(AttentionKernel, F16DecodeKernelsMatchReferences) {
   kernels::attn_values_f16_avx512(r, acc_simd.data());
   EXPECT_EQ(acc_simd, acc_ref);
 }
+
+// The softmax exponential: the AVX-512 body gives the scalar reference's bits (every length, so every
+// tail mask), both within 2 ulp of exp in double, underflow to zero far below the maximum, and the
+// returned sum is the sum of what was written.
+TEST(AttentionKernel, ExpShiftedSumMatchesReferenceAndExp) {
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> wide(-120.0f, 0.0f), narrow(-8.0f, 0.0f);
+  for (int64_t n : {1, 2, 15, 16, 17, 31, 64, 255, 256, 257, 40000}) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (size_t j = 0; j < x.size(); ++j) x[j] = (j % 3 == 0 ? wide(rng) : narrow(rng)) + 3.0f;
+    const float mx = 3.0f;
+    std::vector<float> ref = x;
+    const float sum_ref = kernels::exp_shifted_sum_ref(ref.data(), n, mx);
+    double sum = 0;
+    for (size_t j = 0; j < x.size(); ++j) {
+      const double want = std::exp(static_cast<double>(x[j] - mx));
+      sum += ref[j];
+      if (want < 1e-37) {
+        EXPECT_LE(ref[j], 1e-37f) << x[j];
+        continue;
+      }
+      EXPECT_LE(std::fabs(ref[j] - want), 2.0 * std::nextafter(static_cast<float>(want), INFINITY) - 2.0 * static_cast<float>(want) + 1e-45)
+          << "x - mx = " << x[j] - mx;
+    }
+    EXPECT_NEAR(sum_ref, sum, 1e-6 * sum) << n;
+    if (cpu_features().has_avx512_kernels()) {
+      std::vector<float> simd = x;
+      const float sum_simd = kernels::exp_shifted_sum_avx512(simd.data(), n, mx);
+      EXPECT_EQ(simd, ref) << n;
+      EXPECT_EQ(sum_simd, sum_ref) << n;
+    }
+  }
+  std::vector<float> y = {-1.0f, 4.0f, 2.5f, 4.0f, -9.0f, 3.0f, 0.0f, 1.0f, 3.5f};
+  EXPECT_EQ(kernels::max_f32(y.data(), static_cast<int64_t>(y.size())), 4.0f);
+  EXPECT_EQ(kernels::max_f32(y.data() + 4, 1), -9.0f);
+}

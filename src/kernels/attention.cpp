@@ -11,43 +11,114 @@
 
 namespace moe::kernels {
 
+namespace {
+bool avx512_here() { return best_isa() == Isa::Avx512; }
+}  // namespace
+
 void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
   use_single_threaded_blas();
   const int64_t nk = b.n_past + b.m - b.key0;  // key rows up to the last query of the block
   const int64_t vd = b.v_dim ? b.v_dim : b.head_dim;
   const int64_t vs = b.v_stride ? b.v_stride : b.kv_stride;
-  const size_t need = static_cast<size_t>(b.m * nk + b.m);
+  const int64_t kc_max = std::min(nk, kAttnKeyChunk);
+  const size_t need = static_cast<size_t>(b.m * kc_max + 2 * b.m);
   if (scratch.size() < need) scratch.resize(need);
   float* s = scratch.data();
-  float* inv = s + b.m * nk;
+  float* row_max = s + b.m * kc_max;
+  float* row_sum = row_max + b.m;  // of exp(score - row_max) over the keys so far (and the sink)
   const auto i32 = [](int64_t v) { return static_cast<int>(v); };
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i32(b.m), i32(nk), i32(b.head_dim), b.scale, b.q,
-              i32(b.q_stride), b.k, i32(b.kv_stride), 0.0f, s, i32(nk));
-  // Row-wise softmax over the visible keys; the masked parts are zeroed so the second product can run
-  // over all nk keys for every row. The normalisation is applied after it, as 1 / sum in double.
+  // Query i (position n_past + i) sees key rows [lo(i), hi(i)) relative to key0; both grow with i.
+  const auto hi = [&](int64_t i) { return b.n_past + i - b.key0 + 1; };
+  const auto lo = [&](int64_t i) { return b.window > 0 ? std::max(b.key0, b.n_past + i - b.window + 1) - b.key0 : 0; };
   for (int64_t i = 0; i < b.m; ++i) {
-    float* row = s + i * nk;
-    const int64_t p = b.n_past + i;
-    const int64_t lo = b.window > 0 ? std::max(b.key0, p - b.window + 1) - b.key0 : 0;
-    const int64_t hi = p - b.key0 + 1;
-    float mx = *std::max_element(row + lo, row + hi);
-    if (b.has_sink) mx = std::max(mx, b.sink);
-    double sum = b.has_sink ? std::exp(b.sink - mx) : 0.0;
-    for (int64_t j = lo; j < hi; ++j) {
-      row[j] = std::exp(row[j] - mx);
-      sum += row[j];
-    }
-    std::fill(row, row + lo, 0.0f);
-    std::fill(row + hi, row + nk, 0.0f);
-    inv[i] = static_cast<float>(1.0 / sum);
+    row_max[i] = b.has_sink ? b.sink : -INFINITY;
+    row_sum[i] = b.has_sink ? 1.0f : 0.0f;  // the sink's exp(sink - max) with max = sink
+    std::fill(b.out + i * b.out_stride, b.out + i * b.out_stride + vd, 0.0f);
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(b.m), i32(vd), i32(nk), 1.0f, s, i32(nk), b.v, i32(vs),
-              0.0f, b.out, i32(b.out_stride));
+  for (int64_t c0 = 0; c0 < nk; c0 += kAttnKeyChunk) {
+    const int64_t kc = std::min(kAttnKeyChunk, nk - c0);
+    // The queries that see a key of this chunk: hi(i) > c0 and lo(i) < c0 + kc.
+    int64_t ia = 0, ib = b.m;
+    while (ia < b.m && hi(ia) <= c0) ++ia;
+    while (ib > ia && lo(ib - 1) >= c0 + kc) --ib;
+    if (ia >= ib) continue;
+    const int64_t rows = ib - ia;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i32(rows), i32(kc), i32(b.head_dim), b.scale,
+                b.q + ia * b.q_stride, i32(b.q_stride), b.k + c0 * b.kv_stride, i32(b.kv_stride), 0.0f, s, i32(kc));
+    for (int64_t i = ia; i < ib; ++i) {
+      float* row = s + (i - ia) * kc;
+      const int64_t a = std::max(lo(i), c0) - c0, e = std::min(hi(i), c0 + kc) - c0;  // a < e
+      const float cmax = max_f32(row + a, e - a);
+      if (cmax > row_max[i]) {
+        // The running maximum rises: what was summed (and accumulated in out) so far shrinks by alpha.
+        if (row_max[i] != -INFINITY) {
+          const float alpha = std::exp(row_max[i] - cmax);
+          row_sum[i] *= alpha;
+          float* o = b.out + i * b.out_stride;
+          for (int64_t d = 0; d < vd; ++d) o[d] *= alpha;
+        }
+        row_max[i] = cmax;
+      }
+      row_sum[i] += exp_shifted_sum(row + a, e - a, row_max[i]);
+      std::fill(row, row + a, 0.0f);  // masked keys weigh nothing in the product below
+      std::fill(row + e, row + kc, 0.0f);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(rows), i32(vd), i32(kc), 1.0f, s, i32(kc),
+                b.v + c0 * vs, i32(vs), 1.0f, b.out + ia * b.out_stride, i32(b.out_stride));
+  }
   for (int64_t i = 0; i < b.m; ++i) {
     float* o = b.out + i * b.out_stride;
-    const float r = inv[i];
+    const float r = static_cast<float>(1.0 / row_sum[i]);
     for (int64_t d = 0; d < vd; ++d) o[d] *= r;
   }
+}
+
+namespace {
+// exp(x) for x <= 0 as exp_shifted_sum documents, one operation at a time as the AVX-512 body does.
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;  // ln 2 = kLn2Hi + kLn2Lo; kLn2Hi has 9 significant bits
+constexpr float kLn2Lo = -2.12194440e-4f;
+// exp(r) ~ 1 + r + c2 r^2 + ... + c7 r^7 on [-ln2 / 2, ln2 / 2]: Cephes expf's minimax coefficients.
+constexpr float kExpC[8] = {1.0f, 1.0f, 5.0000001201e-1f, 1.6666665459e-1f, 4.1665795894e-2f, 8.3334519073e-3f,
+                            1.3981999507e-3f, 1.9875691500e-4f};
+constexpr float kExpFloor = -104.0f;
+
+float exp_poly_ref(float x) {
+  x = std::max(x, kExpFloor);
+  const float k = std::nearbyint(x * kLog2e);
+  float r = std::fma(k, -kLn2Hi, x);
+  r = std::fma(k, -kLn2Lo, r);
+  float p = kExpC[7];
+  for (int c = 6; c >= 0; --c) p = std::fma(p, r, kExpC[c]);
+  return std::ldexp(p, static_cast<int>(k));
+}
+}  // namespace
+
+float exp_shifted_sum_ref(float* x, int64_t n, float mx) {
+  float lane[16] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    x[j] = exp_poly_ref(x[j] - mx);
+    lane[j % 16] += x[j];
+  }
+  for (int w = 8; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) lane[i] += lane[i + w];
+  return lane[0];
+}
+
+float exp_shifted_sum(float* x, int64_t n, float mx) {
+  return avx512_here() ? exp_shifted_sum_avx512(x, n, mx) : exp_shifted_sum_ref(x, n, mx);
+}
+
+float max_f32(const float* x, int64_t n) {
+  // Eight independent maxima (the compiler keeps them in registers); the maximum is the same in any order.
+  float m[8];
+  for (int i = 0; i < 8; ++i) m[i] = x[0];
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int i = 0; i < 8; ++i) m[i] = m[i] < x[j + i] ? x[j + i] : m[i];
+  for (; j < n; ++j) m[0] = m[0] < x[j] ? x[j] : m[0];
+  for (int i = 1; i < 8; ++i) m[0] = m[0] < m[i] ? m[i] : m[0];
+  return m[0];
 }
 
 void attn_scores_f16_ref(const F16AttnRun& r, float scale) {
@@ -78,9 +149,7 @@ void attn_values_f16_ref(const F16AttnRun& r, float* acc) {
 }
 
 namespace {
-bool avx512_attention(const F16AttnRun& r) {
-  return best_isa() == Isa::Avx512 && r.head_dim % 16 == 0 && r.vdim() % 16 == 0;
-}
+bool avx512_attention(const F16AttnRun& r) { return avx512_here() && r.head_dim % 16 == 0 && r.vdim() % 16 == 0; }
 }  // namespace
 
 void attn_scores_f16(const F16AttnRun& r, float scale) {

@@ -1,8 +1,11 @@
-// Causal softmax attention for a block of queries of one head against fp32 keys and values, as two
-// single-threaded sgemm calls (scores = scale * Q K^T, then out = softmax(scores) V). Used for prompt
-// batches, where a block of queries shares every key and value it reads; the caller spreads (head,
-// query block) items over its pool, so the blocking, and hence the result, is independent of the
-// thread count.
+// Causal softmax attention for a block of queries of one head against fp32 keys and values. Used for
+// prompt batches, where a block of queries shares every key and value it reads; the caller spreads
+// (head, query block) items over its pool, so the blocking, and hence the result, is independent of the
+// thread count. Keys are taken in chunks of kAttnKeyChunk with an online softmax (flash attention's
+// recurrence: a running row maximum and sum, the output rescaled when the maximum rises), each chunk two
+// single-threaded sgemm calls (S = scale * Q K^T, then out += exp(S - max) V): the scores of a chunk stay
+// in L2 however long the prompt, where one m x n_keys score matrix (1 MiB per block at 4096 keys) made
+// the softmax passes run from DRAM.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -29,8 +32,20 @@ struct CausalBlock {
   int64_t out_stride = 0;
 };
 
-// scratch grows to m * (n_past + m - key0 + 1) floats and is reused across calls.
+inline constexpr int64_t kAttnKeyChunk = 256;
+
+// scratch grows to m * (kAttnKeyChunk + 2) floats and is reused across calls.
 void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch);
+
+// The softmax of a score row, vectorised: x[j] = exp(x[j] - mx) for j < n, returning the sum of the new
+// x. The exponential is our own (range reduction by ln 2 in two parts, a degree-7 polynomial, then an
+// exact scaling by 2^k; within 2 ulp of exp, inputs below -104 give 0), and the sum runs in 16 lanes
+// (element j in lane j % 16) added pairwise at the end, so the scalar reference and the AVX-512 body
+// give the same bits. max_f32: the largest of x[0 .. n - 1] (n >= 1).
+float exp_shifted_sum(float* x, int64_t n, float mx);
+float exp_shifted_sum_ref(float* x, int64_t n, float mx);
+float exp_shifted_sum_avx512(float* x, int64_t n, float mx);
+float max_f32(const float* x, int64_t n);
 
 // Decode attention straight from the fp16 KV cache: nh query heads that share one kv head, n keys.
 // Each key and value row is widened on the fly (exactly: every fp16 value is an fp32 value), so the
