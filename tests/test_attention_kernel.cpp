@@ -122,7 +122,7 @@ TEST(AttentionKernel, F16DecodeKernelsMatchReferences) {
   EXPECT_EQ(acc_simd, acc_ref);
 }
 
-// The softmax exponential: the AVX-512 body gives the scalar reference's bits (every length, so every
+// The softmax exponential: the AVX2 and AVX-512 bodies give the scalar reference's bits (every length, so every
 // tail mask), both within 2 ulp of exp in double, underflow to zero far below the maximum, and the
 // returned sum is the sum of what was written.
 TEST(AttentionKernel, ExpShiftedSumMatchesReferenceAndExp) {
@@ -146,12 +146,32 @@ TEST(AttentionKernel, ExpShiftedSumMatchesReferenceAndExp) {
           << "x - mx = " << x[j] - mx;
     }
     EXPECT_NEAR(sum_ref, sum, 1e-6 * sum) << n;
+    if (cpu_features().has_avx2_kernels()) {
+      std::vector<float> simd = x;
+      const float sum_simd = kernels::exp_shifted_sum_avx2(simd.data(), n, mx);
+      EXPECT_EQ(simd, ref) << n;
+      EXPECT_EQ(sum_simd, sum_ref) << n;
+    }
     if (cpu_features().has_avx512_kernels()) {
       std::vector<float> simd = x;
       const float sum_simd = kernels::exp_shifted_sum_avx512(simd.data(), n, mx);
       EXPECT_EQ(simd, ref) << n;
       EXPECT_EQ(sum_simd, sum_ref) << n;
     }
+  }
+  // Above the maximum (clamped at 88) and at the clamps: still the same bits everywhere.
+  std::vector<float> big = {0.5f, 10.0f, 87.9f, 88.0f, 200.0f, -103.9f, -104.0f, -300.0f, -87.0f, -100.0f};
+  std::vector<float> big_ref = big;
+  const float big_sum = kernels::exp_shifted_sum_ref(big_ref.data(), static_cast<int64_t>(big.size()), 0.0f);
+  EXPECT_NEAR(big_ref[1], std::exp(10.0), 2e-7 * std::exp(10.0));
+  EXPECT_EQ(big_ref[4], big_ref[3]);
+  EXPECT_EQ(big_ref[7], 0.0f);
+  for (auto body : {&kernels::exp_shifted_sum_avx2, &kernels::exp_shifted_sum_avx512}) {
+    if (body == &kernels::exp_shifted_sum_avx2 ? !cpu_features().has_avx2_kernels() : !cpu_features().has_avx512_kernels())
+      continue;
+    std::vector<float> b2 = big;
+    EXPECT_EQ(body(b2.data(), static_cast<int64_t>(b2.size()), 0.0f), big_sum);
+    EXPECT_EQ(b2, big_ref);
   }
   std::vector<float> y = {-1.0f, 4.0f, 2.5f, 4.0f, -9.0f, 3.0f, 0.0f, 1.0f, 3.5f};
   EXPECT_EQ(kernels::max_f32(y.data(), static_cast<int64_t>(y.size())), 4.0f);

@@ -81,10 +81,10 @@ constexpr float kLn2Lo = -2.12194440e-4f;
 // exp(r) ~ 1 + r + c2 r^2 + ... + c7 r^7 on [-ln2 / 2, ln2 / 2]: Cephes expf's minimax coefficients.
 constexpr float kExpC[8] = {1.0f, 1.0f, 5.0000001201e-1f, 1.6666665459e-1f, 4.1665795894e-2f, 8.3334519073e-3f,
                             1.3981999507e-3f, 1.9875691500e-4f};
-constexpr float kExpFloor = -104.0f;
+constexpr float kExpFloor = -104.0f, kExpCeil = 88.0f;
 
 float exp_poly_ref(float x) {
-  x = std::max(x, kExpFloor);
+  x = std::min(std::max(x, kExpFloor), kExpCeil);
   const float k = std::nearbyint(x * kLog2e);
   float r = std::fma(k, -kLn2Hi, x);
   r = std::fma(k, -kLn2Lo, r);
@@ -106,7 +106,11 @@ float exp_shifted_sum_ref(float* x, int64_t n, float mx) {
 }
 
 float exp_shifted_sum(float* x, int64_t n, float mx) {
-  return avx512_here() ? exp_shifted_sum_avx512(x, n, mx) : exp_shifted_sum_ref(x, n, mx);
+  switch (best_isa()) {
+    case Isa::Avx512: return exp_shifted_sum_avx512(x, n, mx);
+    case Isa::Avx2: return exp_shifted_sum_avx2(x, n, mx);
+    default: return exp_shifted_sum_ref(x, n, mx);
+  }
 }
 
 float max_f32(const float* x, int64_t n) {

@@ -39,11 +39,12 @@ void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch);
 
 // The softmax of a score row, vectorised: x[j] = exp(x[j] - mx) for j < n, returning the sum of the new
 // x. The exponential is our own (range reduction by ln 2 in two parts, a degree-7 polynomial, then an
-// exact scaling by 2^k; within 2 ulp of exp, inputs below -104 give 0), and the sum runs in 16 lanes
-// (element j in lane j % 16) added pairwise at the end, so the scalar reference and the AVX-512 body
-// give the same bits. max_f32: the largest of x[0 .. n - 1] (n >= 1).
+// exact scaling by 2^k; within 2 ulp of exp, x - mx clamped to [-104, 88]), and the sum runs in 16
+// lanes (element j in lane j % 16) added pairwise at the end, so the scalar reference and the AVX2 and
+// AVX-512 bodies give the same bits. max_f32: the largest of x[0 .. n - 1] (n >= 1).
 float exp_shifted_sum(float* x, int64_t n, float mx);
 float exp_shifted_sum_ref(float* x, int64_t n, float mx);
+float exp_shifted_sum_avx2(float* x, int64_t n, float mx);
 float exp_shifted_sum_avx512(float* x, int64_t n, float mx);
 float max_f32(const float* x, int64_t n);
 

@@ -2,6 +2,7 @@
 // flags (file name ends in _avx512.cpp) and reached only through run-time dispatch.
 // GCC 12 warns about the intentionally undefined upper halves in its own cast intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
@@ -27,7 +28,7 @@ inline float reduce_pairwise(__m512 v) {
 // exp_shifted_sum_ref's operations, sixteen elements at a time (the tail under a mask, its other lanes
 // adding zero): the constants are repeated here because the reference keeps them file-local.
 float exp_shifted_sum_avx512(float* x, int64_t n, float mx) {
-  const __m512 vmx = _mm512_set1_ps(mx), floor = _mm512_set1_ps(-104.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 vmx = _mm512_set1_ps(mx), floor = _mm512_set1_ps(-104.0f), ceil = _mm512_set1_ps(88.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
   const __m512 ln2hi = _mm512_set1_ps(-0.693359375f), ln2lo = _mm512_set1_ps(2.12194440e-4f);
   const __m512 c7 = _mm512_set1_ps(1.9875691500e-4f), c6 = _mm512_set1_ps(1.3981999507e-3f),
                c5 = _mm512_set1_ps(8.3334519073e-3f), c4 = _mm512_set1_ps(4.1665795894e-2f),
@@ -35,7 +36,7 @@ float exp_shifted_sum_avx512(float* x, int64_t n, float mx) {
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 m = n - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1);
-    const __m512 t = _mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), vmx), floor);
+    const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), vmx), floor), ceil);
     const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 r = _mm512_fmadd_ps(k, ln2lo, _mm512_fmadd_ps(k, ln2hi, t));
     __m512 p = _mm512_fmadd_ps(c7, r, c6);
