@@ -102,8 +102,8 @@ void expect_error(const httplib::Result& r, int status, const std::string& code 
   ASSERT_TRUE(j.contains("error")) << r->body;
   for (const char* k : {"message", "type", "param", "code"}) EXPECT_TRUE(j["error"].contains(k)) << k << " in " << r->body;
   EXPECT_TRUE(j["error"]["message"].is_string());
-  if (!code.empty()) EXPECT_EQ(j["error"]["code"], code) << r->body;
-  if (!param.empty()) EXPECT_EQ(j["error"]["param"], param) << r->body;
+  if (!code.empty()) { EXPECT_EQ(j["error"]["code"], code) << r->body; }
+  if (!param.empty()) { EXPECT_EQ(j["error"]["param"], param) << r->body; }
 }
 
 const char* kPrompts[] = {
@@ -193,11 +193,11 @@ TEST(ServerHttp, PerRequestRoutingEqualsMoeRunFlags) {
     EXPECT_EQ(j["choices"][0]["text"], want[i]) << "moe " << cases[i].moe.dump();
     EXPECT_EQ(j["moe_usage"]["routing_policy"], cases[i].moe) << j["moe_usage"].dump();
     const double ept = j["moe_usage"]["experts_per_token"].get<double>();
-    if (i == 0) EXPECT_DOUBLE_EQ(ept, 1.0);
-    if (i == 1) EXPECT_LE(ept, 2.0);
-    if (i == 3) EXPECT_DOUBLE_EQ(ept, 2.0);
+    if (i == 0) { EXPECT_DOUBLE_EQ(ept, 1.0); }
+    if (i == 1) { EXPECT_LE(ept, 2.0); }
+    if (i == 3) { EXPECT_DOUBLE_EQ(ept, 2.0); }
     for (const json& t : j["choices"][0]["moe_trace"]["tokens"]) {
-      if (i == 0) EXPECT_EQ(t["experts"]["0"].size(), 1u);
+      if (i == 0) { EXPECT_EQ(t["experts"]["0"].size(), 1u); }
       if (i == 2) {
         for (const json& pair : t["experts"]["0"]) EXPECT_NE(pair[0], 1);
         for (const json& pair : t["experts"]["2"]) EXPECT_NE(pair[0], 3);
@@ -260,7 +260,7 @@ TEST(ServerHttp, ChatStreamingUsageAndTrace) {
     EXPECT_EQ(c["object"], "chat.completion.chunk");
     EXPECT_TRUE(c["usage"].is_null());
     const json& ch = c["choices"][0];
-    if (i == 0) EXPECT_EQ(ch["delta"]["role"], "assistant");
+    if (i == 0) { EXPECT_EQ(ch["delta"]["role"], "assistant"); }
     if (ch["delta"].contains("content")) joined += ch["delta"]["content"].get<std::string>();
     if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
   }

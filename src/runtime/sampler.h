@@ -23,6 +23,7 @@ class Sampler {
   SamplerParams params_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> cand_;
+  std::vector<double> weights_;
 };
 
 int32_t argmax(const float* logits, int64_t n);
