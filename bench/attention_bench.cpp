@@ -8,27 +8,21 @@
 //    1 the AVX2 body, 2 the AVX-512 body (the same bits). Counter ns_per_exp.
 #include <benchmark/benchmark.h>
 
-#include <random>
 #include <vector>
 
 #include "kernels/attention.h"
 #include "kernels/cpu_features.h"
+#include "test_data.h"
 
 namespace {
 
-std::vector<float> gaussian_floats(size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
+using moe::test::gaussian;
 
 void BM_CausalBlock(benchmark::State& state) {
   const int64_t keys = state.range(0), m = 64, hd = 128, q_stride = 32 * hd, kv_stride = 4 * hd;
-  const auto q = gaussian_floats(static_cast<size_t>(m * q_stride), 1);
-  const auto k = gaussian_floats(static_cast<size_t>(keys * kv_stride), 2);
-  const auto v = gaussian_floats(static_cast<size_t>(keys * kv_stride), 3);
+  const auto q = gaussian(m * q_stride, 1);
+  const auto k = gaussian(keys * kv_stride, 2);
+  const auto v = gaussian(keys * kv_stride, 3);
   std::vector<float> out(static_cast<size_t>(m * q_stride)), scratch;
   moe::kernels::CausalBlock b;
   b.q = q.data();
@@ -61,7 +55,7 @@ void BM_ExpShiftedSum(benchmark::State& state) {
                     : isa == 1 ? moe::kernels::exp_shifted_sum_avx2
                                : moe::kernels::exp_shifted_sum_ref;
   constexpr int64_t n = moe::kernels::kAttnKeyChunk;
-  const auto src = gaussian_floats(n, 4);
+  const auto src = gaussian(n, 4);
   std::vector<float> x(src);
   for (auto _ : state) {
     x = src;

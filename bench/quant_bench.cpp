@@ -32,6 +32,7 @@
 #include "kernels/q4k_repack.h"
 #include "kernels/quant_dispatch.h"
 #include "tensor/dtype.h"
+#include "test_data.h"
 
 namespace {
 
@@ -72,13 +73,7 @@ std::vector<uint8_t> make_weights(moe::DType type, int64_t rows, int64_t cols, i
   return w;
 }
 
-std::vector<float> gaussian(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
+using moe::test::gaussian;
 
 bool isa_ok(moe::Isa isa) {
   const auto& f = moe::cpu_features();
