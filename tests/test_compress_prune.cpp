@@ -421,37 +421,11 @@ class PrunedFixtureVsLlama : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(PrunedFixtureVsLlama, LogitsMatchLlamaCpp) {
   const std::string name = GetParam();
-  const std::string ref = kLlamaRefs + "pruned_" + name + ".logits.f32";
-  if (!fs::exists(ref)) GTEST_SKIP() << "no llama.cpp reference for " << name;
-  const std::string model = test::model_path(name);
-  if (!fs::exists(model)) GTEST_SKIP() << "fixture missing";
-  const fs::path dir = test::cli_temp_dir();
-  const std::string stats = (dir / (name + ".stats.gguf")).string(), out = (dir / (name + ".pr.gguf")).string();
-  auto r = run_cli({"calibrate", "-q", "-m", model, "-f", test::fixtures_dir() + "/text/t1.txt", "--recon-types", "",
-                    "--max-windows", "1", "-c", "64", "-o", stats});
-  ASSERT_EQ(r.status, 0) << r.err;
-  r = run_cli({"prune", "-q", "-m", model, "--stats", stats, "--criterion", "random", "--seed", "7", "--no-protect",
-               "--keep", "0.75", "-o", out});
-  ASSERT_EQ(r.status, 0) << r.err;
-  auto pruned = Model::load(out);
-  auto ids = test::read_ids(test::ref_path(name, "seq.tok"));
-  ids.resize(24);
-  const auto got = eval_logits(*pruned, ids);
-  const auto want = test::read_f32(ref);
-  ASSERT_EQ(got.size(), want.size());
-  EXPECT_LE(test::nmse(got, want), 1e-5);
-  fs::remove(stats);
-  fs::remove(out);
+  test::expect_compressed_fixture_matches_llama(name, kLlamaRefs + "pruned_" + name + ".logits.f32", "prune",
+                                                {"--criterion", "random", "--seed", "7", "--no-protect", "--keep", "0.75"});
 }
 
-std::vector<std::string> f16_fixtures() {
-  std::vector<std::string> out;
-  for (const std::string& n : test::fixture_model_names())
-    if (n.find("-Q") == std::string::npos) out.push_back(n);
-  return out;
-}
-
-INSTANTIATE_TEST_SUITE_P(Fixtures, PrunedFixtureVsLlama, ::testing::ValuesIn(f16_fixtures()), test::FixtureParamName());
+INSTANTIATE_TEST_SUITE_P(Fixtures, PrunedFixtureVsLlama, ::testing::ValuesIn(test::f16_fixture_names()), test::FixtureParamName());
 
 TEST(PruneCli, MaskOnlyEvalAndErrors) {
   const std::string model = test::model_path("tiny-qwen3moe");

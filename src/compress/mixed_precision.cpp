@@ -79,6 +79,18 @@ void best_uniform(const CalibStats& stats, const std::vector<size_t>& cand, cons
 }
 
 // The expert budget from the options: bits per expert weight, or the file's tensor bytes less the rest's.
+// The statistics of the layer whose expert projection `t` is (what the allocation chooses types for), or
+// null for every other tensor, which keeps its type. A projection whose expert count disagrees with the
+// statistics is an error.
+const LayerStats* covering_layer(const CalibStats& stats, const MixTensor& t) {
+  const int proj = t.role ? proj_index(*t.role) : -1;
+  const LayerStats* ls = proj >= 0 ? stats.find_layer(t.layer) : nullptr;
+  if (ls && (t.dims.size() != 3 || t.dims[2] != ls->n_expert))
+    fail("--mixed: tensor '{}' has {} experts, the statistics {}", t.name, t.dims.size() == 3 ? t.dims[2] : 0,
+         ls->n_expert);
+  return ls;
+}
+
 uint64_t expert_budget(const MixedOptions& o, uint64_t expert_elements, uint64_t other_bytes) {
   if (o.budget.bits_per_weight > 0)
     return static_cast<uint64_t>(o.budget.bits_per_weight * static_cast<double>(expert_elements) / 8.0);
@@ -101,15 +113,11 @@ MixedResult allocate_per_expert(const CalibStats& stats, QuantizePlan& plan, con
   std::vector<int> layer_order;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const MixTensor& t = plan.tensors[i];
-    const int proj = t.role ? proj_index(*t.role) : -1;
-    const LayerStats* ls = proj >= 0 ? stats.find_layer(t.layer) : nullptr;
+    const LayerStats* ls = covering_layer(stats, t);
     if (!ls) {
       other_bytes += tensor_bytes(plan.types[i], t.dims);
       continue;
     }
-    if (t.dims.size() != 3 || t.dims[2] != ls->n_expert)
-      fail("--mixed: tensor '{}' has {} experts, the statistics {}", t.name, t.dims.size() == 3 ? t.dims[2] : 0,
-           ls->n_expert);
     auto& v = by_layer.at(static_cast<size_t>(t.layer));
     if (v.empty()) layer_order.push_back(t.layer);
     v.push_back(i);
@@ -228,15 +236,11 @@ MixedResult allocate_mixed(const CalibStats& stats, QuantizePlan& plan, const Mi
   if (o.per_expert) return allocate_per_expert(stats, plan, o, cand, best, supers);
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const MixTensor& t = plan.tensors[i];
-    const int proj = t.role ? proj_index(*t.role) : -1;
-    const LayerStats* ls = proj >= 0 ? stats.find_layer(t.layer) : nullptr;
+    const LayerStats* ls = covering_layer(stats, t);
     if (!ls) {
       other_bytes += tensor_bytes(plan.types[i], t.dims);
       continue;
     }
-    if (t.dims.size() != 3 || t.dims[2] != ls->n_expert)
-      fail("--mixed: tensor '{}' has {} experts, the statistics {}", t.name, t.dims.size() == 3 ? t.dims[2] : 0,
-           ls->n_expert);
     const size_t li = static_cast<size_t>(ls - stats.layers.data());
     AllocItem it;
     it.name = t.name;
@@ -257,7 +261,7 @@ MixedResult allocate_mixed(const CalibStats& stats, QuantizePlan& plan, const Mi
       for (int e = 0; e < ls->n_expert; ++e) {
         const double f = total > 0 ? ls->count[e] / total : 1.0 / ls->n_expert;
         const double w = ls->count[e] > 0 ? ls->weight_sum[e] / ls->count[e] : 0.0;
-        cost += std::pow(f, o.alpha) * std::pow(w, o.beta) * ls->recon_at(c, proj, e);
+        cost += std::pow(f, o.alpha) * std::pow(w, o.beta) * ls->recon_at(c, proj_index(*t.role), e);
       }
       it.cost.push_back(cost);
       it.bytes.push_back(tensor_bytes(ty, t.dims));
