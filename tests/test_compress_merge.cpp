@@ -8,7 +8,7 @@
 //  - a group-limited (DeepSeek-V3-like) model merges within groups and runs;
 //  - the CLI on a fixture with a dense layer and shared experts: shapes, counts, untouched tensors, --eval, errors;
 //  - every F16 fixture merged by the CLI and read by llama.cpp (tests/data/llamacpp/merged_*, made by
-//    bench/llamacpp/merge_refs.sh): the same logits as moe.cpp on the same file, NMSE <= 1e-5.
+//    bench/llamacpp/compressed_refs.sh merge): the same logits as moe.cpp on the same file, NMSE <= 1e-5.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -479,7 +479,7 @@ TEST(MergeCli, FixtureLoadsBackWithItsShapesAndErrorsAreClear) {
   fs::remove(out);
 }
 
-// Merged F16 fixtures against llama.cpp's logits on the same files (bench/llamacpp/merge_refs.sh makes them with the
+// Merged F16 fixtures against llama.cpp's logits on the same files (bench/llamacpp/compressed_refs.sh merge makes them with the
 // CLI; this test runs the same CLI commands).
 class MergedFixtureVsLlama : public ::testing::TestWithParam<std::string> {};
 

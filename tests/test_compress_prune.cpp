@@ -5,7 +5,7 @@
 //  - the criteria on hand-made statistics (frequency, REAP, random, super experts protected, groups kept even);
 //  - the pruned writer: shapes and counts, k clamped, shared experts and attention byte for byte, group-limited
 //    routers, and the logits of pruned fixtures against llama.cpp's on the same files (tests/data/llamacpp,
-//    bench/llamacpp/prune_refs.sh);
+//    bench/llamacpp/compressed_refs.sh prune);
 //  - the CLI: calibrate, prune, --mask-only, --eval's quality report and the errors.
 #include <gtest/gtest.h>
 
@@ -415,7 +415,7 @@ TEST(Prune, GroupLimitedRouterLoadsAndRuns) {
   fs::remove(path);
 }
 
-// The pruned F16 fixtures against llama.cpp's logits on the same files (bench/llamacpp/prune_refs.sh makes them
+// The pruned F16 fixtures against llama.cpp's logits on the same files (bench/llamacpp/compressed_refs.sh prune makes them
 // with the CLI; this test runs the same CLI commands).
 class PrunedFixtureVsLlama : public ::testing::TestWithParam<std::string> {};
 
