@@ -11,6 +11,7 @@
 #include "compress/calib_stats.h"
 #include "compress/mixed_precision.h"
 #include "fixture_util.h"
+#include "mixed_hand.h"
 #include "format/gguf.h"
 #include "model/weights.h"
 
@@ -20,51 +21,12 @@ namespace {
 namespace fs = std::filesystem;
 using test::run_cli;
 
-// Two MoE layers of 4 experts, gate/up [64 x 32] and down [32 x 64] per expert; candidates Q2_K, Q4_K, Q8_0
-// (row length 256 so every K type fits).
-struct Hand {
-  compress::CalibStats stats;
-  compress::QuantizePlan plan;
-};
+using Hand = test::HandMix;
 
+// test::hand_mix with layer 1's errors `layer1_scale` times layer 0's; every expert selected 10 times.
 Hand hand(double layer1_scale) {
-  Hand h;
-  h.stats.arch = "qwen3moe";
-  h.stats.n_layer = 2;
-  h.stats.recon_types = {DType::Q2_K, DType::Q4_K, DType::Q8_0};
-  const double err[3] = {1.0, 0.1, 0.001};
-  for (int il = 0; il < 2; ++il) {
-    compress::LayerStats l;
-    l.init(il, 4, 256, 0, 3);
-    for (int e = 0; e < 4; ++e) {
-      l.count[e] = 10;
-      l.weight_sum[e] = 5;
-      l.max_out[e] = 1;
-      for (size_t c = 0; c < 3; ++c)
-        for (int p = 0; p < compress::kReconParts; ++p)
-          l.recon[(c * compress::kReconParts + p) * 4 + e] = err[c] * (il == 1 ? layer1_scale : 1.0);
-    }
-    h.stats.layers.push_back(l);
-  }
-  const Role roles[3] = {Role::ExpGate, Role::ExpUp, Role::ExpDown};
-  const char* names[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
-  for (int il = 0; il < 2; ++il)
-    for (int p = 0; p < 3; ++p) {
-      compress::MixTensor t;
-      t.name = "blk." + std::to_string(il) + "." + names[p] + ".weight";
-      t.role = roles[p];
-      t.layer = il;
-      t.dims = {256, 32, 4};
-      t.type = DType::F16;
-      h.plan.tensors.push_back(t);
-      h.plan.types.push_back(DType::Q4_K);
-    }
-  compress::MixTensor norm;
-  norm.name = "output_norm.weight";
-  norm.dims = {256};
-  h.plan.tensors.push_back(norm);
-  h.plan.types.push_back(DType::F32);
-  return h;
+  return test::hand_mix([](int, int) { return 10.0; },
+                        [=](double err, int il, int, int) { return err * (il == 1 ? layer1_scale : 1.0); });
 }
 
 uint64_t bytes_of(DType t) { return row_bytes(t, 256) * 32 * 4; }

@@ -14,6 +14,7 @@
 #include "compress/calib_stats.h"
 #include "compress/mixed_precision.h"
 #include "fixture_util.h"
+#include "mixed_hand.h"
 #include "format/gguf.h"
 #include "model/expert_split.h"
 #include "model/weights.h"
@@ -28,55 +29,13 @@ using test::run_cli;
 
 // ---- The allocation, per expert -------------------------------------------------------------------------------
 
-// Two MoE layers of 4 experts, gate/up/down [256 x 32] per expert, F16 in the source; candidates Q2_K, Q4_K, Q8_0.
-// Expert `hot` of each layer is selected 9 times as often as the others and loses 10x more at every type.
-struct Hand {
-  compress::CalibStats stats;
-  compress::QuantizePlan plan;
-};
+using Hand = test::HandMix;
 
+// test::hand_mix where expert `hot` of each layer is selected 9 times as often as the others and loses 10x more at
+// every type (3x more again for the whole expert, part 3).
 Hand hand(int hot) {
-  Hand h;
-  h.stats.arch = "qwen3moe";
-  h.stats.n_layer = 2;
-  h.stats.recon_types = {DType::Q2_K, DType::Q4_K, DType::Q8_0};
-  const double err[3] = {1.0, 0.1, 0.001};
-  for (int il = 0; il < 2; ++il) {
-    compress::LayerStats l;
-    l.init(il, 4, 256, 0, 3);
-    for (int e = 0; e < 4; ++e) {
-      l.count[e] = e == hot ? 90 : 10;
-      l.weight_sum[e] = l.count[e] * 0.5;
-      l.max_out[e] = 1;
-      for (size_t c = 0; c < 3; ++c)
-        for (int p = 0; p < compress::kReconParts; ++p)
-          l.recon[(c * compress::kReconParts + p) * 4 + e] = err[c] * (e == hot ? 10.0 : 1.0) * (p == 3 ? 3.0 : 1.0);
-    }
-    h.stats.layers.push_back(l);
-  }
-  const Role roles[3] = {Role::ExpGate, Role::ExpUp, Role::ExpDown};
-  const char* names[3] = {"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"};
-  for (int il = 0; il < 2; ++il)
-    for (int p = 0; p < 3; ++p) {
-      compress::MixTensor t;
-      t.name = "blk." + std::to_string(il) + "." + names[p] + ".weight";
-      t.role = roles[p];
-      t.layer = il;
-      t.dims = {256, 32, 4};
-      t.type = DType::F16;
-      h.plan.tensors.push_back(t);
-      h.plan.types.push_back(DType::Q4_K);
-      h.plan.src.push_back(nullptr);
-      h.plan.bytes_out += row_bytes(DType::Q4_K, 256) * 32 * 4;
-    }
-  compress::MixTensor norm;
-  norm.name = "output_norm.weight";
-  norm.dims = {256};
-  h.plan.tensors.push_back(norm);
-  h.plan.types.push_back(DType::F32);
-  h.plan.src.push_back(nullptr);
-  h.plan.bytes_out += 1024;
-  return h;
+  return test::hand_mix([=](int, int e) { return e == hot ? 90.0 : 10.0; },
+                        [=](double err, int, int e, int p) { return err * (e == hot ? 10.0 : 1.0) * (p == 3 ? 3.0 : 1.0); });
 }
 
 uint64_t expert_bytes(DType t) { return 3 * row_bytes(t, 256) * 32; }  // gate + up + down of one expert
