@@ -10,6 +10,7 @@
 
 #include "cli_runner.h"
 #include "fixture_util.h"
+#include "model/synth.h"
 #include "model/weights.h"
 #include "moe/executor.h"
 #include "runtime/session.h"
@@ -24,6 +25,23 @@ inline std::vector<float> eval_logits(const Model& model, const std::vector<int3
   Session s(model, store, static_cast<int64_t>(ids.size()) + 4);
   if (obs) s.forward().add_observer(obs);
   return s.eval(ids, pool, /*all_logits=*/true, 512);
+}
+
+// A DeepSeek-V3-like synthetic model (3 layers, MLA): sigmoid gate with selection bias, 4 groups of 4 experts,
+// top-2 groups.
+inline SynthConfig group_limited_synth() {
+  SynthConfig cfg;
+  cfg.arch = "deepseek2";
+  cfg.spec = make_moe_shape(3, 128, 2, 2, 64, 16, 4, 32, 300, 1, 256, 1, 32);
+  set_mla(cfg.spec, 0, 64, 32, 32, 32);
+  for (LayerSpec& L : cfg.spec.layers) {
+    L.moe.n_group = 4;
+    L.moe.topk_group = 2;
+    L.moe.has_selection_bias = true;
+    L.moe.gating = Gating::Sigmoid;
+    L.moe.norm_topk = true;
+  }
+  return cfg;
 }
 
 // The F16 fixtures (the compressed-fixture references are made from those).

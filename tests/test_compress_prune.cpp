@@ -365,17 +365,7 @@ TEST(Prune, KIsClampedAndEditsAreChecked) {
 
 TEST(Prune, GroupLimitedRouterLoadsAndRuns) {
   // A DeepSeek-V3-like model: sigmoid gate with selection bias, 4 groups of 4 experts, top-2 groups.
-  SynthConfig cfg;
-  cfg.arch = "deepseek2";
-  cfg.spec = make_moe_shape(3, 128, 2, 2, 64, 16, 4, 32, 300, 1, 256, 1, 32);
-  set_mla(cfg.spec, 0, 64, 32, 32, 32);
-  for (LayerSpec& L : cfg.spec.layers) {
-    L.moe.n_group = 4;
-    L.moe.topk_group = 2;
-    L.moe.has_selection_bias = true;
-    L.moe.gating = Gating::Sigmoid;
-    L.moe.norm_topk = true;
-  }
+  const SynthConfig cfg = test::group_limited_synth();
   const std::string path = (test::cli_temp_dir() / "ds3-groups.gguf").string();
   try {
     write_synth_model(path, cfg);
