@@ -139,7 +139,7 @@ void BM_PanelGemm(benchmark::State& state) {
   std::vector<float> y(static_cast<size_t>(rows * nt));
   auto gemm = [&] {
     moe::quant::panel_gemm_avx512(type, cols, w.data(), rb, static_cast<int>(rows), act.row(0), act.row_bytes(),
-                                  act.block_sums(0), nt, y.data(), rows);
+                                  act.block_facts(0), nt, y.data(), rows);
     benchmark::DoNotOptimize(y.data());
   };
   // The row kernels, one token at a time (what a batch cost before the GEMM, minus its tile reuse).
@@ -178,6 +178,50 @@ void PanelArgs(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_PanelGemm)->Apply(PanelArgs)->Unit(benchmark::kMillisecond);
 
+// BM_PrefillExpert/{dtype}/{shape}/{tokens}: one expert matrix of a prefill as the executor multiplies
+// it: kernels::matmul_rows over the chunks of rows matmul hands each thread, shape 0 = Qwen3-30B-A3B
+// gate/up (768 x 2048), 1 = down (2048 x 768), 32 tokens (a 512-token prompt gives each of 128 experts
+// 32 on average) or more. The matrices cycle through 64 experts' copies (more than the L3), so every
+// call reads its weights from DRAM, as a prefill does: this is what the panel conversion's prefetching
+// is for, which BM_PanelGemm (one matrix, from cache) cannot show. Counter GFLOP/s: thread CPU time.
+void BM_PrefillExpert(benchmark::State& state) {
+  const auto type = static_cast<moe::DType>(state.range(0));
+  const int shape = static_cast<int>(state.range(1));
+  const int nt = static_cast<int>(state.range(2));
+  if (!panel_gemm_here(state, type)) return;
+  const int64_t rows = shape == 0 ? 768 : 2048, cols = shape == 0 ? 2048 : 768;
+  const size_t rb = moe::row_bytes(type, cols);
+  constexpr int kExperts = 64;
+  const std::vector<uint8_t> one = make_weights(type, rows, cols, 5);
+  std::vector<uint8_t> w(one.size() * kExperts);
+  for (int e = 0; e < kExperts; ++e) std::copy(one.begin(), one.end(), w.begin() + static_cast<ptrdiff_t>(e * one.size()));
+  moe::kernels::ActBuffer act;
+  gaussian_activations(type, cols, nt, act);
+  std::vector<float> y(static_cast<size_t>(rows * nt));
+  moe::kernels::MatrixRef m{nullptr, type, rows, cols, rb};
+  const int64_t grain = moe::kernels::matmul_row_grain(m);
+  int next = 0;
+  auto expert = [&] {
+    m.data = w.data() + static_cast<size_t>(next++ % kExperts) * one.size();
+    for (int64_t r = 0; r < rows; r += grain) moe::kernels::matmul_rows(m, act, y.data(), rows, r, std::min(rows, r + grain));
+    benchmark::DoNotOptimize(y.data());
+  };
+  double s = 0;
+  for (auto _ : state) s += cpu_seconds_per_call(expert, kExperts);
+  const double flops = 2.0 * static_cast<double>(rows * cols) * nt;
+  state.counters["GFLOP/s"] = flops / (s / static_cast<double>(state.iterations())) * 1e-9;
+  state.counters["us"] = s / static_cast<double>(state.iterations()) * 1e6;
+  state.SetLabel(std::string(moe::dtype_traits(type).name) + "/" + std::to_string(rows) + "x" + std::to_string(cols) +
+                 "/" + std::to_string(nt) + "tok");
+}
+
+void PrefillExpertArgs(benchmark::internal::Benchmark* b) {
+  for (moe::DType t : {moe::DType::Q8_0, moe::DType::Q4_K_R, moe::DType::Q6_K})
+    for (int shape : {0, 1})
+      for (int nt : {32, 128}) b->Args({static_cast<int64_t>(t), shape, nt});
+}
+BENCHMARK(BM_PrefillExpert)->Apply(PrefillExpertArgs)->Unit(benchmark::kMillisecond);
+
 }  // namespace
 
 // BM_FewTokens/{dtype}/{shape}/{tokens}: an expert's few rows of a batched decode step (a server step of
@@ -208,7 +252,7 @@ void BM_FewTokens(benchmark::State& state) {
   auto panel = [&] {
     const uint8_t* m = w.data() + static_cast<size_t>(next++ % kExperts) * one.size();
     moe::quant::panel_gemm_avx512(type, cols, m, rb, static_cast<int>(rows), act.row(0), act.row_bytes(),
-                                  act.block_sums(0), nt, y.data(), rows);
+                                  act.block_facts(0), nt, y.data(), rows);
     benchmark::DoNotOptimize(y.data());
   };
   auto row_kernels = [&] {

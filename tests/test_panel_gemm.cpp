@@ -21,6 +21,7 @@
 #include "kernels/matmul.h"
 #include "kernels/q4k_repack.h"
 #include "kernels/quant_blocks.h"
+#include "tensor/fp16.h"
 #include "kernels/quant_tile.h"
 #include "tensor/dtype.h"
 #include "tensor/fp16.h"
@@ -104,17 +105,23 @@ Operands random_operands(DType t, int64_t n, int64_t rows, int64_t tokens, uint3
   return o;
 }
 
-std::vector<int32_t> q8_0_block_sums(const Operands& o, int64_t tokens) {
+// Each (token, block)'s quant sum and float scale, as kernels::ActBuffer derives them for the GEMM.
+struct Q8_0Facts {
+  std::vector<int32_t> sums;
+  std::vector<float> scales;
+};
+Q8_0Facts q8_0_block_facts(const Operands& o, int64_t tokens) {
   const int64_t nb = o.n / 32;
-  std::vector<int32_t> s(static_cast<size_t>(tokens * nb));
+  Q8_0Facts f;
   for (int64_t i = 0; i < tokens; ++i)
     for (int64_t b = 0; b < nb; ++b) {
       const auto& y = reinterpret_cast<const quant::BlockQ8_0*>(o.a.data() + i * o.arb)[b];
       int32_t v = 0;
       for (int8_t q : y.qs) v += q;
-      s[static_cast<size_t>(i * nb + b)] = v;
+      f.sums.push_back(v);
+      f.scales.push_back(fp16_to_fp32(y.d));
     }
-  return s;
+  return f;
 }
 
 // Runs the panel GEMM on rows x tokens and checks every output against vec_dot_ref, and that nothing
@@ -123,8 +130,9 @@ void expect_gemm_matches_reference(DType t, const Operands& o, int rows, int tok
   const DTypeTraits& tr = dtype_traits(t);
   const int64_t os = rows + 3;
   std::vector<float> out(static_cast<size_t>(tokens * os), -7.0f);
-  const std::vector<int32_t> sums = tr.vec_dot_type == DType::Q8_0 ? q8_0_block_sums(o, tokens) : std::vector<int32_t>{};
-  quant::panel_gemm_avx512(t, o.n, o.w.data(), o.wrb, rows, o.a.data(), o.arb, with_sums ? sums.data() : nullptr, tokens,
+  const Q8_0Facts f = tr.vec_dot_type == DType::Q8_0 ? q8_0_block_facts(o, tokens) : Q8_0Facts{};
+  const quant::Q8_0BlockFacts facts = with_sums ? quant::Q8_0BlockFacts{f.sums.data(), f.scales.data()} : quant::Q8_0BlockFacts{};
+  quant::panel_gemm_avx512(t, o.n, o.w.data(), o.wrb, rows, o.a.data(), o.arb, facts, tokens,
                            out.data(), os);
   for (int i = 0; i < tokens; ++i) {
     for (int r = 0; r < rows; ++r) {
@@ -229,9 +237,10 @@ TEST(PanelGemm, FewTokenMatmulMatchesReferenceOnBothSidesOfTheSwitch) {
           for (int64_t r = 0; r < rows; ++r) {
             ASSERT_EQ(bits(y[i * rows + r]), bits(alone[r]))
                 << tr.name << " tokens=" << tokens << " threads=" << threads << " r=" << r << " t=" << i << " (alone)";
-            if (exact)
+            if (exact) {
               ASSERT_EQ(bits(y[i * rows + r]), bits(tr.vec_dot_ref(n, o.w.data() + r * o.wrb, act.row(i))))
                   << tr.name << " tokens=" << tokens << " threads=" << threads << " r=" << r << " t=" << i;
+            }
           }
         }
       }

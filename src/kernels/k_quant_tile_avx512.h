@@ -316,7 +316,7 @@ inline constexpr size_t kSingleRowPrefetch = 4096;
 template <const KQuantKernels& K>
 void drive_k(int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as, int nt, float* out, int64_t os) {
   if (nt >= (K.tokens[0] ? kPanelMinTokensShared : kPanelMinTokens)) {
-    panel_gemm_avx512(K.type, n, w, ws, nr, act, as, nullptr, nt, out, os);
+    panel_gemm_avx512(K.type, n, w, ws, nr, act, as, {}, nt, out, os);
     return;
   }
   const auto* wp = static_cast<const uint8_t*>(w);

@@ -38,16 +38,19 @@ class ActBuffer {
   int64_t n() const { return n_; }
   const uint8_t* row(int64_t t) const { return data_.data() + static_cast<size_t>(t) * row_bytes_; }
   size_t row_bytes() const { return row_bytes_; }
-  // Q8_0 batches (more than one token): the sum of each block's 32 quants, [n_tokens][n / 32], from
-  // token t on; nullptr otherwise. The panel GEMM of Q8_0 / Q4_0 weights uses them.
-  const int32_t* block_sums(int64_t t) const {
-    return block_sums_.empty() ? nullptr : block_sums_.data() + static_cast<size_t>(t * (n_ / 32));
+  // Q8_0 batches (more than one token): each block's quant sum and float scale, [n_tokens][n / 32], from
+  // token t on; nulls otherwise. The panel GEMM of Q8_0 / Q4_0 weights uses them.
+  quant::Q8_0BlockFacts block_facts(int64_t t) const {
+    if (block_sums_.empty()) return {};
+    const size_t at = static_cast<size_t>(t * (n_ / 32));
+    return {block_sums_.data() + at, block_scales_.data() + at};
   }
   size_t held_bytes() const { return data_.capacity(); }  // what the buffer holds, used or not
 
  private:
   std::vector<uint8_t> data_;
   std::vector<int32_t> block_sums_;
+  std::vector<float> block_scales_;
   DType type_ = DType::F32;
   int64_t n_tokens_ = 0;
   int64_t n_ = 0;
@@ -82,5 +85,8 @@ void check_operands(const MatrixRef& w, const ActBuffer& act);
 
 // Same, single-threaded, over rows [r0, r1) (building block for fused parallel regions).
 void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, int64_t r0, int64_t r1);
+// The rows of w that matmul gives one call of matmul_rows at a time (the parallel chunk) for a batch of
+// tokens.
+int64_t matmul_row_grain(const MatrixRef& w);
 
 }  // namespace moe::kernels

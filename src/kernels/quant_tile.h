@@ -33,14 +33,22 @@ struct TileKernels {
 // AVX-512 VNNI tile kernels (vec_dot_tile_avx512.cpp); only call when has_avx512_kernels().
 TileKernels tile_kernels_avx512(DType t);
 
+// What the Q8_0 / Q4_0 panel GEMM needs of each (token, block) of Q8_0 activations for every panel it
+// multiplies: the sum of the block's 32 quants and its scale as a float, each [nt][n / 32]. Both null:
+// the GEMM derives them itself, once per call (a prefill calls it once per chunk of rows, so the caller
+// that holds the activations derives them once for all chunks: kernels::ActBuffer).
+struct Q8_0BlockFacts {
+  const int32_t* sums = nullptr;
+  const float* scales = nullptr;
+};
+
 // AVX-512 VNNI panel GEMM (gemm_panel_avx512.cpp) for Q4_0, Q8_0, Q4_K, Q4_K_R, Q5_K and Q6_K: the tile
 // contract (out[t * os + r] = vec_dot(row r, token t), bit for bit) for nt tokens, converting each panel
-// of 16 rows once for all of them. act_sums: for Q8_0 activations, the sum of each block's quants per
-// (token, block), [nt][n / 32], or nullptr to have them summed here; ignored for Q8_K activations.
+// of 16 rows once for all of them. facts: for Q8_0 activations (above); ignored for Q8_K activations.
 // Only call when has_avx512_kernels() and has_panel_gemm(t).
 bool has_panel_gemm(DType t);
 void panel_gemm_avx512(DType t, int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as,
-                       const int32_t* act_sums, int nt, float* out, int64_t os);
+                       Q8_0BlockFacts facts, int nt, float* out, int64_t os);
 
 // AVX-512 activation quantizers (quant_act_avx512.cpp), bit-exact with quantize_q8_0 / q8_1 / q8_K.
 void quantize_q8_0_avx512(const float* src, void* dst, int64_t n);

@@ -310,7 +310,7 @@ template <bool kQ4>
 void drive_legacy(int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as, int nt, float* out,
                   int64_t os) {
   if (nt >= kPanelMinTokens) {
-    panel_gemm_avx512(kQ4 ? DType::Q4_0 : DType::Q8_0, n, w, ws, nr, act, as, nullptr, nt, out, os);
+    panel_gemm_avx512(kQ4 ? DType::Q4_0 : DType::Q8_0, n, w, ws, nr, act, as, {}, nt, out, os);
     return;
   }
   const auto* wp = static_cast<const uint8_t*>(w);
