@@ -127,6 +127,19 @@ inline __m512 gather_f16_lo(const uint8_t* const* p, int nr, size_t off) {
   return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_load_si512(v)));
 }
 
+// acc += w . (the 4 bytes at p, broadcast to every lane), with the broadcast folded into the
+// instruction's memory operand: GCC 12 emits a separate vpbroadcastd for _mm512_set1_epi32 of a load,
+// which with the token pointers' bookkeeping made the many-token kernels issue-bound.
+inline __m512i dpbusd_bcst(__m512i acc, __m512i w, const uint8_t* p) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(p)));
+  return acc;
+}
+
+inline __m512i dpwssd_bcst(__m512i acc, __m512i w, const uint8_t* p) {
+  asm("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(p)));
+  return acc;
+}
+
 inline __m512i byte_of(__m512i v, int k) { return _mm512_and_si512(_mm512_srli_epi32(v, 8 * k), _mm512_set1_epi32(0xFF)); }
 // The first kAheadBytes of each of a panel's rows, which its conversion's own prefetching does not
 // cover: fetched for the next panel while the tiles multiply this one.
@@ -242,27 +255,37 @@ void gemm_k4(const K4Panel* P, int64_t nb, const uint8_t* act, size_t as, float*
     __m512i I[NT], D[NT];
     #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) I[t] = _mm512_setzero_si512();
+    // Each sum as two chains of four (even and odd words), as in gemm_legacy: latency-bound otherwise.
+    __m512i E[NT];
     #pragma GCC unroll 1
     for (int j = 0; j < 8; ++j) {
       #pragma GCC unroll 16
-      for (int t = 0; t < NT; ++t) D[t] = _mm512_setzero_si512();
+      for (int t = 0; t < NT; ++t) D[t] = E[t] = _mm512_setzero_si512();
       #pragma GCC unroll 16
-      for (int k = 0; k < 8; ++k) {
-        const __m512i wq = p.q[8 * j + k];
+      for (int k = 0; k < 8; k += 2) {
+        const __m512i w0 = p.q[8 * j + k], w1 = p.q[8 * j + k + 1];
         #pragma GCC unroll 16
-        for (int t = 0; t < NT; ++t)
-          D[t] = _mm512_dpbusd_epi32(D[t], wq, _mm512_set1_epi32(ld32(y + t * as + offsetof(BlockQ8_K, qs) + 32 * j + 4 * k)));
+        for (int t = 0; t < NT; ++t) {
+          const uint8_t* yq = y + t * as + offsetof(BlockQ8_K, qs) + 32 * j + 4 * k;
+          D[t] = dpbusd_bcst(D[t], w0, yq);
+          E[t] = dpbusd_bcst(E[t], w1, yq + 4);
+        }
       }
       #pragma GCC unroll 16
-      for (int t = 0; t < NT; ++t) I[t] = _mm512_add_epi32(I[t], _mm512_mullo_epi32(D[t], p.sc[j]));
+      for (int t = 0; t < NT; ++t) I[t] = _mm512_add_epi32(I[t], _mm512_mullo_epi32(_mm512_add_epi32(D[t], E[t]), p.sc[j]));
     }
     #pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) D[t] = _mm512_setzero_si512();
+    for (int t = 0; t < NT; ++t) D[t] = E[t] = _mm512_setzero_si512();
     #pragma GCC unroll 16
-    for (int i = 0; i < 8; ++i)
+    for (int i = 0; i < 8; i += 2)
       #pragma GCC unroll 16
-      for (int t = 0; t < NT; ++t)
-        D[t] = _mm512_dpwssd_epi32(D[t], p.mins[i], _mm512_set1_epi32(ld32(y + t * as + offsetof(BlockQ8_K, bsums) + 4 * i)));
+      for (int t = 0; t < NT; ++t) {
+        const uint8_t* ys = y + t * as + offsetof(BlockQ8_K, bsums) + 4 * i;
+        D[t] = dpwssd_bcst(D[t], p.mins[i], ys);
+        E[t] = dpwssd_bcst(E[t], p.mins[i + 1], ys + 4);
+      }
+    #pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) D[t] = _mm512_add_epi32(D[t], E[t]);
     #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t) {
       float dyf;
@@ -441,18 +464,27 @@ void gemm_legacy(const LegacyPanel* P, int64_t nb, const uint8_t* act, size_t as
   for (int64_t b = 0; b < nb; ++b) {
     const LegacyPanel& p = P[b];
     const uint8_t* y = act + b * sizeof(BlockQ8_0) + offsetof(BlockQ8_0, qs);
-    __m512i I[NT];
+    // Two chains of four vpdpbusd per token (even and odd words) instead of one of eight: the chain's
+    // latency, not the instruction's throughput, bounded the block (integer sums: the same result).
+    __m512i I[NT], J[NT];
     #pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) I[t] = _mm512_set1_epi32(-kOffset * sums[t * nbx + b]);
+    for (int t = 0; t < NT; ++t) {
+      I[t] = _mm512_set1_epi32(-kOffset * sums[t * nbx + b]);
+      J[t] = _mm512_setzero_si512();
+    }
     #pragma GCC unroll 16
-    for (int k = 0; k < 8; ++k) {
-      const __m512i wq = p.q[k];
+    for (int k = 0; k < 8; k += 2) {
+      const __m512i w0 = p.q[k], w1 = p.q[k + 1];
       #pragma GCC unroll 16
-      for (int t = 0; t < NT; ++t) I[t] = _mm512_dpbusd_epi32(I[t], wq, _mm512_set1_epi32(ld32(y + t * as + 4 * k)));
+      for (int t = 0; t < NT; ++t) {
+        I[t] = dpbusd_bcst(I[t], w0, y + t * as + 4 * k);
+        J[t] = dpbusd_bcst(J[t], w1, y + t * as + 4 * k + 4);
+      }
     }
     #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t)
-      acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(I[t]), _mm512_mul_ps(p.d, _mm512_set1_ps(dy[t * nbx + b]))));
+      acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(I[t], J[t])),
+                                                   _mm512_mul_ps(p.d, _mm512_set1_ps(dy[t * nbx + b]))));
   }
   #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(out + t * os, keep, acc[t]);
