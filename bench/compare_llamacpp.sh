@@ -10,7 +10,9 @@
 #          runs through node-llama-cpp's prebuilt libraries (bench/llamacpp/bench.mjs, slower than native)
 #        LLAMA_ARGS=extra llama-bench flags (e.g. "-fa 1")
 #        THIRD_BENCH=path to any llama-bench-compatible binary (e.g. ik_llama.cpp's llama-bench); unset: two engines
-#        THIRD_ARGS=its extra flags (e.g. "-rtr 1 -fa 1")  THIRD_NAME=its column label (default: third)
+#        THIRD_ARGS=its extra flags (e.g. "-rtr 1 -fa 1"); several configurations separated by ';' (e.g.
+#          "-rtr 1;-rtr 0;-rtr 1 -fa 0") run as separate engines, alternated with the others, and the table
+#          adds moe.cpp's ratio to the best of them per test  THIRD_NAME=its column label (default: third)
 #        NLC_DIR=dir whose node_modules already holds node-llama-cpp (default: npm-install into a temp dir)
 #        OUT=dir to keep the raw JSON lines (default: a temp dir)
 #
@@ -53,7 +55,8 @@ mkdir -p "$OUT"
 : > "$OUT/results.jsonl"
 read -r -a MOE_EXTRA <<< "${MOE_ARGS:-}"
 read -r -a LLAMA_EXTRA <<< "${LLAMA_ARGS:-}"
-read -r -a THIRD_EXTRA <<< "${THIRD_ARGS:-}"
+IFS=';' read -r -a THIRD_CONFIGS <<< "${THIRD_ARGS:-}"
+((${#THIRD_CONFIGS[@]})) || THIRD_CONFIGS=("")
 
 # Every run appends normalized lines {"engine", "test" (pp512, tg64), "samples" or median/min/max, ...}.
 run_moe() {
@@ -121,16 +124,26 @@ PY
     i=$((i + 1))
   done
 }
-run_third() { run_llama_bench third "$THIRD_BENCH" "${THIRD_EXTRA[@]}"; }
+# run_third K: the third engine in its K-th configuration, recorded as engine "thirdK".
+run_third() {
+  local extra
+  read -r -a extra <<< "${THIRD_CONFIGS[$1]}"
+  run_llama_bench "third$1" "$THIRD_BENCH" "${extra[@]}"
+}
 
 ENGINES=(moe llama)
-[[ -n "${THIRD_BENCH:-}" ]] && ENGINES+=(third)
+if [[ -n "${THIRD_BENCH:-}" ]]; then
+  for k in "${!THIRD_CONFIGS[@]}"; do ENGINES+=("third $k"); done
+fi
 echo "compare: load average before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 for ((r = 0; r < ROUNDS; r++)); do
   order=()
   for ((k = 0; k < ${#ENGINES[@]}; k++)); do order+=("${ENGINES[$(((k + r) % ${#ENGINES[@]}))]}"); done
-  echo "compare: round $((r + 1))/$ROUNDS: ${order[*]}" >&2
-  for e in "${order[@]}"; do "run_$e"; done
+  echo "compare: round $((r + 1))/$ROUNDS: $(printf '%s, ' "${order[@]}")" >&2
+  for e in "${order[@]}"; do
+    read -r -a cmd <<< "$e"
+    "run_${cmd[0]}" "${cmd[@]:1}"
+  done
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "compare: load average after: $LOAD_AFTER" >&2
@@ -143,9 +156,12 @@ import json, statistics, sys
 from collections import defaultdict
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 model, threads, llama_label, third_label, load, largs, targs = sys.argv[2:9]
-engines = [e for e in ("moe", "llama", "third") if any(r["engine"] == e for r in rows)]
-label = {"moe": "moe.cpp", "llama": llama_label + (f" {largs}" if largs else ""),
-         "third": third_label + (f" {targs}" if targs else "")}
+tconfigs = targs.split(";") if targs else [""]
+thirds = [f"third{k}" for k in range(len(tconfigs)) if any(r["engine"] == f"third{k}" for r in rows)]
+engines = [e for e in ("moe", "llama") if any(r["engine"] == e for r in rows)] + thirds
+label = {"moe": "moe.cpp", "llama": llama_label + (f" {largs}" if largs else "")}
+for k, c in enumerate(tconfigs):
+    label[f"third{k}"] = third_label + (f" {c.strip()}" if c.strip() else "")
 by = defaultdict(list)
 for r in rows:
     by[(r["engine"], r["test"])].append(r)
@@ -161,16 +177,25 @@ rounds = max(len(v) for v in by.values())
 print(f"model {model}  threads {threads}  {rounds} rounds  load average after {load}")
 print("tok/s: median of per-run medians [min, max over every repetition]; moe/X = moe.cpp median / X median (above 1: moe.cpp faster)")
 w = 34
+def short(e):
+    return label[e].split()[0][:12] + (f"#{e[5:]}" if e.startswith("third") and len(thirds) > 1 else "")
+best = len(thirds) > 1
 print(f"{'test':<9}" + "".join(f"{label[e][:w - 2]:>{w}}" for e in engines) +
-      "".join(f"{'moe/' + label[e].split()[0][:12]:>18}" for e in engines if e != "moe"))
+      "".join(f"{'moe/' + short(e):>21}" for e in engines if e != "moe") +
+      (f"{'moe/best ' + third_label[:8]:>22}" if best else ""))
 for t in tests:
     a = {e: agg(e, t) for e in engines}
     cells = "".join(f"{(f'{a[e][0]:.2f} [{a[e][1]:.2f}, {a[e][2]:.2f}]' if a[e] else '-'):>{w}}" for e in engines)
     m = a.get("moe")
-    ratios = "".join(f"{(m[0] / a[e][0] if m and a[e] and a[e][0] else float('nan')):>18.3f}" for e in engines if e != "moe")
+    ratios = "".join(f"{(m[0] / a[e][0] if m and a[e] and a[e][0] else float('nan')):>21.3f}" for e in engines if e != "moe")
+    if best:
+        top = max((a[e][0] for e in thirds if a[e]), default=0)
+        ratios += f"{(m[0] / top if m and top else float('nan')):>22.3f}"
     print(f"{t:<9}{cells}{ratios}")
+if best:
+    print("third-engine configurations: " + "; ".join(f"#{k} {label[f'third{k}']}" for k in range(len(tconfigs))))
 rss = {e: statistics.median(r["peak_rss_bytes"] for r in rows if r["engine"] == e) / 2**20 for e in engines}
-print("peak RSS MiB: " + ", ".join(f"{label[e].split()[0]} {rss[e]:.0f}" for e in engines) +
+print("peak RSS MiB: " + ", ".join(f"{short(e)} {rss[e]:.0f}" for e in engines) +
       ("  (node's llama.cpp includes the node runtime)" if "node" in llama_label else ""))
 pp = [r for r in rows if r["engine"] == "moe" and r["test"].startswith("pp") and r.get("pp_gflops")]
 for t in sorted({r["test"] for r in pp}, key=order):
