@@ -77,10 +77,11 @@ void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_s
     return;
   }
   // A few tokens (an expert's rows in a batched decode step): the tile kernels take them all at once,
-  // row group by row group; with few enough tokens the AVX-512 drivers use their row kernels rather than
-  // the panel GEMM, whose weight conversion would cost more than it saves (quant_tile.h), and take the
-  // panel themselves from kPanelMinTokens on where a type has no few-token kernel.
-  if (act.n_tokens() > 1 && act.n_tokens() < quant::kPanelMinTokensShared && tr.vec_dot_tile) {
+  // row group by row group, with their row or few-token kernels rather than the panel GEMM, whose weight
+  // conversion would cost more than it saves (quant_tile.h: panel_min_tokens). From there on the panel
+  // GEMM, over the whole chunk of rows with the activations' block facts derived once.
+  const bool panel = uses_panel_gemm(tr) && act.n_tokens() >= quant::panel_min_tokens(w.type);
+  if (act.n_tokens() > 1 && act.n_tokens() < quant::kPanelMinTokensShared && tr.vec_dot_tile && !panel) {
     for (int64_t r = r0; r < r1; r += kFewTokenRowGroup) {
       const int mr = static_cast<int>(std::min(kFewTokenRowGroup, r1 - r));
       tr.vec_dot_tile(w.cols, w.data + static_cast<size_t>(r) * w.row_bytes, w.row_bytes, mr, act.row(0),
@@ -88,7 +89,7 @@ void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_s
     }
     return;
   }
-  if (act.n_tokens() > 1 && uses_panel_gemm(tr)) {
+  if (panel) {
     const int64_t nt = act.n_tokens(), tb = gemm_token_block(act.row_bytes());
     for (int64_t t0 = 0; t0 < nt; t0 += tb) {
       const int mt = static_cast<int>(std::min(tb, nt - t0));

@@ -76,8 +76,6 @@ void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::v
 // multiple of 4 rows, about 64 KB of weights.
 int64_t decode_min_rows(size_t row_bytes);
 
-// Fewer tokens than this take the row kernels instead of the panel GEMM (quant_tile.h says why).
-inline constexpr int64_t kPanelMinTokens = quant::kPanelMinTokens;
 
 // Throws unless act fits w (length, and w's vec_dot_type). matmul and matmul_batch check every job; a
 // fused region that calls matmul_rows checks its jobs first, since its workers must not throw.

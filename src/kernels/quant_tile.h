@@ -14,15 +14,27 @@ namespace moe::quant {
 inline constexpr int kTileRows = 4;
 inline constexpr int kTileTokens = 2;
 
-// Fewer tokens than this take the row kernels (one decode of each weight block, shared by the tokens
-// where the type has a few-token kernel) instead of the panel GEMM: converting a weight block into the
-// panel format costs about as much as 7 one-token passes over it from L1 (bench/gemm_bench.cpp
-// BM_FewTokens on OLMoE expert shapes, weights from DRAM: the panel was 1.8-3.7x slower at 2-4 tokens,
-// even at 8, and 1.3-1.6x faster at 16). A batched decode step gives most experts this few tokens.
-inline constexpr int kPanelMinTokens = 8;
+// Fewer tokens than this take the row kernels (Q8_0 and Q4_0, which have no few-token kernels: each
+// token through the one-token kernels, from L1 after the first) instead of the panel GEMM. Since the
+// conversion prefetches its rows and gathers its scales, and the GEMM sums in two chains,
+// bench/gemm_bench.cpp BM_FewTokens (OLMoE expert shapes, weights from DRAM) has the panel 1.1-1.5x
+// slower at 2-3 tokens and 1.05-1.1x faster at 4, 1.25-1.4x at 6 (it was 8 before: 1.8-3.7x slower at
+// 2-4 tokens).
+inline constexpr int kPanelMinTokens = 4;
 // The same for the types whose few-token kernels decode each block once for four tokens (Q4_K, Q4_K_R,
 // Q5_K, Q6_K): four tokens cost about a third of the panel GEMM's conversion, so they break even near 16.
 inline constexpr int kPanelMinTokensShared = 16;
+
+// The fewest tokens for which kernels::matmul takes the panel GEMM for weights of type t.
+inline int panel_min_tokens(DType t) {
+  switch (t) {
+    case DType::Q4_K:
+    case DType::Q4_K_R:
+    case DType::Q5_K:
+    case DType::Q6_K: return kPanelMinTokensShared;
+    default: return kPanelMinTokens;
+  }
+}
 
 struct TileKernels {
   VecDotTileFn tile = nullptr;  // nullptr: the ISA has no tile kernel for the type

@@ -218,8 +218,10 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
   // Few tokens per expert (a decoded token, or a batched decode step's rows spread over many experts):
   // every matrix is computed row by row with the one-token kernels, so the dataflow region serves them
   // as it serves one token.
+  // (Under 8 tokens each: the bound the batched-decode measurements of docs/server.md were taken with.)
+  constexpr int64_t kDataflowMaxTokens = 8;
   bool few_tokens = true;
-  for (const int32_t i : batch_) few_tokens = few_tokens && row0_[i + 1] - row0_[i] < kernels::kPanelMinTokens;
+  for (const int32_t i : batch_) few_tokens = few_tokens && row0_[i + 1] - row0_[i] < kDataflowMaxTokens;
   if (few_tokens && nb >= 2 * static_cast<size_t>(pool.size())) {
     compute_decode_dataflow(nb, n_embd, pool, activate);
   } else {
