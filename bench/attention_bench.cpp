@@ -19,7 +19,7 @@ namespace {
 using moe::test::gaussian;
 
 void BM_CausalBlock(benchmark::State& state) {
-  const int64_t keys = state.range(0), m = 64, hd = 128, q_stride = 32 * hd, kv_stride = 4 * hd;
+  const int64_t keys = state.range(0), m = state.range(1), hd = 128, q_stride = 32 * hd, kv_stride = 4 * hd;
   const auto q = gaussian(m * q_stride, 1);
   const auto k = gaussian(keys * kv_stride, 2);
   const auto v = gaussian(keys * kv_stride, 3);
@@ -43,7 +43,7 @@ void BM_CausalBlock(benchmark::State& state) {
   state.counters["GFLOP"] = benchmark::Counter(2.0 * static_cast<double>(m * keys * 2 * hd) * 1e-9,
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_CausalBlock)->Arg(512)->Arg(2048)->Arg(4096)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_CausalBlock)->ArgsProduct({{512, 2048, 4096}, {64, 128}})->Unit(benchmark::kMicrosecond);
 
 void BM_ExpShiftedSum(benchmark::State& state) {
   const int64_t isa = state.range(0);

@@ -69,9 +69,11 @@ alignas(64) const uint8_t kZeros[64] = {};
 // A panel's 16 rows come from DRAM (a prefill reads each expert's weights once): 16 streams the hardware
 // prefetchers did not keep up with. perf on 512-token prefills: two thirds of convert_q8_0's and of
 // convert_k4's time was the wait for the first load of each row's block. So each conversion fetches the
-// block about kAheadBytes ahead in every row itself. Measured in tok/s of whole prefills: Q8_0 pp512
-// +8% (16 blocks ahead; 32 no better); fetching the whole next panel into L2 while the current one is
-// multiplied was 4% slower than this.
+// block about kAheadBytes ahead in every row itself, and the driver fetches the next panel's first
+// kAheadBytes (prefetch_panel_head). bench/gemm_bench.cpp BM_PrefillExpert (an expert matrix of a
+// prefill, 32 tokens, weights from DRAM): Q8_0 +30-40%, Q4_K_R +15-30%, Q6_K +20-25%. 32 blocks ahead
+// was no better than 16 (Q8_0); fetching the whole next panel into L2 while the current one is
+// multiplied was slower than this.
 constexpr size_t kAheadBytes = 544;
 // GCC 12 at -O2 deletes a loop nest whose only statements are _mm_prefetch (it counts them as free
 // of side effects), hence the volatile asm.
@@ -119,8 +121,8 @@ inline __m512 gather_f16_hi(const uint8_t* const* p, int nr, size_t off) {
 }
 
 // acc += w . (the 4 bytes at p, broadcast to every lane), with the broadcast folded into the
-// instruction's memory operand: GCC 12 emits a separate vpbroadcastd for _mm512_set1_epi32 of a load,
-// which with the token pointers' bookkeeping made the many-token kernels issue-bound.
+// instruction's memory operand: GCC 12 emits a separate vpbroadcastd for _mm512_set1_epi32 of a load
+// (one more instruction per vpdpbusd; a few percent of the many-token kernels).
 inline __m512i dpbusd_bcst(__m512i acc, __m512i w, const uint8_t* p) {
   asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(p)));
   return acc;
@@ -409,7 +411,7 @@ void convert_q8_0(const uint8_t* w, size_t ws, int nr, int64_t nb, LegacyPanel* 
     const bool two = b + 1 < nb;
     __m512i t[16];
     constexpr int64_t ahead = kAheadBytes / sizeof(BlockQ8_0);
-    if (b + ahead < nb) prefetch_rows(p, nr, (b + ahead) * sizeof(BlockQ8_0), 2 * sizeof(BlockQ8_0));
+    if (b + ahead < nb) prefetch_rows(p, nr, (b + ahead) * sizeof(BlockQ8_0), (b + ahead + 1 < nb ? 2 : 1) * sizeof(BlockQ8_0));
     for (int r = 0; r < kPanel; ++r) {
       if (r >= nr) {
         t[r] = _mm512_setzero_si512();
