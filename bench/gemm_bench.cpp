@@ -100,6 +100,19 @@ std::vector<uint8_t> make_weights(moe::DType type, int64_t rows, int64_t cols, u
   return w;
 }
 
+// n copies of one expert-shaped matrix, back to back: cycling through more of them than the L3 holds
+// makes every call read its weights from DRAM, as a prefill or a decode step does.
+struct ExpertCopies {
+  ExpertCopies(moe::DType type, int64_t rows, int64_t cols, int n) : bytes(moe::row_bytes(type, cols) * rows) {
+    const std::vector<uint8_t> one = make_weights(type, rows, cols, 5);
+    w.resize(bytes * static_cast<size_t>(n));
+    for (int e = 0; e < n; ++e) std::copy(one.begin(), one.end(), w.begin() + static_cast<ptrdiff_t>(e * bytes));
+  }
+  const uint8_t* at(int e) const { return w.data() + static_cast<size_t>(e) * bytes; }
+  size_t bytes;
+  std::vector<uint8_t> w;
+};
+
 template <class F>
 double cpu_seconds_per_call(F&& fn, int reps) {
   fn();
@@ -192,9 +205,7 @@ void BM_PrefillExpert(benchmark::State& state) {
   const int64_t rows = shape == 0 ? 768 : 2048, cols = shape == 0 ? 2048 : 768;
   const size_t rb = moe::row_bytes(type, cols);
   constexpr int kExperts = 64;
-  const std::vector<uint8_t> one = make_weights(type, rows, cols, 5);
-  std::vector<uint8_t> w(one.size() * kExperts);
-  for (int e = 0; e < kExperts; ++e) std::copy(one.begin(), one.end(), w.begin() + static_cast<ptrdiff_t>(e * one.size()));
+  const ExpertCopies w(type, rows, cols, kExperts);
   moe::kernels::ActBuffer act;
   gaussian_activations(type, cols, nt, act);
   std::vector<float> y(static_cast<size_t>(rows * nt));
@@ -202,7 +213,7 @@ void BM_PrefillExpert(benchmark::State& state) {
   const int64_t grain = moe::kernels::matmul_row_grain(m);
   int next = 0;
   auto expert = [&] {
-    m.data = w.data() + static_cast<size_t>(next++ % kExperts) * one.size();
+    m.data = w.at(next++ % kExperts);
     for (int64_t r = 0; r < rows; r += grain) moe::kernels::matmul_rows(m, act, y.data(), rows, r, std::min(rows, r + grain));
     benchmark::DoNotOptimize(y.data());
   };
@@ -242,21 +253,19 @@ void BM_FewTokens(benchmark::State& state) {
   const int64_t rows = shape == 0 ? 1024 : 2048, cols = shape == 0 ? 2048 : 1024;
   const size_t rb = moe::row_bytes(type, cols);
   constexpr int kExperts = 48;
-  const std::vector<uint8_t> one = make_weights(type, rows, cols, 5);
-  std::vector<uint8_t> w(one.size() * kExperts);
-  for (int e = 0; e < kExperts; ++e) std::copy(one.begin(), one.end(), w.begin() + static_cast<ptrdiff_t>(e * one.size()));
+  const ExpertCopies w(type, rows, cols, kExperts);
   moe::kernels::ActBuffer act;
   gaussian_activations(type, cols, nt, act);
   std::vector<float> y(static_cast<size_t>(rows * nt));
   int next = 0;
   auto panel = [&] {
-    const uint8_t* m = w.data() + static_cast<size_t>(next++ % kExperts) * one.size();
+    const uint8_t* m = w.at(next++ % kExperts);
     moe::quant::panel_gemm_avx512(type, cols, m, rb, static_cast<int>(rows), act.row(0), act.row_bytes(),
                                   act.block_facts(0), nt, y.data(), rows);
     benchmark::DoNotOptimize(y.data());
   };
   auto row_kernels = [&] {
-    const uint8_t* m = w.data() + static_cast<size_t>(next++ % kExperts) * one.size();
+    const uint8_t* m = w.at(next++ % kExperts);
     constexpr int64_t kGroup = 16;
     for (int64_t r = 0; r < rows; r += kGroup)
       tr.vec_dot_tile(cols, m + r * rb, rb, static_cast<int>(std::min(kGroup, rows - r)), act.row(0), act.row_bytes(),
