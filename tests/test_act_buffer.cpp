@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "kernels/matmul.h"
+#include "kernels/quant_blocks.h"
+#include "tensor/fp16.h"
 
 namespace {
 
@@ -28,6 +30,33 @@ TEST(ActBuffer, GivesBackWhatALargeBatchTookWhenTheNextNeedsFarLess) {
   act.convert(DType::Q8_0, x.data(), 1, n, n);
   act.convert(DType::Q8_0, x.data(), 2, n, n);
   EXPECT_EQ(act.row(0), first);
+}
+
+// A Q8_0 batch also holds each block's quant sum and float scale (for the panel GEMM): they count in
+// what the buffer holds, shrink with it, and are what the quantized rows say.
+TEST(ActBuffer, Q8_0BlockFactsCountInWhatItHoldsAndShrinkWithIt) {
+  const int64_t n = 1024, nb = n / 32;
+  std::vector<float> x(static_cast<size_t>(512 * n));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i * 7919 % 2001) - 1000) / 313.0f;
+  ActBuffer act;
+  act.convert(DType::Q8_0, x.data(), 512, n, n);
+  const size_t facts_bytes = static_cast<size_t>(512 * nb) * (sizeof(int32_t) + sizeof(float));
+  EXPECT_GE(act.held_bytes(), 512 * act.row_bytes() + facts_bytes);
+  const moe::quant::Q8_0BlockFacts f = act.block_facts(3);
+  ASSERT_NE(f.sums, nullptr);
+  ASSERT_NE(f.scales, nullptr);
+  const auto* blocks = reinterpret_cast<const moe::quant::BlockQ8_0*>(act.row(3));
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t sum = 0;
+    for (int8_t q : blocks[b].qs) sum += q;
+    EXPECT_EQ(f.sums[b], sum) << b;
+    EXPECT_EQ(f.scales[b], moe::fp16_to_fp32(blocks[b].d)) << b;
+  }
+  act.convert(DType::Q8_0, x.data(), 2, n, n);  // a batched decode step's two tokens
+  const size_t need = 2 * act.row_bytes() + static_cast<size_t>(2 * nb) * (sizeof(int32_t) + sizeof(float));
+  EXPECT_LE(act.held_bytes(), 2 * need + kActSlackBytes);
+  act.convert(DType::Q8_0, x.data(), 1, n, n);  // one token: no facts
+  EXPECT_EQ(act.block_facts(0).sums, nullptr);
 }
 
 }  // namespace

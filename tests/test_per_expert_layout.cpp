@@ -85,9 +85,10 @@ TEST(PerExpertAllocation, PerMatrixTheSensitiveProjectionGetsTheBits) {
   for (size_t k = 0; k < 24; ++k) EXPECT_EQ(r.type[k], k % 3 == 2 ? DType::Q8_0 : DType::Q2_K) << k;
   EXPECT_EQ(r.alloc.bytes, 8 * m8 + 16 * m2);
   for (size_t i = 0; i < h.plan.tensors.size(); ++i)
-    if (h.plan.tensors[i].role)
+    if (h.plan.tensors[i].role) {
       EXPECT_EQ(h.plan.types[i], *h.plan.tensors[i].role == Role::ExpDown ? DType::Q8_0 : DType::Q2_K)
           << h.plan.tensors[i].name;
+    }
 }
 
 TEST(PerExpertAllocation, BudgetsAreNeverExceededAndSuperExpertsAloneKeepTheHighestType) {
@@ -138,8 +139,8 @@ TEST(PerExpertAllocation, BudgetsAreNeverExceededAndSuperExpertsAloneKeepTheHigh
 
 // What write_split changes, to make malformed files.
 struct Mutation {
-  std::string drop;            // a split tensor left out
-  std::string reshape;         // a split tensor given one row less
+  std::string drop = {};       // a split tensor left out
+  std::string reshape = {};    // a split tensor given one row less
   bool keep_stacked = false;   // the stacked tensors written too
   std::string layout = kExpertLayoutPerExpert;  // the key's value ("" = no key)
 };

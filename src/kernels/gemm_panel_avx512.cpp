@@ -606,14 +606,7 @@ void gemm_legacy_drive(int64_t n, const uint8_t* w, size_t ws, int nr, const uin
       s.sums.resize(need);
       s.dy.resize(need);
     }
-    for (int t = 0; t < nt; ++t)
-      for (int64_t b = 0; b < nb; ++b) {
-        const auto& y = reinterpret_cast<const BlockQ8_0*>(act + t * as)[b];
-        int32_t sum = 0;
-        for (int i = 0; i < kQK; ++i) sum += y.qs[i];
-        s.sums[t * nb + b] = sum;
-        s.dy[t * nb + b] = _cvtsh_ss(y.d);
-      }
+    derive_q8_0_block_facts(act, as, nt, nb, s.sums.data(), s.dy.data());
     facts = {s.sums.data(), s.dy.data()};
   }
   drive_panels<LegacyPanel>(

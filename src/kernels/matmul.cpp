@@ -4,9 +4,7 @@
 #include <cstring>
 
 #include "base/error.h"
-#include "kernels/quant_blocks.h"
 #include "kernels/quant_tile.h"
-#include "tensor/fp16.h"
 
 namespace moe::kernels {
 
@@ -17,11 +15,21 @@ void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n,
   n_ = n;
   row_bytes_ = moe::row_bytes(type, n);
   const size_t need = row_bytes_ * static_cast<size_t>(n_tokens);
+  // The panel GEMM of Q8_0 / Q4_0 weights starts each block's integer sum at -offset * sum(y) and scales
+  // it by the block's scale as a float; deriving both here once saves every chunk of rows (a 768-row
+  // expert matrix is 16 calls) from doing it again, which cost 7% of a Q8_0 prefill.
+  const bool facts = type == DType::Q8_0 && n_tokens > 1;
+  const size_t n_facts = facts ? static_cast<size_t>(n_tokens * (n / 32)) : 0;
+  const size_t need_all = need + n_facts * (sizeof(int32_t) + sizeof(float));
   // A buffer that once held a large batch gives the memory back when it holds far less: the executor
   // keeps one buffer per expert of a layer, and with skewed routing the largest batch each buffer ever
   // saw added up to 5x what any one layer needs (OLMoE-1B-7B, 512-token prompt: 83 MB against 15 MB),
   // memory the --mem plan cannot bound. Now each holds at most twice what it last needed, plus 64 KiB.
-  if (data_.capacity() > 2 * need + kActSlackBytes) std::vector<uint8_t>().swap(data_);
+  if (held_bytes() > 2 * need_all + kActSlackBytes) {
+    std::vector<uint8_t>().swap(data_);
+    std::vector<int32_t>().swap(block_sums_);
+    std::vector<float>().swap(block_scales_);
+  }
   if (data_.size() < need) data_.resize(need);
   for (int64_t t = 0; t < n_tokens; ++t) {
     uint8_t* dst = data_.data() + static_cast<size_t>(t) * row_bytes_;
@@ -31,25 +39,9 @@ void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n,
       tr.quantize(x + t * x_stride, dst, n);
     }
   }
-  // The panel GEMM of Q8_0 / Q4_0 weights starts each block's integer sum at -offset * sum(y) and scales
-  // it by the block's scale as a float; deriving both here once saves every chunk of rows (a 768-row
-  // expert matrix is 16 calls) from doing it again, which cost 7% of a Q8_0 prefill.
-  block_sums_.clear();
-  block_scales_.clear();
-  if (type == DType::Q8_0 && n_tokens > 1) {
-    const int64_t nb = n / 32;
-    block_sums_.resize(static_cast<size_t>(n_tokens * nb));
-    block_scales_.resize(static_cast<size_t>(n_tokens * nb));
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      const auto* blocks = reinterpret_cast<const quant::BlockQ8_0*>(row(t));
-      for (int64_t b = 0; b < nb; ++b) {
-        int32_t s = 0;
-        for (int8_t q : blocks[b].qs) s += q;
-        block_sums_[static_cast<size_t>(t * nb + b)] = s;
-        block_scales_[static_cast<size_t>(t * nb + b)] = fp16_to_fp32(blocks[b].d);
-      }
-    }
-  }
+  block_sums_.resize(n_facts);
+  block_scales_.resize(n_facts);
+  if (facts) quant::derive_q8_0_block_facts(data_.data(), row_bytes_, n_tokens, n / 32, block_sums_.data(), block_scales_.data());
 }
 
 namespace {

@@ -45,7 +45,10 @@ class ActBuffer {
     const size_t at = static_cast<size_t>(t * (n_ / 32));
     return {block_sums_.data() + at, block_scales_.data() + at};
   }
-  size_t held_bytes() const { return data_.capacity(); }  // what the buffer holds, used or not
+  // What the buffer holds, used or not (the quantized rows and, for Q8_0 batches, the block facts).
+  size_t held_bytes() const {
+    return data_.capacity() + block_sums_.capacity() * sizeof(int32_t) + block_scales_.capacity() * sizeof(float);
+  }
 
  private:
   std::vector<uint8_t> data_;

@@ -12,6 +12,7 @@
 
 #include "kernels/quant_blocks.h"
 #include "kernels/quant_common.h"
+#include "kernels/quant_tile.h"
 #include "tensor/fp16.h"
 
 namespace moe::quant {
@@ -382,6 +383,18 @@ void dequantize_q8_1(const void* src, float* dst, int64_t n) {
   for (int64_t b = 0; b < n / kQK; ++b) {
     const float d = fp16_to_fp32(in[b].d);
     for (int j = 0; j < kQK; ++j) dst[b * kQK + j] = static_cast<float>(in[b].qs[j]) * d;
+  }
+}
+
+void derive_q8_0_block_facts(const uint8_t* act, size_t as, int64_t nt, int64_t nb, int32_t* sums, float* scales) {
+  for (int64_t t = 0; t < nt; ++t) {
+    const auto* blocks = reinterpret_cast<const BlockQ8_0*>(act + static_cast<size_t>(t) * as);
+    for (int64_t b = 0; b < nb; ++b) {
+      int32_t sum = 0;
+      for (int8_t q : blocks[b].qs) sum += q;
+      sums[t * nb + b] = sum;
+      scales[t * nb + b] = fp16_to_fp32(blocks[b].d);
+    }
   }
 }
 

@@ -53,6 +53,9 @@ struct Q8_0BlockFacts {
   const int32_t* sums = nullptr;
   const float* scales = nullptr;
 };
+// Derives them for nt tokens of nb Q8_0 blocks each (rows `as` bytes apart) into sums and scales,
+// [nt][nb] each (quant_legacy.cpp).
+void derive_q8_0_block_facts(const uint8_t* act, size_t as, int64_t nt, int64_t nb, int32_t* sums, float* scales);
 
 // AVX-512 VNNI panel GEMM (gemm_panel_avx512.cpp) for Q4_0, Q8_0, Q4_K, Q4_K_R, Q5_K and Q6_K: the tile
 // contract (out[t * os + r] = vec_dot(row r, token t), bit for bit) for nt tokens, converting each panel
