@@ -291,3 +291,44 @@ void FewTokenArgs(benchmark::internal::Benchmark* b) {
       for (int nt : {2, 3, 4, 6, 12}) b->Args({static_cast<int64_t>(t), shape, nt});
 }
 BENCHMARK(BM_FewTokens)->Apply(FewTokenArgs)->Unit(benchmark::kMillisecond);
+
+// BM_RouterF32/{tokens}: an F32 router (Qwen3-30B-A3B: 128 experts x 2048) over a prompt batch, one
+// thread, as kernels::matmul_rows runs it: the F32 tile kernel (rows x tokens, vec_dot_f32_512's
+// arithmetic per pair) against the per-pair vec_dot loop it replaced, timed alternately in the same run.
+// Counters: GFLOP/s of the tile, x_pairs = per-pair time / tile time.
+void BM_RouterF32(benchmark::State& state) {
+  const int nt = static_cast<int>(state.range(0));
+  const moe::DTypeTraits& tr = moe::dtype_traits(moe::DType::F32);
+  if (tr.vec_dot_tile == nullptr) {
+    state.SkipWithError("no F32 tile kernel at this ISA");
+    return;
+  }
+  const int64_t rows = 128, cols = 2048;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  std::vector<float> w(static_cast<size_t>(rows * cols)), x(static_cast<size_t>(nt * cols));
+  for (float& v : w) v = g(rng);
+  for (float& v : x) v = g(rng);
+  moe::kernels::ActBuffer act;
+  act.convert(moe::DType::F32, x.data(), nt, cols, cols);
+  const moe::kernels::MatrixRef m{reinterpret_cast<const uint8_t*>(w.data()), moe::DType::F32, rows, cols,
+                                  static_cast<size_t>(cols) * sizeof(float)};
+  std::vector<float> y(static_cast<size_t>(rows * nt));
+  auto tile = [&] {
+    moe::kernels::matmul_rows(m, act, y.data(), rows, 0, rows);
+    benchmark::DoNotOptimize(y.data());
+  };
+  auto pairs = [&] {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int t = 0; t < nt; ++t) y[t * rows + r] = tr.vec_dot(cols, w.data() + r * cols, act.row(t));
+    benchmark::DoNotOptimize(y.data());
+  };
+  double a = 0, b = 0;
+  for (auto _ : state) {
+    a += cpu_seconds_per_call(tile, 1);
+    b += cpu_seconds_per_call(pairs, 1);
+  }
+  state.counters["GFLOP/s"] = 2.0 * static_cast<double>(rows * cols * nt) * static_cast<double>(state.iterations()) / a * 1e-9;
+  state.counters["x_pairs"] = b / a;
+}
+BENCHMARK(BM_RouterF32)->Arg(32)->Arg(512)->Unit(benchmark::kMillisecond);

@@ -40,7 +40,7 @@ namespace {
 using test::gaussian;
 const auto bits = test::float_bits;
 
-const DType kTileTypes[] = {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4};
+const DType kTileTypes[] = {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::MXFP4, DType::F32};
 
 struct Problem {
   int64_t n, rows, tokens;
@@ -107,7 +107,7 @@ TEST(QuantTile, MatchesVecDotBitwiseAndReference) {
 
 TEST(QuantTile, MatmulIsIdenticalForAnyThreadCountAndTokenCount) {
   for (DType t : {DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q3_K, DType::F16,
-                  DType::MXFP4}) {
+                  DType::MXFP4, DType::F32}) {
     const DTypeTraits& tr = dtype_traits(t);
     const int64_t n = 512, rows = 70;
     for (int64_t tokens : {1, 3, 67}) {

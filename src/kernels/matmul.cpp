@@ -129,6 +129,9 @@ void check_operands(const MatrixRef& w, const ActBuffer& act) {
 int64_t matmul_row_grain(const MatrixRef& w) {
   const size_t rb = std::max<size_t>(1, w.row_bytes);
   if (uses_panel_gemm(dtype_traits(w.type))) return std::max<int64_t>(16, static_cast<int64_t>((128 << 10) / rb)) & ~int64_t{15};
+  // F32 (routers): every chunk streams all the batch's fp32 activations (8 KB a token at 2048 wide)
+  // from L3, so chunks of 128 KB of rows rather than 32.
+  if (w.type == DType::F32) return std::max<int64_t>(4, static_cast<int64_t>((128 << 10) / rb)) & ~int64_t{3};
   return std::max<int64_t>(4, static_cast<int64_t>(32768 / rb)) & ~int64_t{3};
 }
 

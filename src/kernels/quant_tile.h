@@ -44,6 +44,8 @@ struct TileKernels {
 
 // AVX-512 VNNI tile kernels (vec_dot_tile_avx512.cpp); only call when has_avx512_kernels().
 TileKernels tile_kernels_avx512(DType t);
+// F32 (vec_dot_avx512.cpp): tiles of rows x tokens with vec_dot_f32_512's arithmetic per pair.
+TileKernels tile_kernels_f32_avx512();
 
 // What the Q8_0 / Q4_0 panel GEMM needs of each (token, block) of Q8_0 activations for every panel it
 // multiplies: the sum of the block's 32 quants and its scale as a float, each [nt][n / 32]. Both null:

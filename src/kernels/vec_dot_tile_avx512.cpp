@@ -349,6 +349,7 @@ TileKernels tile_kernels_avx512(DType t) {
     case DType::Q8_0: return {drive_legacy<false>, single_legacy<false>};
     case DType::Q4_0: return {drive_legacy<true>, single_legacy<true>};
     case DType::MXFP4: return tile_kernels_mxfp4_avx512();
+    case DType::F32: return tile_kernels_f32_avx512();
     default: return {nullptr, nullptr};
   }
 }
