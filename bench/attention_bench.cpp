@@ -1,9 +1,11 @@
 // Prompt-attention micro-benchmarks (kernels/attention.h), one thread:
 //
-//  BM_CausalBlock/{keys}: one head's block of 64 queries attending `keys` keys (the last block of a
-//    prompt that long), Qwen3-30B-A3B's layout (head_dim 128; rows of 32 query heads and 4 kv heads
-//    interleaved as in the forward pass). Counter GFLOP (per second): 2 * 64 * keys * (128 + 128) over CPU time,
-//    counting the masked part of the diagonal chunk as the kernel computes it.
+//  BM_CausalBlock/{keys}/{m}/{heads}: a block of m queries attending `keys` keys (the last block of a
+//    prompt that long) for `heads` query heads of one kv head, attended together (kernels/attention.h:
+//    stacked, one pass over each chunk of keys) when heads > 1, Qwen3-30B-A3B's layout (head_dim 128;
+//    rows of 32 query heads and 4 kv heads interleaved as in the forward pass). Counter GFLOP (per
+//    second): 2 * heads * m * keys * (128 + 128) over CPU time, counting the masked part of the diagonal
+//    chunk as the kernel computes it.
 //  BM_ExpShiftedSum/{isa}: the softmax exponential over a 256-key chunk row, isa 0 the scalar reference,
 //    1 the AVX2 body, 2 the AVX-512 body (the same bits). Counter ns_per_exp.
 #include <benchmark/benchmark.h>
@@ -19,7 +21,8 @@ namespace {
 using moe::test::gaussian;
 
 void BM_CausalBlock(benchmark::State& state) {
-  const int64_t keys = state.range(0), m = state.range(1), hd = 128, q_stride = 32 * hd, kv_stride = 4 * hd;
+  const int64_t keys = state.range(0), m = state.range(1), heads = state.range(2), hd = 128, q_stride = 32 * hd,
+                kv_stride = 4 * hd;
   const auto q = gaussian(m * q_stride, 1);
   const auto k = gaussian(keys * kv_stride, 2);
   const auto v = gaussian(keys * kv_stride, 3);
@@ -36,14 +39,17 @@ void BM_CausalBlock(benchmark::State& state) {
   b.scale = 0.088f;
   b.out = out.data();
   b.out_stride = q_stride;
+  b.heads = static_cast<int>(heads);
+  b.q_head_stride = hd;
+  b.out_head_stride = hd;
   for (auto _ : state) {
     moe::kernels::causal_attention_block(b, scratch);
     benchmark::DoNotOptimize(out.data());
   }
-  state.counters["GFLOP"] = benchmark::Counter(2.0 * static_cast<double>(m * keys * 2 * hd) * 1e-9,
+  state.counters["GFLOP"] = benchmark::Counter(2.0 * static_cast<double>(heads * m * keys * 2 * hd) * 1e-9,
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_CausalBlock)->ArgsProduct({{512, 2048, 4096}, {64, 128}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_CausalBlock)->ArgsProduct({{512, 2048, 4096}, {64, 128}, {1, 4}})->Unit(benchmark::kMicrosecond);
 
 void BM_ExpShiftedSum(benchmark::State& state) {
   const int64_t isa = state.range(0);

@@ -65,6 +65,74 @@ TEST(AttentionKernel, CausalBlockMatchesReference) {
   }
 }
 
+// Grouped-query heads stacked into one block (token-major rows, one pass over each chunk of keys) give
+// what attending head by head gives, up to sgemm's blocking (1e-5 here, with outputs of order 1), with
+// sliding windows, sinks per head, key0 > 0, and key chunks cut to fit the stacked rows; columns of heads
+// outside the stack are untouched.
+TEST(AttentionKernel, StackedHeadsMatchOneHeadAtATime) {
+  const int64_t hd = 64, n_head = 6, stride = n_head * hd;  // heads 1..5 share one kv head in this test
+  const int stack = 5, h0 = 1;  // 64 queries: 320 rows, key chunks of 192
+  const float sinks[n_head] = {0.0f, 0.5f, -1.0f, 2.0f, 0.25f, 0.0f};
+  struct Case {
+    int64_t m, n_past, window, key0;
+    bool sink;
+  };
+  for (const Case& c : std::vector<Case>{{1, 0, 0, 0, false}, {5, 0, 0, 0, true}, {64, 0, 0, 0, false},
+                                         {17, 40, 0, 0, true}, {64, 300, 0, 0, false}, {64, 300, 50, 251, true},
+                                         {33, 700, 128, 573, false}}) {
+    const int64_t nk = c.n_past + c.m - c.key0;
+    const auto q = gaussian(static_cast<size_t>(c.m * stride), 11, 1.0f);
+    const auto k = gaussian(static_cast<size_t>(nk * hd), 12, 1.0f);
+    const auto v = gaussian(static_cast<size_t>(nk * hd), 13, 1.0f);
+    std::vector<float> stacked(static_cast<size_t>(c.m * stride), -7.0f), single(stacked), scratch;
+    kernels::CausalBlock b;
+    b.k = k.data();
+    b.v = v.data();
+    b.kv_stride = hd;
+    b.m = c.m;
+    b.n_past = c.n_past;
+    b.key0 = c.key0;
+    b.window = c.window;
+    b.head_dim = hd;
+    b.scale = 0.125f;
+    b.has_sink = c.sink;
+    b.q_stride = stride;
+    b.out_stride = stride;
+    for (int h = h0; h < h0 + stack; ++h) {
+      kernels::CausalBlock one = b;
+      one.q = q.data() + h * hd;
+      one.out = single.data() + h * hd;
+      one.sink = sinks[h];
+      kernels::causal_attention_block(one, scratch);
+    }
+    b.q = q.data() + h0 * hd;
+    b.out = stacked.data() + h0 * hd;
+    b.heads = stack;
+    b.q_head_stride = hd;
+    b.out_head_stride = hd;
+    b.head_sinks = sinks + h0;
+    kernels::causal_attention_block(b, scratch);
+    for (size_t i = 0; i < stacked.size(); ++i) {
+      const int64_t h = static_cast<int64_t>(i % static_cast<size_t>(stride)) / hd;
+      if (h < h0 || h >= h0 + stack) {
+        ASSERT_EQ(stacked[i], -7.0f) << "wrote outside the stack, m=" << c.m;
+        continue;
+      }
+      ASSERT_NEAR(stacked[i], single[i], 1e-5f) << "m=" << c.m << " n_past=" << c.n_past << " window=" << c.window
+                                                << " element " << i;
+    }
+  }
+}
+
+TEST(AttentionKernel, HeadsPerBlockKeepTheStackInL2) {
+  EXPECT_EQ(kernels::attention_heads_per_block(8, 64, 128, 128), 4);   // Qwen3-30B-A3B: 256 rows, 128 KB
+  EXPECT_EQ(kernels::attention_heads_per_block(1, 64, 128, 128), 1);   // no grouping
+  EXPECT_EQ(kernels::attention_heads_per_block(6, 64, 64, 64), 3);     // a divisor of the group
+  EXPECT_EQ(kernels::attention_heads_per_block(16, 64, 576, 512), 1);  // MLA's latent rows are too wide
+  EXPECT_EQ(kernels::attention_heads_per_block(8, 40, 128, 128), 4);   // 160 rows; 8 would be 320
+  EXPECT_EQ(kernels::attention_heads_per_block(8, 7, 128, 128), 1);    // a short prompt: head by head
+}
+
 // Decode attention from the fp16 cache: the AVX-512 kernels give the scalar references' results bit for
 // bit (same lanes, same pairwise reduction, one FMA per value element), and both agree with a double
 // precision evaluation of scale * q.k and sum_j p_j v_j.

@@ -15,61 +15,95 @@ namespace {
 bool avx512_here() { return best_isa() == Isa::Avx512; }
 }  // namespace
 
+int attention_heads_per_block(int group, int64_t m, int64_t head_dim, int64_t v_dim) {
+  constexpr int64_t kMaxRows = 256, kMaxBytes = 128 << 10;
+  if (m < kAttnMinStackQueries) return 1;
+  const int64_t width = std::max(head_dim, v_dim) * static_cast<int64_t>(sizeof(float));
+  int best = 1;
+  for (int h = 1; h <= group; ++h)
+    if (group % h == 0 && h * m <= kMaxRows && h * m * width <= kMaxBytes) best = h;
+  return best;
+}
+
 void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
   use_single_threaded_blas();
   const int64_t nk = b.n_past + b.m - b.key0;  // key rows up to the last query of the block
   const int64_t vd = b.v_dim ? b.v_dim : b.head_dim;
   const int64_t vs = b.v_stride ? b.v_stride : b.kv_stride;
-  const int64_t kc_max = std::min(nk, kAttnKeyChunk);
-  const size_t need = static_cast<size_t>(b.m * kc_max + 2 * b.m);
+  const int64_t g = std::max(1, b.heads);
+  const int64_t rows = b.m * g;  // row r: query r / g of head r % g
+  // A chunk's scores for all rows stay within 64K floats (256 KB).
+  const int64_t chunk = std::max<int64_t>(64, std::min<int64_t>(kAttnKeyChunk, (65536 / rows) & ~int64_t{15}));
+  const int64_t kc_max = std::min(nk, chunk);
+  const bool stacked = g > 1;
+  const size_t need = static_cast<size_t>(rows * kc_max + 2 * rows + (stacked ? rows * (b.head_dim + vd) : 0));
   if (scratch.size() < need) scratch.resize(need);
   float* s = scratch.data();
-  float* row_max = s + b.m * kc_max;
-  float* row_sum = row_max + b.m;  // of exp(score - row_max) over the keys so far (and the sink)
+  float* row_max = s + rows * kc_max;
+  float* row_sum = row_max + rows;  // of exp(score - row_max) over the keys so far (and the sink)
+  // The query and output matrices: the block's own rows for one head, packed copies for a stack.
+  const float* qa = b.q;
+  int64_t lda = b.q_stride;
+  float* oa = b.out;
+  int64_t ldo = b.out_stride;
+  if (stacked) {
+    float* qp = row_sum + rows;
+    oa = qp + rows * b.head_dim;
+    for (int64_t i = 0; i < b.m; ++i)
+      for (int64_t h = 0; h < g; ++h)
+        std::copy_n(b.q + i * b.q_stride + h * b.q_head_stride, b.head_dim, qp + (i * g + h) * b.head_dim);
+    qa = qp;
+    lda = b.head_dim;
+    ldo = vd;
+  }
   const auto i32 = [](int64_t v) { return static_cast<int>(v); };
   // Query i (position n_past + i) sees key rows [lo(i), hi(i)) relative to key0; both grow with i.
   const auto hi = [&](int64_t i) { return b.n_past + i - b.key0 + 1; };
   const auto lo = [&](int64_t i) { return b.window > 0 ? std::max(b.key0, b.n_past + i - b.window + 1) - b.key0 : 0; };
-  for (int64_t i = 0; i < b.m; ++i) {
-    row_max[i] = b.has_sink ? b.sink : -INFINITY;
-    row_sum[i] = b.has_sink ? 1.0f : 0.0f;  // the sink's exp(sink - max) with max = sink
-    std::fill(b.out + i * b.out_stride, b.out + i * b.out_stride + vd, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float sink = b.head_sinks ? b.head_sinks[r % g] : b.sink;
+    row_max[r] = b.has_sink ? sink : -INFINITY;
+    row_sum[r] = b.has_sink ? 1.0f : 0.0f;  // the sink's exp(sink - max) with max = sink
+    std::fill(oa + r * ldo, oa + r * ldo + vd, 0.0f);
   }
-  for (int64_t c0 = 0; c0 < nk; c0 += kAttnKeyChunk) {
-    const int64_t kc = std::min(kAttnKeyChunk, nk - c0);
-    // The queries that see a key of this chunk: hi(i) > c0 and lo(i) < c0 + kc.
+  for (int64_t c0 = 0; c0 < nk; c0 += chunk) {
+    const int64_t kc = std::min(chunk, nk - c0);
+    // The queries that see a key of this chunk: hi(i) > c0 and lo(i) < c0 + kc; their rows are
+    // contiguous (token-major stacking).
     int64_t ia = 0, ib = b.m;
     while (ia < b.m && hi(ia) <= c0) ++ia;
     while (ib > ia && lo(ib - 1) >= c0 + kc) --ib;
     if (ia >= ib) continue;
-    const int64_t rows = ib - ia;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i32(rows), i32(kc), i32(b.head_dim), b.scale,
-                b.q + ia * b.q_stride, i32(b.q_stride), b.k + c0 * b.kv_stride, i32(b.kv_stride), 0.0f, s, i32(kc));
-    for (int64_t i = ia; i < ib; ++i) {
-      float* row = s + (i - ia) * kc;
+    const int64_t ra = ia * g, rb = ib * g;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i32(rb - ra), i32(kc), i32(b.head_dim), b.scale,
+                qa + ra * lda, i32(lda), b.k + c0 * b.kv_stride, i32(b.kv_stride), 0.0f, s, i32(kc));
+    for (int64_t r = ra; r < rb; ++r) {
+      const int64_t i = r / g;
+      float* row = s + (r - ra) * kc;
       const int64_t a = std::max(lo(i), c0) - c0, e = std::min(hi(i), c0 + kc) - c0;  // a < e
       const float cmax = max_f32(row + a, e - a);
-      if (cmax > row_max[i]) {
+      if (cmax > row_max[r]) {
         // The running maximum rises: what was summed (and accumulated in out) so far shrinks by alpha.
-        if (row_max[i] != -INFINITY) {
-          const float alpha = std::exp(row_max[i] - cmax);
-          row_sum[i] *= alpha;
-          float* o = b.out + i * b.out_stride;
+        if (row_max[r] != -INFINITY) {
+          const float alpha = std::exp(row_max[r] - cmax);
+          row_sum[r] *= alpha;
+          float* o = oa + r * ldo;
           for (int64_t d = 0; d < vd; ++d) o[d] *= alpha;
         }
-        row_max[i] = cmax;
+        row_max[r] = cmax;
       }
-      row_sum[i] += exp_shifted_sum(row + a, e - a, row_max[i]);
+      row_sum[r] += exp_shifted_sum(row + a, e - a, row_max[r]);
       std::fill(row, row + a, 0.0f);  // masked keys weigh nothing in the product below
       std::fill(row + e, row + kc, 0.0f);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(rows), i32(vd), i32(kc), 1.0f, s, i32(kc),
-                b.v + c0 * vs, i32(vs), 1.0f, b.out + ia * b.out_stride, i32(b.out_stride));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(rb - ra), i32(vd), i32(kc), 1.0f, s, i32(kc),
+                b.v + c0 * vs, i32(vs), 1.0f, oa + ra * ldo, i32(ldo));
   }
-  for (int64_t i = 0; i < b.m; ++i) {
-    float* o = b.out + i * b.out_stride;
-    const float r = static_cast<float>(1.0 / row_sum[i]);
-    for (int64_t d = 0; d < vd; ++d) o[d] *= r;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* o = oa + r * ldo;
+    float* dst = stacked ? b.out + (r / g) * b.out_stride + (r % g) * b.out_head_stride : oa + r * ldo;
+    const float inv = static_cast<float>(1.0 / row_sum[r]);
+    for (int64_t d = 0; d < vd; ++d) dst[d] = o[d] * inv;
   }
 }
 

@@ -226,29 +226,42 @@ void ForwardPass::attend(int il, int64_t r0, int64_t r1, int64_t n_tokens, int64
     const float* vbase = sh.v_in_k ? k32_.data() : v32_.data();
     const int64_t vstride = sh.v_in_k ? kvd : vrow;
     const int64_t n_blocks = (r1 - r0 + kAttnQueryBlock - 1) / kAttnQueryBlock;
-    pool.parallel_for(n_blocks * s.n_head, 1, [&](int64_t item0, int64_t item1, int ti) {
+    // Query heads of one kv head attend together, `stack` at a time (kernels/attention.h), in every block
+    // of at least kAttnMinStackQueries queries; a shorter block (a short prompt, or the last block of a
+    // prompt) attends head by head. Decided per block by its own length, so a prompt evaluated in chunks
+    // that start at multiples of kAttnQueryBlock attends in the same blocks and stacks as in one batch.
+    const int stack = kernels::attention_heads_per_block(group, kAttnQueryBlock, dk, dv);
+    const int runs = s.n_head / stack;
+    pool.parallel_for(n_blocks * runs, 1, [&](int64_t item0, int64_t item1, int ti) {
       for (int64_t item = item0; item < item1; ++item) {
-        const int h = static_cast<int>(item % s.n_head);
-        const int64_t t0 = r0 + (item / s.n_head) * kAttnQueryBlock;
-        kernels::CausalBlock b;
-        b.key0 = kv.first_visible(il, pos0 + t0);
-        b.q = q_.data() + t0 * qd + h * dk;
-        b.q_stride = qd;
-        b.k = k32_.data() + (b.key0 - key_lo) * kvd + (h / group) * dk;
-        b.v = vbase + (b.key0 - key_lo) * vstride + (h / group) * dv;
-        b.kv_stride = kvd;
-        b.v_stride = vstride;
-        b.m = std::min(kAttnQueryBlock, r1 - t0);
-        b.n_past = pos0 + t0;
-        b.window = sh.window;
-        b.head_dim = dk;
-        b.v_dim = dv;
-        b.scale = scale;
-        b.has_sink = sinks != nullptr;
-        b.sink = sinks ? sinks[h] : 0.0f;
-        b.out = att_.data() + t0 * od + h * dv;
-        b.out_stride = od;
-        kernels::causal_attention_block(b, attn_scratch_[static_cast<size_t>(ti)].scores);
+        const int64_t t0 = r0 + (item / runs) * kAttnQueryBlock;
+        const int64_t m = std::min(kAttnQueryBlock, r1 - t0);
+        const int per_block = m >= kernels::kAttnMinStackQueries ? stack : 1;
+        for (int h = static_cast<int>(item % runs) * stack, h_end = h + stack; h < h_end; h += per_block) {
+          kernels::CausalBlock b;
+          b.key0 = kv.first_visible(il, pos0 + t0);
+          b.q = q_.data() + t0 * qd + h * dk;
+          b.q_stride = qd;
+          b.k = k32_.data() + (b.key0 - key_lo) * kvd + (h / group) * dk;
+          b.v = vbase + (b.key0 - key_lo) * vstride + (h / group) * dv;
+          b.kv_stride = kvd;
+          b.v_stride = vstride;
+          b.m = m;
+          b.n_past = pos0 + t0;
+          b.window = sh.window;
+          b.head_dim = dk;
+          b.v_dim = dv;
+          b.scale = scale;
+          b.has_sink = sinks != nullptr;
+          b.sink = sinks ? sinks[h] : 0.0f;
+          b.out = att_.data() + t0 * od + h * dv;
+          b.out_stride = od;
+          b.heads = per_block;
+          b.q_head_stride = dk;
+          b.out_head_stride = dv;
+          b.head_sinks = sinks ? sinks + h : nullptr;
+          kernels::causal_attention_block(b, attn_scratch_[static_cast<size_t>(ti)].scores);
+        }
       }
     });
     return;

@@ -16,8 +16,9 @@ namespace moe {
 namespace {
 
 // What the engine allocates beyond weights, KV cache, activations and the expert pool: its threads'
-// stacks, the expert store's I/O rings, OpenBLAS's per-thread packing buffers, allocator slack and the
-// kernel's page tables. Code, libraries and what the command built before the engine opened (a
+// stacks, the expert store's I/O rings, OpenBLAS's per-thread packing buffers, prompt attention's
+// per-thread scratch (at most about 0.5 MB a thread: kernels::attention_heads_per_block), allocator
+// slack and the kernel's page tables. Code, libraries and what the command built before the engine opened (a
 // tokenizer, its inputs) are EngineOptions::held_bytes, measured by the caller.
 constexpr uint64_t kEngineOverhead = 32ull << 20;
 // The engine's gguf::File keeps the metadata parsed (token strings, merges, tensor infos): measured at
