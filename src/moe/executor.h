@@ -84,6 +84,8 @@ class ExpertExecutor {
 
   std::vector<std::vector<std::pair<int32_t, int32_t>>> by_expert_;  // expert -> (token, slot)
   std::vector<float> xg_, down_, slots_;
+  // Per gathered row (xg_ / down_ order): its token and slot, for the parallel gather and scatter.
+  std::vector<std::pair<int32_t, int32_t>> row_member_;
   std::vector<int32_t> needed_;
   std::vector<int32_t> pending_, batch_;  // compute_ready_first: positions in needed_
   std::vector<uint8_t> low_bit_ok_;  // per needed_ entry
