@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "kernels/ops.h"
@@ -53,6 +54,34 @@ TEST(KernelOps, RowOpsMatchScalarReference) {
     scale_ref(a2.data(), -0.73f, n);
     for (int64_t i = 0; i < n + 3; ++i) EXPECT_EQ(a1[i], a2[i]) << n << " " << i;
   }
+}
+
+// SwiGLU: the dispatched body gives the scalar reference's bits (same exp, same operations), for every
+// tail length, in place (out == gate, as the executor calls it), and at the exponential's clamps; both
+// are within a few ulp of a double-precision silu(g) * u.
+TEST(KernelOps, SwigluMatchesReferenceBitwiseAndFormula) {
+  for (int64_t n : {1, 5, 16, 17, 100, 768}) {
+    auto g = randn(static_cast<size_t>(n), 11), u = randn(static_cast<size_t>(n), 12);
+    for (int64_t i = 0; i < n; i += 7) g[static_cast<size_t>(i)] *= 20.0f;  // past the polynomial's core range
+    std::vector<float> ref(static_cast<size_t>(n)), got = g;
+    swiglu_ref(g.data(), u.data(), ref.data(), n);
+    swiglu(got.data(), u.data(), got.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const size_t k = static_cast<size_t>(i);
+      ASSERT_EQ(std::memcmp(&got[k], &ref[k], sizeof(float)), 0) << "n=" << n << " i=" << i << " g=" << g[k];
+      const double x = g[k], want = x / (1.0 + std::exp(-x)) * u[k];
+      EXPECT_NEAR(ref[k], want, 4e-7 * std::fabs(want) + 1e-30) << "g=" << x;
+    }
+  }
+  const std::vector<float> edge = {0.0f, -0.0f, 88.0f, -88.0f, 104.0f, -104.0f, 300.0f, -300.0f, 1e-30f, -1e-30f};
+  const std::vector<float> ones(edge.size(), 1.0f);
+  std::vector<float> a(edge.size()), b(edge.size());
+  swiglu_ref(edge.data(), ones.data(), a.data(), static_cast<int64_t>(edge.size()));
+  swiglu(edge.data(), ones.data(), b.data(), static_cast<int64_t>(edge.size()));
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+  EXPECT_EQ(a[6], 300.0f);                        // silu(x) = x for large x
+  EXPECT_LE(std::fabs(a[7]), 1e-30f);             // and -> 0 for very negative x
+  EXPECT_EQ(a[0], 0.0f);
 }
 
 TEST(KernelOps, RmsNormMatchesFormula) {

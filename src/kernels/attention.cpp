@@ -7,6 +7,7 @@
 
 #include "kernels/blas.h"
 #include "kernels/cpu_features.h"
+#include "kernels/exp_poly.h"
 #include "tensor/fp16.h"
 
 namespace moe::kernels {
@@ -107,31 +108,10 @@ void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
   }
 }
 
-namespace {
-// exp(x) for x <= 0 as exp_shifted_sum documents, one operation at a time as the AVX-512 body does.
-constexpr float kLog2e = 1.44269504088896341f;
-constexpr float kLn2Hi = 0.693359375f;  // ln 2 = kLn2Hi + kLn2Lo; kLn2Hi has 9 significant bits
-constexpr float kLn2Lo = -2.12194440e-4f;
-// exp(r) ~ 1 + r + c2 r^2 + ... + c7 r^7 on [-ln2 / 2, ln2 / 2]: Cephes expf's minimax coefficients.
-constexpr float kExpC[8] = {1.0f, 1.0f, 5.0000001201e-1f, 1.6666665459e-1f, 4.1665795894e-2f, 8.3334519073e-3f,
-                            1.3981999507e-3f, 1.9875691500e-4f};
-constexpr float kExpFloor = -104.0f, kExpCeil = 88.0f;
-
-float exp_poly_ref(float x) {
-  x = std::min(std::max(x, kExpFloor), kExpCeil);
-  const float k = std::nearbyint(x * kLog2e);
-  float r = std::fma(k, -kLn2Hi, x);
-  r = std::fma(k, -kLn2Lo, r);
-  float p = kExpC[7];
-  for (int c = 6; c >= 0; --c) p = std::fma(p, r, kExpC[c]);
-  return std::ldexp(p, static_cast<int>(k));
-}
-}  // namespace
-
 float exp_shifted_sum_ref(float* x, int64_t n, float mx) {
   float lane[16] = {};
   for (int64_t j = 0; j < n; ++j) {
-    x[j] = exp_poly_ref(x[j] - mx);
+    x[j] = exp_poly(x[j] - mx);
     lane[j % 16] += x[j];
   }
   for (int w = 8; w >= 1; w /= 2)

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "kernels/attention.h"
+#include "kernels/exp_poly.h"
 
 namespace moe::kernels {
 
@@ -26,27 +27,13 @@ inline float reduce_pairwise(__m512 v) {
 }  // namespace
 
 // exp_shifted_sum_ref's operations, sixteen elements at a time (the tail under a mask, its other lanes
-// adding zero): the constants are repeated here because the reference keeps them file-local.
+// adding zero).
 float exp_shifted_sum_avx512(float* x, int64_t n, float mx) {
-  const __m512 vmx = _mm512_set1_ps(mx), floor = _mm512_set1_ps(-104.0f), ceil = _mm512_set1_ps(88.0f), log2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 ln2hi = _mm512_set1_ps(-0.693359375f), ln2lo = _mm512_set1_ps(2.12194440e-4f);
-  const __m512 c7 = _mm512_set1_ps(1.9875691500e-4f), c6 = _mm512_set1_ps(1.3981999507e-3f),
-               c5 = _mm512_set1_ps(8.3334519073e-3f), c4 = _mm512_set1_ps(4.1665795894e-2f),
-               c3 = _mm512_set1_ps(1.6666665459e-1f), c2 = _mm512_set1_ps(5.0000001201e-1f), one = _mm512_set1_ps(1.0f);
+  const __m512 vmx = _mm512_set1_ps(mx);
   __m512 sum = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 m = n - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1);
-    const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), vmx), floor), ceil);
-    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 r = _mm512_fmadd_ps(k, ln2lo, _mm512_fmadd_ps(k, ln2hi, t));
-    __m512 p = _mm512_fmadd_ps(c7, r, c6);
-    p = _mm512_fmadd_ps(p, r, c5);
-    p = _mm512_fmadd_ps(p, r, c4);
-    p = _mm512_fmadd_ps(p, r, c3);
-    p = _mm512_fmadd_ps(p, r, c2);
-    p = _mm512_fmadd_ps(p, r, one);
-    p = _mm512_fmadd_ps(p, r, one);
-    const __m512 e = _mm512_maskz_scalef_ps(m, p, k);
+    const __m512 e = exp_poly_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + j), vmx), m);
     _mm512_mask_storeu_ps(x + j, m, e);
     sum = _mm512_add_ps(sum, e);
   }

@@ -1,6 +1,7 @@
 #include "kernels/ops.h"
 
 #include "kernels/cpu_features.h"
+#include "kernels/exp_poly.h"
 #include "tensor/dtype.h"
 
 #include <algorithm>
@@ -113,8 +114,13 @@ void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
+void swiglu_ref(const float* gate, const float* up, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + exp_poly(-gate[i])) * up[i];
+}
+
 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = silu(gate[i]) * up[i];
+  static const auto impl = best_isa() == Isa::Avx512 ? swiglu_avx512 : swiglu_ref;
+  impl(gate, up, out, n);
 }
 
 void swiglu_oai(const float* gate, const float* up, float* out, int64_t n, float alpha, float limit) {

@@ -38,8 +38,12 @@ void rope_apply(float* x, const float* cs, int64_t n_rot, bool neox);
 void softmax(float* x, int64_t n);
 
 inline float silu(float x);
-// out[i] = silu(gate[i]) * up[i]
+// out[i] = gate[i] / (1 + exp(-gate[i])) * up[i], exp being kernels/exp_poly.h's (within 2 ulp; the
+// same bits on every ISA). Vectorised: with the C library's expf one element at a time it was 3-4% of a
+// prefill. (silu() itself keeps std::exp: llama.cpp's sigmoid-as-silu rounding, model/forward.cpp.)
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
+void swiglu_ref(const float* gate, const float* up, float* out, int64_t n);
+void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n);
 // gpt-oss's clamped SwiGLU (ggml's swiglu_oai): x = min(gate, limit), y = clamp(up, -limit, limit),
 // out = x / (1 + exp(-alpha x)) * (y + 1).
 void swiglu_oai(const float* gate, const float* up, float* out, int64_t n, float alpha, float limit);

@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "kernels/exp_poly.h"
 #include "kernels/ops.h"
 
 namespace moe::kernels {
@@ -15,6 +16,17 @@ namespace moe::kernels {
 namespace {
 __mmask16 tail_mask(int64_t left) { return static_cast<__mmask16>((1u << left) - 1); }
 }  // namespace
+
+void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : tail_mask(n - i);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    const __m512 neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), _mm512_set1_epi32(INT32_MIN)));
+    const __m512 e = exp_poly_avx512(neg);
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(m, up + i)));
+  }
+}
 
 void axpy_avx512(float* y, float a, const float* x, int64_t n) {
   const __m512 va = _mm512_set1_ps(a);
