@@ -19,6 +19,7 @@
 #include <chrono>
 #include <ctime>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -138,6 +139,29 @@ void gaussian_activations(moe::DType type, int64_t cols, int nt, moe::kernels::A
   act.convert(moe::dtype_traits(type).vec_dot_type, x.data(), nt, cols, cols);
 }
 
+// "q8_0/768x2048/32tok": the label of a benchmark over one weight shape and token count.
+std::string shape_label(moe::DType type, int64_t rows, int64_t cols, int nt) {
+  return std::string(moe::dtype_traits(type).name) + "/" + std::to_string(rows) + "x" + std::to_string(cols) + "/" +
+         std::to_string(nt) + "tok";
+}
+
+// An expert matrix's copies, cycled so that every call reads its weights from DRAM, the tokens'
+// quantized activations and the output.
+struct ExpertCase {
+  ExpertCase(moe::DType t, int64_t r, int64_t c, int tokens, int experts)
+      : type(t), rows(r), cols(c), nt(tokens), rb(moe::row_bytes(t, c)), w(t, r, c, experts),
+        y(static_cast<size_t>(r * tokens)) {
+    gaussian_activations(type, cols, nt, act);
+  }
+  moe::DType type;
+  int64_t rows, cols;
+  int nt;
+  size_t rb;
+  ExpertCopies w;
+  moe::kernels::ActBuffer act;
+  std::vector<float> y;
+};
+
 void BM_PanelGemm(benchmark::State& state) {
   const auto type = static_cast<moe::DType>(state.range(0));
   const int shape = static_cast<int>(state.range(1));
@@ -177,8 +201,7 @@ void BM_PanelGemm(benchmark::State& state) {
   state.counters["peak_GOPS"] = peak;
   state.counters["x_rows"] = rows_s / own_s;
   state.counters["x_scalar"] = scalar_s / own_s;
-  state.SetLabel(std::string(tr.name) + "/" + std::to_string(rows) + "x" + std::to_string(cols) + "/" +
-                 std::to_string(nt) + "tok");
+  state.SetLabel(shape_label(type, rows, cols, nt));
 }
 
 void PanelArgs(benchmark::internal::Benchmark* b) {
@@ -200,30 +223,24 @@ BENCHMARK(BM_PanelGemm)->Apply(PanelArgs)->Unit(benchmark::kMillisecond);
 void BM_PrefillExpert(benchmark::State& state) {
   const auto type = static_cast<moe::DType>(state.range(0));
   const int shape = static_cast<int>(state.range(1));
-  const int nt = static_cast<int>(state.range(2));
   if (!panel_gemm_here(state, type)) return;
-  const int64_t rows = shape == 0 ? 768 : 2048, cols = shape == 0 ? 2048 : 768;
-  const size_t rb = moe::row_bytes(type, cols);
   constexpr int kExperts = 64;
-  const ExpertCopies w(type, rows, cols, kExperts);
-  moe::kernels::ActBuffer act;
-  gaussian_activations(type, cols, nt, act);
-  std::vector<float> y(static_cast<size_t>(rows * nt));
-  moe::kernels::MatrixRef m{nullptr, type, rows, cols, rb};
+  ExpertCase c(type, shape == 0 ? 768 : 2048, shape == 0 ? 2048 : 768, static_cast<int>(state.range(2)), kExperts);
+  moe::kernels::MatrixRef m{nullptr, type, c.rows, c.cols, c.rb};
   const int64_t grain = moe::kernels::matmul_row_grain(m);
   int next = 0;
   auto expert = [&] {
-    m.data = w.at(next++ % kExperts);
-    for (int64_t r = 0; r < rows; r += grain) moe::kernels::matmul_rows(m, act, y.data(), rows, r, std::min(rows, r + grain));
-    benchmark::DoNotOptimize(y.data());
+    m.data = c.w.at(next++ % kExperts);
+    for (int64_t r = 0; r < c.rows; r += grain)
+      moe::kernels::matmul_rows(m, c.act, c.y.data(), c.rows, r, std::min(c.rows, r + grain));
+    benchmark::DoNotOptimize(c.y.data());
   };
   double s = 0;
   for (auto _ : state) s += cpu_seconds_per_call(expert, kExperts);
-  const double flops = 2.0 * static_cast<double>(rows * cols) * nt;
+  const double flops = 2.0 * static_cast<double>(c.rows * c.cols) * c.nt;
   state.counters["GFLOP/s"] = flops / (s / static_cast<double>(state.iterations())) * 1e-9;
   state.counters["us"] = s / static_cast<double>(state.iterations()) * 1e6;
-  state.SetLabel(std::string(moe::dtype_traits(type).name) + "/" + std::to_string(rows) + "x" + std::to_string(cols) +
-                 "/" + std::to_string(nt) + "tok");
+  state.SetLabel(shape_label(type, c.rows, c.cols, c.nt));
 }
 
 void PrefillExpertArgs(benchmark::internal::Benchmark* b) {
@@ -246,31 +263,25 @@ BENCHMARK(BM_PrefillExpert)->Apply(PrefillExpertArgs)->Unit(benchmark::kMillisec
 void BM_FewTokens(benchmark::State& state) {
   const auto type = static_cast<moe::DType>(state.range(0));
   const int shape = static_cast<int>(state.range(1));
-  const int nt = static_cast<int>(state.range(2));
   const moe::DTypeTraits& tr = moe::dtype_traits(type);
   if (!panel_gemm_here(state, type)) return;
   // shape 0: OLMoE gate/up (1024 x 2048), 1: its down projection (2048 x 1024).
-  const int64_t rows = shape == 0 ? 1024 : 2048, cols = shape == 0 ? 2048 : 1024;
-  const size_t rb = moe::row_bytes(type, cols);
   constexpr int kExperts = 48;
-  const ExpertCopies w(type, rows, cols, kExperts);
-  moe::kernels::ActBuffer act;
-  gaussian_activations(type, cols, nt, act);
-  std::vector<float> y(static_cast<size_t>(rows * nt));
+  ExpertCase c(type, shape == 0 ? 1024 : 2048, shape == 0 ? 2048 : 1024, static_cast<int>(state.range(2)), kExperts);
   int next = 0;
   auto panel = [&] {
-    const uint8_t* m = w.at(next++ % kExperts);
-    moe::quant::panel_gemm_avx512(type, cols, m, rb, static_cast<int>(rows), act.row(0), act.row_bytes(),
-                                  act.block_facts(0), nt, y.data(), rows);
-    benchmark::DoNotOptimize(y.data());
+    const uint8_t* m = c.w.at(next++ % kExperts);
+    moe::quant::panel_gemm_avx512(type, c.cols, m, c.rb, static_cast<int>(c.rows), c.act.row(0), c.act.row_bytes(),
+                                  c.act.block_facts(0), c.nt, c.y.data(), c.rows);
+    benchmark::DoNotOptimize(c.y.data());
   };
   auto row_kernels = [&] {
-    const uint8_t* m = w.at(next++ % kExperts);
+    const uint8_t* m = c.w.at(next++ % kExperts);
     constexpr int64_t kGroup = 16;
-    for (int64_t r = 0; r < rows; r += kGroup)
-      tr.vec_dot_tile(cols, m + r * rb, rb, static_cast<int>(std::min(kGroup, rows - r)), act.row(0), act.row_bytes(),
-                      nt, y.data() + r, rows);
-    benchmark::DoNotOptimize(y.data());
+    for (int64_t r = 0; r < c.rows; r += kGroup)
+      tr.vec_dot_tile(c.cols, m + r * c.rb, c.rb, static_cast<int>(std::min(kGroup, c.rows - r)), c.act.row(0),
+                      c.act.row_bytes(), c.nt, c.y.data() + r, c.rows);
+    benchmark::DoNotOptimize(c.y.data());
   };
   double p = 0, r = 0;
   for (auto _ : state) {
@@ -281,8 +292,7 @@ void BM_FewTokens(benchmark::State& state) {
   state.counters["us_panel"] = p / n * 1e6;
   state.counters["us_rows"] = r / n * 1e6;
   state.counters["x_rows"] = p / r;
-  state.SetLabel(std::string(tr.name) + "/" + std::to_string(rows) + "x" + std::to_string(cols) + "/" +
-                 std::to_string(nt) + "tok");
+  state.SetLabel(shape_label(type, c.rows, c.cols, c.nt));
 }
 
 void FewTokenArgs(benchmark::internal::Benchmark* b) {
