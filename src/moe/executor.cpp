@@ -173,17 +173,17 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
     one_token = one_token && row0_[i + 1] - row0_[i] == 1 && by_expert_[needed_[i]][0].first == first_token;
   // Many tokens: every expert's gate/up activations are quantized on every thread first (on the
   // calling thread alone they were 4% of a 512-token prefill's wall time).
-  const auto convert_inputs = [&](size_t i) {
+  const auto convert_inputs = [&](size_t i, bool gate, bool up) {
     const ExpertWeights& w = weights_[i];
     const int64_t m = row0_[i + 1] - row0_[i];
     const DType gate_act = dtype_traits(w.gate.type).vec_dot_type, up_act = dtype_traits(w.up.type).vec_dot_type;
     const float* xi = xg_.data() + row0_[i] * n_embd;
-    act_in_[i].convert(gate_act, xi, m, n_embd, n_embd);
-    if (up_act != gate_act) act_up_[i].convert(up_act, xi, m, n_embd, n_embd);
+    if (gate) act_in_[i].convert(gate_act, xi, m, n_embd, n_embd);
+    if (up && up_act != gate_act) act_up_[i].convert(up_act, xi, m, n_embd, n_embd);
   };
   if (!one_token)
     pool.parallel_for(static_cast<int64_t>(batch_.size()), 1, [&](int64_t b0, int64_t b1, int) {
-      for (int64_t b = b0; b < b1; ++b) convert_inputs(static_cast<size_t>(batch_[static_cast<size_t>(b)]));
+      for (int64_t b = b0; b < b1; ++b) convert_inputs(static_cast<size_t>(batch_[static_cast<size_t>(b)]), true, true);
     });
   jobs_.clear();
   for (size_t b = 0; b < batch_.size(); ++b) {
@@ -193,7 +193,7 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
     const bool reuse = one_token && b > 0;  // jobs_[0] / jobs_[1]: the batch's first expert's gate / up
     const bool gate_reused = reuse && jobs_[0].act->type() == gate_act;
     const bool up_reused = up_act == gate_act ? gate_reused : reuse && jobs_[1].act->type() == up_act;
-    if (one_token && !(gate_reused && up_reused)) convert_inputs(i);
+    if (one_token) convert_inputs(i, !gate_reused, !up_reused);
     const kernels::ActBuffer* gate_in = gate_reused ? jobs_[0].act : &act_in_[i];
     const kernels::ActBuffer* up_in = gate_in;
     if (up_act != gate_act) up_in = up_reused ? jobs_[1].act : &act_up_[i];
