@@ -26,6 +26,7 @@
 #include "kernels/cpu_features.h"
 #include "kernels/matmul.h"
 #include "kernels/q4k_repack.h"
+#include "kernels/q8_0_panels.h"
 #include "kernels/quant_tile.h"
 #include "tensor/dtype.h"
 
@@ -98,6 +99,7 @@ std::vector<uint8_t> make_weights(moe::DType type, int64_t rows, int64_t cols, u
     moe::dtype_traits(file_type).quantize(row.data(), w.data() + r * rb, cols);
   }
   if (type == moe::DType::Q4_K_R) moe::quant::repack_q4k(w.data(), w.data(), rows * (cols / 256));
+  if (type == moe::DType::Q8_0_P) moe::quant::pack_q8_0_panels(w.data(), w.data(), rows / moe::quant::kQ8PanelRows, cols);
   return w;
 }
 
@@ -125,7 +127,9 @@ double cpu_seconds_per_call(F&& fn, int reps) {
 // Whether this CPU runs the AVX-512 panel GEMM for the type (else the benchmark is skipped, saying so).
 bool panel_gemm_here(benchmark::State& state, moe::DType type) {
   const moe::DTypeTraits& tr = moe::dtype_traits(type);
-  if (vnni_ok() && moe::best_isa() == moe::Isa::Avx512 && tr.vec_dot_tile && moe::quant::has_panel_gemm(type)) return true;
+  if (vnni_ok() && moe::best_isa() == moe::Isa::Avx512 &&
+      ((tr.vec_dot_tile && moe::quant::has_panel_gemm(type)) || type == moe::DType::Q8_0_P))
+    return true;
   state.SkipWithError("no AVX-512 panel GEMM for this type here");
   return false;
 }
@@ -244,9 +248,12 @@ void BM_PrefillExpert(benchmark::State& state) {
 }
 
 void PrefillExpertArgs(benchmark::internal::Benchmark* b) {
-  for (moe::DType t : {moe::DType::Q8_0, moe::DType::Q4_K_R, moe::DType::Q6_K})
+  for (moe::DType t : {moe::DType::Q8_0, moe::DType::Q8_0_P, moe::DType::Q4_K_R, moe::DType::Q6_K})
     for (int shape : {0, 1})
       for (int nt : {32, 128}) b->Args({static_cast<int64_t>(t), shape, nt});
+  // Q8_0 against its panel layout at one token (decode) and a few (a batched decode step).
+  for (moe::DType t : {moe::DType::Q8_0, moe::DType::Q8_0_P})
+    for (int nt : {1, 2, 4, 8}) b->Args({static_cast<int64_t>(t), 0, nt});
 }
 BENCHMARK(BM_PrefillExpert)->Apply(PrefillExpertArgs)->Unit(benchmark::kMillisecond);
 

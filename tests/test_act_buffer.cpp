@@ -55,7 +55,13 @@ TEST(ActBuffer, Q8_0BlockFactsCountInWhatItHoldsAndShrinkWithIt) {
   act.convert(DType::Q8_0, x.data(), 2, n, n);  // a batched decode step's two tokens
   const size_t need = 2 * act.row_bytes() + static_cast<size_t>(2 * nb) * (sizeof(int32_t) + sizeof(float));
   EXPECT_LE(act.held_bytes(), 2 * need + kActSlackBytes);
-  act.convert(DType::Q8_0, x.data(), 1, n, n);  // one token: no facts
+  // One token too (Q8_0_P weights take the panel GEMM for a decoded token); other types have none.
+  act.convert(DType::Q8_0, x.data() + 5 * n, 1, n, n);
+  ASSERT_NE(act.block_facts(0).sums, nullptr);
+  int32_t sum0 = 0;
+  for (int8_t q : reinterpret_cast<const moe::quant::BlockQ8_0*>(act.row(0))[0].qs) sum0 += q;
+  EXPECT_EQ(act.block_facts(0).sums[0], sum0);
+  act.convert(DType::Q8_K, x.data(), 1, n, n);
   EXPECT_EQ(act.block_facts(0).sums, nullptr);
 }
 

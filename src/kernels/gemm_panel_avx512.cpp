@@ -13,7 +13,8 @@
 //
 // The conversion (a 16 x 16 transpose of 32-bit words per 64 weights of each row, and the scales laid
 // out lane-wise) costs about as much as four tokens' products for K-quants, so it pays from two tokens
-// on; the decode row kernels take single tokens.
+// on; the decode row kernels take single tokens. Q8_0 matrices packed at load (Q8_0_P, q8_0_panels.h)
+// skip it: the Q8_0 kernel reads their panels where they lie, for any number of tokens.
 #pragma GCC optimize("fp-contract=off")
 // GCC 12 warns about the intentionally undefined upper halves in its own cast intrinsics.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -24,6 +25,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/q8_0_panels.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/quant_tile.h"
 
@@ -460,16 +462,42 @@ void convert_q4_0(const uint8_t* w, size_t ws, int nr, int64_t nb, LegacyPanel* 
   }
 }
 
+// The weights of one block of a panel, as gemm_legacy reads them: from a panel converted per call, or
+// straight from a Q8_0_P matrix in memory (q8_0_panels.h: 512 bytes of quants, then 16 fp16 scales).
+struct ConvertedBlocks {
+  const LegacyPanel* P;
+  __m512i q(int64_t b, int k) const { return P[b].q[k]; }
+  __m512 d(int64_t b) const { return P[b].d; }
+  void prefetch(int64_t) const {}
+};
+// Q8_0_P blocks fetched ahead by the first token tile: bench/gemm_bench.cpp BM_PrefillExpert q8_0_p, 32
+// tokens, weights from DRAM: 340-375 GFLOP/s without, 415-435 at 4 blocks, 440-460 at 8, 440-470 at 16.
+inline constexpr int64_t kPackedAhead = 16;
+struct PackedBlocks {
+  const uint8_t* base;
+  bool fetch;  // the first token tile over this panel fetches ahead (the panel is still in DRAM)
+  const uint8_t* at(int64_t b) const { return base + static_cast<size_t>(b) * kQ8PanelBlockBytes; }
+  __m512i q(int64_t b, int k) const { return ld512(at(b) + 64 * k); }
+  __m512 d(int64_t b) const { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at(b) + 512))); }
+  // Block b + kPackedAhead (reading past the panel's end only prefetches: never faults).
+  void prefetch(int64_t b) const {
+    if (!fetch || kPackedAhead == 0) return;
+    const uint8_t* a = at(b + kPackedAhead);
+    for (size_t o = 0; o < kQ8PanelBlockBytes; o += 64) prefetch_line(a + o);
+    prefetch_line(a + kQ8PanelBlockBytes - 1);
+  }
+};
+
 // acc += float(I) * (dx * dy), I = sum x y, as vec_dot_q8_0_ref / vec_dot_q4_0_ref. The weights carry
 // +kOffset, so I starts at -kOffset * sum(y) (sums: sum(y) per token and block).
-template <int NT, int32_t kOffset>
-void gemm_legacy(const LegacyPanel* P, int64_t nb, const uint8_t* act, size_t as, const int32_t* sums,
+template <int NT, int32_t kOffset, class Blocks>
+void gemm_legacy(const Blocks& W, int64_t nb, const uint8_t* act, size_t as, const int32_t* sums,
                  const float* dy, int64_t nbx, float* out, int64_t os, __mmask16 keep) {
   __m512 acc[NT];
   #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    const LegacyPanel& p = P[b];
+    W.prefetch(b);
     const uint8_t* y = act + b * sizeof(BlockQ8_0) + offsetof(BlockQ8_0, qs);
     // Two chains of four vpdpbusd per token (even and odd words) instead of one of eight: the chain's
     // latency, not the instruction's throughput, bounded the block (integer sums: the same result).
@@ -481,17 +509,18 @@ void gemm_legacy(const LegacyPanel* P, int64_t nb, const uint8_t* act, size_t as
     }
     #pragma GCC unroll 16
     for (int k = 0; k < 8; k += 2) {
-      const __m512i w0 = p.q[k], w1 = p.q[k + 1];
+      const __m512i w0 = W.q(b, k), w1 = W.q(b, k + 1);
       #pragma GCC unroll 16
       for (int t = 0; t < NT; ++t) {
         I[t] = dpbusd_bcst(I[t], w0, y + t * as + 4 * k);
         J[t] = dpbusd_bcst(J[t], w1, y + t * as + 4 * k + 4);
       }
     }
+    const __m512 d = W.d(b);
     #pragma GCC unroll 16
     for (int t = 0; t < NT; ++t)
       acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(I[t], J[t])),
-                                                   _mm512_mul_ps(p.d, _mm512_set1_ps(dy[t * nbx + b]))));
+                                                   _mm512_mul_ps(d, _mm512_set1_ps(dy[t * nbx + b]))));
   }
   #pragma GCC unroll 16
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(out + t * os, keep, acc[t]);
@@ -566,9 +595,10 @@ template <int32_t kOffset>
 struct LegacyTile {
   template <int NT>
   struct Of {
-    static void run(const LegacyPanel* P, int64_t nb, const uint8_t* a, size_t as, const int32_t* sums, const float* dy,
+    template <class Blocks>
+    static void run(const Blocks& W, int64_t nb, const uint8_t* a, size_t as, const int32_t* sums, const float* dy,
                     int64_t nbx, float* o, int64_t os, __mmask16 k) {
-      gemm_legacy<NT, kOffset>(P, nb, a, as, sums, dy, nbx, o, os, k);
+      gemm_legacy<NT, kOffset>(W, nb, a, as, sums, dy, nbx, o, os, k);
     }
   };
 };
@@ -594,21 +624,25 @@ void gemm_q6_drive(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t
       });
 }
 
+// Per token and block: sum(y) and the activation scale as a float, shared by every panel; derived here
+// (once per call) when the caller has not.
+Q8_0BlockFacts with_block_facts(Q8_0BlockFacts facts, const uint8_t* act, size_t as, int nt, int64_t nb) {
+  if (facts.sums && facts.scales) return facts;
+  Scratch& s = scratch();
+  const size_t need = static_cast<size_t>(nt) * static_cast<size_t>(nb);
+  if (s.sums.size() < need) {
+    s.sums.resize(need);
+    s.dy.resize(need);
+  }
+  derive_q8_0_block_facts(act, as, nt, nb, s.sums.data(), s.dy.data());
+  return {s.sums.data(), s.dy.data()};
+}
+
 template <bool kQ4>
 void gemm_legacy_drive(int64_t n, const uint8_t* w, size_t ws, int nr, const uint8_t* act, size_t as,
                        Q8_0BlockFacts facts, int nt, float* out, int64_t os) {
   const int64_t nb = n / kQK;
-  if (!facts.sums || !facts.scales) {
-    // Per token and block: sum(y) and the activation scale as a float, shared by every panel.
-    Scratch& s = scratch();
-    const size_t need = static_cast<size_t>(nt) * static_cast<size_t>(nb);
-    if (s.sums.size() < need) {
-      s.sums.resize(need);
-      s.dy.resize(need);
-    }
-    derive_q8_0_block_facts(act, as, nt, nb, s.sums.data(), s.dy.data());
-    facts = {s.sums.data(), s.dy.data()};
-  }
+  facts = with_block_facts(facts, act, as, nt, nb);
   drive_panels<LegacyPanel>(
       nb, w, ws, nr, nt, out, os,
       [&](const uint8_t* pw, int mr, LegacyPanel* P) {
@@ -618,12 +652,61 @@ void gemm_legacy_drive(int64_t n, const uint8_t* w, size_t ws, int nr, const uin
           convert_q8_0(pw, ws, mr, nb, P);
       },
       [&](const LegacyPanel* P, int t0, int mt, float* o, __mmask16 keep) {
-        tile_dispatch<LegacyTile<kQ4 ? 8 : 128>::template Of>(mt, P, nb, act + t0 * as, as, facts.sums + t0 * nb,
+        tile_dispatch<LegacyTile<kQ4 ? 8 : 128>::template Of>(mt, ConvertedBlocks{P}, nb, act + t0 * as, as, facts.sums + t0 * nb,
                                                               facts.scales + t0 * nb, nb, o + t0 * os, os, keep);
       });
 }
 
+// Q8_0_P: no conversion; each panel is read where it lies. Rows r0 .. r1 need not follow panels: a
+// panel cut by the range computes all 16 lanes and stores those inside it.
+void q8_0_panels_drive(int64_t n, const uint8_t* m, int64_t r0, int64_t r1, const uint8_t* act, size_t as,
+                       Q8_0BlockFacts facts, int nt, float* out, int64_t os) {
+  const int64_t nb = n / kQK;
+  facts = with_block_facts(facts, act, as, nt, nb);
+  const size_t panel_bytes = static_cast<size_t>(nb) * kQ8PanelBlockBytes;
+  for (int64_t p = r0 / kPanel; p * kPanel < r1; ++p) {
+    const int64_t first = p * kPanel;
+    const int lo = static_cast<int>(std::max(r0, first) - first), hi = static_cast<int>(std::min(r1, first + kPanel) - first);
+    const auto keep = static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+    const uint8_t* base = m + static_cast<size_t>(p) * panel_bytes;
+    for (int t0 = 0; t0 < nt; t0 += kTileTokens8)
+      tile_dispatch<LegacyTile<128>::template Of>(std::min(kTileTokens8, nt - t0), PackedBlocks{base, t0 == 0}, nb,
+                                                   act + t0 * as, as, facts.sums + t0 * nb, facts.scales + t0 * nb, nb,
+                                                   out + t0 * os + first, os, keep);
+  }
+}
+
 }  // namespace
+
+void pack_q8_0_panel_avx512(const void* rows, void* out, int64_t nb) {
+  const auto* w = static_cast<const uint8_t*>(rows);
+  auto* o = static_cast<uint8_t*>(out);
+  const size_t ws = static_cast<size_t>(nb) * sizeof(BlockQ8_0);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = 0; b < nb; b += 2) {
+    const bool two = b + 1 < nb;
+    __m512i t[16];
+    for (int r = 0; r < kPanel; ++r) {
+      const uint8_t* x = w + r * ws + b * sizeof(BlockQ8_0) + offsetof(BlockQ8_0, qs);
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+      t[r] = two ? _mm512_inserti64x4(_mm512_castsi256_si512(lo),
+                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + sizeof(BlockQ8_0))), 1)
+                 : _mm512_zextsi256_si512(lo);
+    }
+    transpose16(t);
+    for (int q = 0; q < (two ? 2 : 1); ++q) {
+      uint8_t* blk = o + static_cast<size_t>(b + q) * kQ8PanelBlockBytes;
+      for (int k = 0; k < 8; ++k) _mm512_storeu_si512(blk + 64 * k, _mm512_xor_si512(t[8 * q + k], flip));
+      for (int r = 0; r < kPanel; ++r) std::memcpy(blk + 512 + 2 * r, w + r * ws + (b + q) * sizeof(BlockQ8_0), 2);
+    }
+  }
+}
+
+void q8_0_panels_gemm_avx512(int64_t n, const void* matrix, int64_t r0, int64_t r1, const void* act, size_t as,
+                             Q8_0BlockFacts facts, int nt, float* out, int64_t os) {
+  q8_0_panels_drive(n, static_cast<const uint8_t*>(matrix), r0, r1, static_cast<const uint8_t*>(act), as, facts, nt,
+                    out, os);
+}
 
 void panel_gemm_avx512(DType t, int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as,
                        Q8_0BlockFacts facts, int nt, float* out, int64_t os) {

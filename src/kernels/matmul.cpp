@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "base/error.h"
+#include "kernels/q8_0_panels.h"
 #include "kernels/quant_tile.h"
 
 namespace moe::kernels {
@@ -18,7 +19,8 @@ void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n,
   // The panel GEMM of Q8_0 / Q4_0 weights starts each block's integer sum at -offset * sum(y) and scales
   // it by the block's scale as a float; deriving both here once saves every chunk of rows (a 768-row
   // expert matrix is 16 calls) from doing it again, which cost 7% of a Q8_0 prefill.
-  const bool facts = type == DType::Q8_0 && n_tokens > 1;
+  // One token too: Q8_0_P weights take the panel GEMM for every token count (q8_0_panels.h).
+  const bool facts = type == DType::Q8_0;
   const size_t n_facts = facts ? static_cast<size_t>(n_tokens * (n / 32)) : 0;
   const size_t need_all = need + n_facts * (sizeof(int32_t) + sizeof(float));
   // A buffer that once held a large batch gives the memory back when it holds far less: the executor
@@ -56,11 +58,29 @@ int64_t gemm_token_block(size_t act_row_bytes) {
 // token passes over them.
 constexpr int64_t kFewTokenRowGroup = 16;
 
-bool uses_panel_gemm(const DTypeTraits& tr) { return tr.vec_dot_tile && quant::has_panel_gemm(tr.type); }
+bool uses_panel_gemm(const DTypeTraits& tr) {
+  return tr.type == DType::Q8_0_P || (tr.vec_dot_tile && quant::has_panel_gemm(tr.type));
+}
+
+// Q8_0_P (kernels/q8_0_panels.h): its rows exist only as 16-row panels, so every token count, one
+// token included, takes the panel GEMM, which reads them where they lie (nothing to convert).
+void matmul_q8_0_panels(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, int64_t r0, int64_t r1) {
+  if (!quant::q8_0_panel_kernels_available())
+    fail("matmul: q8_0_p weights need the AVX-512 panel kernels, which this process does not run");
+  const int64_t nt = act.n_tokens(), tb = gemm_token_block(act.row_bytes());
+  for (int64_t t0 = 0; t0 < nt; t0 += tb) {
+    const int mt = static_cast<int>(std::min(tb, nt - t0));
+    quant::q8_0_panels_gemm_avx512(w.cols, w.data, r0, r1, act.row(t0), act.row_bytes(), act.block_facts(t0), mt,
+                                   y + t0 * y_stride, y_stride);
+  }
+}
 
 }  // namespace
 
+int64_t row_quantum(DType t) { return t == DType::Q8_0_P ? quant::kQ8PanelRows : 4; }
+
 void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, int64_t r0, int64_t r1) {
+  if (w.type == DType::Q8_0_P) return matmul_q8_0_panels(w, act, y, y_stride, r0, r1);
   const DTypeTraits& tr = dtype_traits(w.type);
   // Types whose tile prepares one token's activations once and then streams the rows one by one.
   if (tr.tile_one_token && act.n_tokens() == 1 && r1 > r0) {
@@ -140,14 +160,15 @@ int64_t matmul_row_grain(const MatrixRef& w) {
 // long (guided claims) and only the last ones, where threads would otherwise wait for each other, are
 // this short. Decode computes each row on its own (the single-token path of matmul_rows),
 // so the bits do not depend on where chunks are cut.
-int64_t decode_min_rows(size_t row_bytes) {
-  return std::max<int64_t>(4, static_cast<int64_t>(65536 / std::max<size_t>(1, row_bytes))) & ~int64_t{3};
+int64_t decode_min_rows(size_t row_bytes, int64_t quantum) {
+  return std::max<int64_t>(quantum, static_cast<int64_t>(65536 / std::max<size_t>(1, row_bytes))) & ~(quantum - 1);
 }
 
 void matmul(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_stride, ThreadPool& pool) {
   check_operands(w, act);
   if (act.n_tokens() == 1) {
-    pool.parallel_for_guided(w.rows, decode_min_rows(w.row_bytes), 4,
+    const int64_t q = row_quantum(w.type);
+    pool.parallel_for_guided(w.rows, decode_min_rows(w.row_bytes, q), q,
                              [&](int64_t r0, int64_t r1, int) { matmul_rows(w, act, y, y_stride, r0, r1); });
     return;
   }
@@ -160,9 +181,11 @@ void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::v
   chunk_scratch.resize(n_jobs + 1);
   bool one_token = true;
   size_t max_row_bytes = 1;
+  int64_t quantum = 4;
   for (size_t i = 0; i < n_jobs; ++i) {
     one_token = one_token && jobs[i].act->n_tokens() == 1;
     max_row_bytes = std::max(max_row_bytes, jobs[i].w.row_bytes);
+    quantum = std::max(quantum, row_quantum(jobs[i].w.type));
   }
   if (one_token) {
     // A decoded token: the jobs' rows laid end to end, cut by guided claims that may span jobs.
@@ -174,7 +197,7 @@ void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::v
       rows += jobs[i].w.rows;
     }
     chunk_scratch[n_jobs] = rows;
-    pool.parallel_for_guided(rows, decode_min_rows(max_row_bytes), 4, [&](int64_t r0, int64_t r1, int) {
+    pool.parallel_for_guided(rows, decode_min_rows(max_row_bytes, quantum), quantum, [&](int64_t r0, int64_t r1, int) {
       size_t i = static_cast<size_t>(std::upper_bound(chunk_scratch.begin(), chunk_scratch.end(), r0) -
                                      chunk_scratch.begin()) - 1;
       for (int64_t r = r0; r < r1; ++i) {

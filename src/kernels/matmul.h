@@ -76,8 +76,11 @@ struct MatmulJob {
 void matmul_batch(const MatmulJob* jobs, size_t n_jobs, ThreadPool& pool, std::vector<int64_t>& chunk_scratch);
 
 // The shortest chunk of rows a decoded token's matmuls hand out (guided claims start longer): a
-// multiple of 4 rows, about 64 KB of weights.
-int64_t decode_min_rows(size_t row_bytes);
+// multiple of `quantum` rows (row_quantum), about 64 KB of weights.
+int64_t decode_min_rows(size_t row_bytes, int64_t quantum = 4);
+// The multiple of rows a decoded token's chunks should start at for weights of type t: 16 for Q8_0_P
+// (whole panels; a cut one is computed whole and stored in part), else 4.
+int64_t row_quantum(DType t);
 
 
 // Throws unless act fits w (length, and w's vec_dot_type). matmul and matmul_batch check every job; a

@@ -67,6 +67,16 @@ bool has_panel_gemm(DType t);
 void panel_gemm_avx512(DType t, int64_t n, const void* w, size_t ws, int nr, const void* act, size_t as,
                        Q8_0BlockFacts facts, int nt, float* out, int64_t os);
 
+// The same contract over a Q8_0_P matrix (q8_0_panels.h; `matrix` at its row 0) for rows r0 .. r1 and
+// any nt >= 1: out[t * os + r] = vec_dot_q8_0(row r, token t), bit for bit, for r0 <= r < r1; nothing
+// else of out is written. Only call when q8_0_panel_kernels_available().
+void q8_0_panels_gemm_avx512(int64_t n, const void* matrix, int64_t r0, int64_t r1, const void* act, size_t as,
+                             Q8_0BlockFacts facts, int nt, float* out, int64_t os);
+
+// One panel of 16 file rows (nb blocks each, contiguous) into Q8_0_P bytes at out (not overlapping):
+// the same bytes as q8_0_panels.cpp's scalar packing, for the load-time repack.
+void pack_q8_0_panel_avx512(const void* rows, void* out, int64_t nb);
+
 // AVX-512 activation quantizers (quant_act_avx512.cpp), bit-exact with quantize_q8_0 / q8_1 / q8_K.
 void quantize_q8_0_avx512(const float* src, void* dst, int64_t n);
 void quantize_q8_1_avx512(const float* src, void* dst, int64_t n);

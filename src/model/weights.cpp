@@ -8,6 +8,7 @@
 
 #include "base/error.h"
 #include "kernels/q4k_repack.h"
+#include "kernels/q8_0_panels.h"
 #include "kernels/quant_blocks.h"
 #include "model/expert_split.h"
 
@@ -176,27 +177,67 @@ uint8_t* Model::alloc_owned(uint64_t bytes, const std::string& tensor) {
   return owned_.back().data();
 }
 
-uint64_t Model::repack_q4k(int n_threads) {
-  // Every view of a Q4_K tensor (the tied output head shares the embedding's bytes): repack each byte
-  // range once, retype and repoint every view.
-  std::vector<WeightView*> views;
-  for (WeightView& v : globals_.t)
-    if (v && v.type == DType::Q4_K) views.push_back(&v);
+namespace {
+
+// One in-memory layout change (kernels/q4k_repack.h, kernels/q8_0_panels.h): which matrices it applies
+// to, and the unit it converts (a Q4_K block, 16 rows of a Q8_0 matrix) so that threads can share it out.
+struct Relayout {
+  DType from, to;
+  uint64_t unit_bytes(const WeightView& v) const {
+    return to == DType::Q8_0_P ? v.row_bytes * quant::kQ8PanelRows : sizeof(quant::BlockQ4_K);
+  }
+  bool applies(const WeightView& v) const {
+    return v.type == from && (to != DType::Q8_0_P || quant::q8_0_panels_fit(v.rows, v.cols));
+  }
+  void convert(const uint8_t* src, uint8_t* dst, uint64_t units, const WeightView& v) const {
+    if (to == DType::Q8_0_P)
+      quant::pack_q8_0_panels(src, dst, static_cast<int64_t>(units), v.cols);
+    else
+      quant::repack_q4k(src, dst, static_cast<int64_t>(units));
+  }
+};
+
+}  // namespace
+
+uint64_t Model::repack(const RepackChoice& choice, int n_threads) {
+  std::vector<Relayout> layouts;
+  if (choice.q4k) layouts.push_back({DType::Q4_K, DType::Q4_K_R});
+  if (choice.q8_0_panels) layouts.push_back({DType::Q8_0, DType::Q8_0_P});
+  // Every view to change (the tied output head shares the embedding's bytes): repack each byte range
+  // once, retype and repoint every view. Q8_0_P rows are not contiguous, so the token embedding (read
+  // row by row) and whatever shares its bytes keep the file's layout.
+  const uint8_t* embedding = globals_[Role::TokenEmbd].data;
+  struct Target {
+    WeightView* v;
+    const Relayout* how;
+  };
+  std::vector<Target> views;
+  auto consider = [&](WeightView& v, bool row_reads) {
+    if (!v) return;
+    for (const Relayout& how : layouts)
+      if (how.applies(v) && !(how.to == DType::Q8_0_P && (row_reads || (v.data && v.data == embedding)))) {
+        views.push_back({&v, &how});
+        return;
+      }
+  };
+  for (size_t r = 0; r < globals_.t.size(); ++r) consider(globals_.t[r], static_cast<Role>(r) == Role::TokenEmbd);
   for (LayerWeights& l : layers_)
     for (WeightView& v : l.t)
-      if (v && v.type == DType::Q4_K && !v.split) views.push_back(&v);
+      if (!v.split) consider(v, false);
   for (size_t i = 0; i < split_views_.size(); ++i)
-    for (int64_t e = 0; e < split_counts_[i]; ++e)
-      if (split_views_[i][static_cast<size_t>(e)].type == DType::Q4_K) views.push_back(&split_views_[i][static_cast<size_t>(e)]);
+    for (int64_t e = 0; e < split_counts_[i]; ++e) consider(split_views_[i][static_cast<size_t>(e)], false);
   struct Range {
     const uint8_t* src;
     uint8_t* dst;
-    uint64_t bytes;
+    uint64_t units, unit;
+    const WeightView* v;
+    const Relayout* how;
   };
   std::vector<Range> ranges;
   std::map<const uint8_t*, uint8_t*> moved;  // source bytes -> repacked bytes
-  for (WeightView* v : views) {
-    v->type = DType::Q4_K_R;
+  for (const Target& t : views) {
+    WeightView* v = t.v;
+    v->type = t.how->to;
     if (v->data == nullptr) continue;  // a deferred expert: repacked by the store after each read
     auto it = moved.find(v->data);
     if (it == moved.end()) {
@@ -211,28 +252,31 @@ uint64_t Model::repack_q4k(int n_threads) {
           if (o.data() == v->data) dst = o.data();
         if (dst == nullptr) fail("{}: tensor '{}': repack: bytes not owned by the model", file_->path(), v->info->name);
       }
-      ranges.push_back({v->data, dst, bytes});
+      const uint64_t unit = t.how->unit_bytes(*v);
+      ranges.push_back({v->data, dst, bytes / unit, unit, v, t.how});
       it = moved.emplace(v->data, dst).first;
     }
     v->data = it->second;
   }
-  // Each thread repacks a contiguous share of all blocks.
-  uint64_t total = 0;
-  for (const Range& r : ranges) total += r.bytes / sizeof(quant::BlockQ4_K);
+  // Each thread repacks a contiguous share of all units.
+  uint64_t total = 0, total_bytes = 0;
+  for (const Range& r : ranges) {
+    total += r.units;
+    total_bytes += r.units * r.unit;
+  }
   const int nt = std::max(1, n_threads);
   auto work = [&](int ti) {
     const uint64_t b0 = total * static_cast<uint64_t>(ti) / nt, b1 = total * static_cast<uint64_t>(ti + 1) / nt;
     uint64_t base = 0;
     for (const Range& r : ranges) {
-      const uint64_t n = r.bytes / sizeof(quant::BlockQ4_K);
-      const uint64_t lo = std::max(b0, base), hi = std::min(b1, base + n);
+      const uint64_t lo = std::max(b0, base), hi = std::min(b1, base + r.units);
       if (lo < hi) {
-        const size_t off = static_cast<size_t>(lo - base) * sizeof(quant::BlockQ4_K);
-        quant::repack_q4k(r.src + off, r.dst + off, static_cast<int64_t>(hi - lo));
+        const size_t off = static_cast<size_t>((lo - base) * r.unit);
+        r.how->convert(r.src + off, r.dst + off, hi - lo, *r.v);
         // Drop the mapped source pages as we go, so the copy never holds the model twice.
-        if (file_->is_mapped()) file_->release_mapped_bytes(r.src + off, (hi - lo) * sizeof(quant::BlockQ4_K));
+        if (file_->is_mapped()) file_->release_mapped_bytes(r.src + off, (hi - lo) * r.unit);
       }
-      base += n;
+      base += r.units;
     }
   };
   std::vector<std::thread> threads;
@@ -243,7 +287,7 @@ uint64_t Model::repack_q4k(int n_threads) {
   for (LayerWeights& l : layers_)
     for (WeightView& v : l.t)
       if (v.split) v.type = v.split[0].type;
-  return total * sizeof(quant::BlockQ4_K);
+  return total_bytes;
 }
 
 ExpertLayout Model::expert_layout() const {

@@ -80,12 +80,19 @@ class Model {
   // For commands that read or rewrite the stacked expert tensors: throws naming the file and `command`.
   void require_stacked_experts(const std::string& command) const;
 
-  // Rewrites the Q4_K matrices held in memory as Q4_K_R (kernels/q4k_repack.h: same bytes per block,
-  // laid out for the AVX-512 VBMI kernels) with n_threads threads: in place when the model owns the
-  // bytes (pread), else into owned memory, releasing the mapped pages. Deferred experts only change
-  // type: the expert store repacks each one after reading it. Call only when
-  // quant::q4k_repacked_kernels_available(). Returns the bytes repacked.
-  uint64_t repack_q4k(int n_threads);
+  // In-memory layouts for the kernels, each the same bytes per unit as the file's, so sizes and plans
+  // do not change: Q4_K matrices as Q4_K_R (kernels/q4k_repack.h; call only when
+  // quant::q4k_repacked_kernels_available()), Q8_0 matrices with a multiple of 16 rows as Q8_0_P
+  // (kernels/q8_0_panels.h; only when quant::q8_0_panel_kernels_available()), except the token
+  // embedding, which is read by rows, and a tied output head sharing its bytes.
+  struct RepackChoice {
+    bool q4k = false;
+    bool q8_0_panels = false;
+  };
+  // Rewrites the chosen matrices with n_threads threads: in place when the model owns the bytes
+  // (pread), else into owned memory, releasing the mapped pages. Deferred experts only change type:
+  // the expert store repacks each one after reading it. Returns the bytes repacked.
+  uint64_t repack(const RepackChoice& choice, int n_threads);
 
   const ModelSpec& spec() const { return spec_; }
   const ArchDescriptor& arch() const { return *arch_; }

@@ -263,12 +263,14 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
 template <class Activate>
 void ExpertExecutor::compute_decode_dataflow(size_t nb, int64_t n_embd, ThreadPool& pool, Activate& activate) {
   size_t max_row_bytes = 1;
+  int64_t quantum = 4;
   for (size_t j = 0; j < jobs_.size(); ++j)
     kernels::check_operands(jobs_[j].w, *jobs_[j].act);
   for (size_t b = 0; b < nb; ++b) {
     const ExpertWeights& w = weights_[static_cast<size_t>(batch_[b])];
     if (w.down.rows != n_embd) fail("expert down projection has {} rows, the model width is {}", w.down.rows, n_embd);
     max_row_bytes = std::max(max_row_bytes, w.down.row_bytes);
+    quantum = std::max(quantum, kernels::row_quantum(w.down.type));
   }
   if (!pair_state_ || pair_state_capacity_ < nb) {
     pair_state_ = std::make_unique<std::atomic<int>[]>(nb);
@@ -282,7 +284,7 @@ void ExpertExecutor::compute_decode_dataflow(size_t nb, int64_t n_embd, ThreadPo
   struct {
     alignas(64) std::atomic<int64_t> next{0};
   } pair_tasks;
-  ThreadPool::GuidedRange down(down_rows, kernels::decode_min_rows(max_row_bytes), 4, pool.size());
+  ThreadPool::GuidedRange down(down_rows, kernels::decode_min_rows(max_row_bytes, quantum), quantum, pool.size());
   auto claim = [&](int64_t& begin, int64_t& end) {
     if (pair_tasks.next.load(std::memory_order_relaxed) < n_pair_tasks) {
       const int64_t t = pair_tasks.next.fetch_add(1, std::memory_order_relaxed);

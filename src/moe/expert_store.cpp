@@ -5,6 +5,7 @@
 
 #include "base/error.h"
 #include "kernels/q4k_repack.h"
+#include "kernels/q8_0_panels.h"
 #include "kernels/quant_blocks.h"
 
 namespace moe {
@@ -324,10 +325,14 @@ void BudgetedExpertStore::load_into(const Job& job) {
   const auto t0 = Clock::now();
   reader.read(reqs);
   const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
-  // The file holds Q4_K; a model repacked for the kernels expects Q4_K_R (here, off the compute thread).
-  for (int i = 0; i < 3; ++i)
+  // The file holds Q4_K / Q8_0; a model repacked for the kernels expects Q4_K_R / Q8_0_P (here, off the
+  // compute thread).
+  for (int i = 0; i < 3; ++i) {
     if (refs[i].type == DType::Q4_K_R)
       quant::repack_q4k(dst[i], dst[i], refs[i].rows * static_cast<int64_t>(refs[i].row_bytes / sizeof(quant::BlockQ4_K)));
+    if (refs[i].type == DType::Q8_0_P)
+      quant::pack_q8_0_panels(dst[i], dst[i], refs[i].rows / quant::kQ8PanelRows, refs[i].cols);
+  }
   std::lock_guard<std::mutex> lock(mu_);
   slot_data_[job.slot].views = {refs[0], refs[1], refs[2], tier};
   attach_biases(layout, layer, expert, slot_data_[job.slot].views);

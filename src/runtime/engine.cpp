@@ -8,6 +8,7 @@
 #include "base/error.h"
 #include "kernels/matmul.h"
 #include "kernels/q4k_repack.h"
+#include "kernels/q8_0_panels.h"
 #include "model/kv_cache.h"
 #include "model/lowbit_experts.h"
 
@@ -147,8 +148,11 @@ MemoryPlan plan_memory(const std::string& path, const EngineOptions& o) {
 namespace {
 
 void repack_for_kernels(Model& m, const EngineOptions& o) {
-  if (!o.repack || !quant::q4k_repacked_kernels_available()) return;
-  m.repack_q4k(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  if (!o.repack) return;
+  Model::RepackChoice c;
+  c.q4k = quant::q4k_repacked_kernels_available();
+  c.q8_0_panels = quant::q8_0_panel_kernels_available();
+  if (c.q4k || c.q8_0_panels) m.repack(c, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
 }
 
 }  // namespace

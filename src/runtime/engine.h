@@ -35,8 +35,9 @@ struct EngineOptions {
   // nested page tables make dear); mapping starts faster and shares the page cache between processes.
   bool mmap = false;
   bool force_offload = false; // stream experts even if everything would fit (testing, benchmarks)
-  // Repack Q4_K matrices to Q4_K_R at load where the CPU has the kernels for it (AVX-512 VBMI + GFNI):
-  // faster decode, bit-identical results. Off: the file's layout is used as is.
+  // Repack at load where the CPU has the kernels for it, bit-identical results: Q4_K matrices to Q4_K_R
+  // (AVX-512 VBMI + GFNI; faster decode), Q8_0 matrices but the token embedding to Q8_0_P (AVX-512
+  // VNNI; no per-call panel conversion in prefill, faster decode). Off: the file's layout is used as is.
   bool repack = true;
   DirectReader::Mode io_mode = DirectReader::Mode::IoUring;
   // When streaming: fill the expert pool in the background from the start (every layer's experts in

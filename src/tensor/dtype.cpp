@@ -9,6 +9,7 @@
 #include "kernels/cpu_features.h"
 #include "kernels/quant_blocks.h"
 #include "kernels/q4k_repack.h"
+#include "kernels/q8_0_panels.h"
 #include "kernels/quant_dispatch.h"
 #include "kernels/quant_tile.h"
 
@@ -51,6 +52,8 @@ constexpr Row kRows[] = {
      vec_dot_mxfp4_ref},
     {DType::Q4_K_R, "q4_K_r", 256, sizeof(BlockQ4_K), true, DType::Q8_K, dequantize_q4_K_r, quantize_q4_K_r,
      vec_dot_q4_K_r_ref},
+    // Its row functions throw: rows interleave in 16-row panels, multiplied only by kernels::matmul_rows.
+    {DType::Q8_0_P, "q8_0_p", 32, sizeof(BlockQ8_0), true, DType::Q8_0, dequantize_q8_0_p, nullptr, vec_dot_q8_0_p},
 };
 
 // The activation quantizers have bit-exact AVX-512 versions; everything else keeps the scalar one.
@@ -113,7 +116,11 @@ const DTypeTraits* find_dtype(uint32_t raw) {
 
 const DTypeTraits* find_file_dtype(uint32_t raw) { return raw < kMaxFileRaw ? find_dtype(raw) : nullptr; }
 
-DType file_dtype(DType t) { return t == DType::Q4_K_R ? DType::Q4_K : t; }
+DType file_dtype(DType t) {
+  if (t == DType::Q4_K_R) return DType::Q4_K;
+  if (t == DType::Q8_0_P) return DType::Q8_0;
+  return t;
+}
 
 const DTypeTraits& dtype_traits(DType t) {
   const DTypeTraits* tr = find_dtype(static_cast<uint32_t>(t));
@@ -123,6 +130,7 @@ const DTypeTraits& dtype_traits(DType t) {
 
 std::optional<DType> dtype_from_name(std::string_view name) {
   for (const Row& r : kRows) {
+    if (!rows_addressable(r.type)) continue;
     const std::string_view n = r.name;
     if (n.size() != name.size()) continue;
     bool eq = true;

@@ -28,6 +28,7 @@ enum class DType : uint32_t {
   MXFP4 = 39,  // 32 e2m1 codes + one e8m0 exponent (gpt-oss experts)
   // In-memory layouts, never stored in a file (numbers above any GGUF type).
   Q4_K_R = 256 + 12,  // Q4_K repacked for the AVX-512 VBMI kernels (kernels/q4k_repack.h)
+  Q8_0_P = 256 + 8,   // Q8_0 in 16-row panels for the AVX-512 panel GEMM (kernels/q8_0_panels.h); not row-addressable
 };
 
 // Dequantize n elements (n is a multiple of block_elems).
@@ -61,13 +62,16 @@ struct DTypeTraits {
 
 // Returns nullptr for unknown / unsupported type numbers.
 const DTypeTraits* find_dtype(uint32_t raw);
-// The same for a type number read from or written to a file: in-memory layouts (Q4_K_R) are rejected.
+// The same for a type number read from or written to a file: in-memory layouts (Q4_K_R, Q8_0_P) are rejected.
 const DTypeTraits* find_file_dtype(uint32_t raw);
-// The type a file stores for an in-memory layout (Q4_K_R -> Q4_K); other types map to themselves.
+// The type a file stores for an in-memory layout (Q4_K_R -> Q4_K, Q8_0_P -> Q8_0); others map to themselves.
 DType file_dtype(DType t);
 // Throws moe::Error for unsupported types.
 const DTypeTraits& dtype_traits(DType t);
-std::optional<DType> dtype_from_name(std::string_view name);  // case-insensitive "q4_k", "f16", ...
+// Case-insensitive "q4_k", "f16", ...; not Q8_0_P, whose rows no row function can take.
+std::optional<DType> dtype_from_name(std::string_view name);
+// Whether rows of the type are contiguous (false: Q8_0_P, whose 16-row panels interleave them).
+inline bool rows_addressable(DType t) { return t != DType::Q8_0_P; }
 
 // Bytes for a row of n elements; throws if n is not a multiple of the block size.
 size_t row_bytes(DType t, int64_t n);

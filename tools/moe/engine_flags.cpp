@@ -32,8 +32,8 @@ void add_engine_flags(CLI::App* sub, EngineFlags& f) {
                 "Map the model file and compute from its page-cache pages instead of reading the weights into "
                 "memory of our own (--no-mmap, the default): faster start, slower decode");
   sub->add_flag("--no-repack", f.no_repack,
-                "Keep Q4_K weights in the file's layout instead of repacking them for the AVX-512 VBMI kernels "
-                "(same results, slower decode; for comparisons)");
+                "Keep weights in the file's layout instead of repacking them for the AVX-512 kernels (Q4_K "
+                "matrices, Q8_0 matrices but the token embedding): same results, slower; for comparisons");
   sub->add_flag("--offload-all", f.offload_all, "Stream experts from disk even if the model fits in --mem");
   sub->add_flag("--preload", f.preload,
                 "When streaming, fill the expert pool in the background from the start instead of only on demand "
