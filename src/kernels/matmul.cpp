@@ -9,7 +9,7 @@
 
 namespace moe::kernels {
 
-void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n, int64_t x_stride) {
+void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n, int64_t x_stride, const int32_t* rows) {
   const DTypeTraits& tr = dtype_traits(type);
   type_ = type;
   n_tokens_ = n_tokens;
@@ -35,10 +35,11 @@ void ActBuffer::convert(DType type, const float* x, int64_t n_tokens, int64_t n,
   if (data_.size() < need) data_.resize(need);
   for (int64_t t = 0; t < n_tokens; ++t) {
     uint8_t* dst = data_.data() + static_cast<size_t>(t) * row_bytes_;
+    const float* src = x + (rows ? rows[t] : t) * x_stride;
     if (type == DType::F32) {
-      std::memcpy(dst, x + t * x_stride, static_cast<size_t>(n) * sizeof(float));
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
     } else {
-      tr.quantize(x + t * x_stride, dst, n);
+      tr.quantize(src, dst, n);
     }
   }
   block_sums_.resize(n_facts);

@@ -31,8 +31,10 @@ inline constexpr size_t kActSlackBytes = 64u << 10;
 
 class ActBuffer {
  public:
-  // Converts n_tokens rows of n floats (stride x_stride floats) to `type`.
-  void convert(DType type, const float* x, int64_t n_tokens, int64_t n, int64_t x_stride);
+  // Converts n_tokens rows of n floats (stride x_stride floats) to `type`; with rows, row t is
+  // x + rows[t] * x_stride (a gather, e.g. an expert's tokens).
+  void convert(DType type, const float* x, int64_t n_tokens, int64_t n, int64_t x_stride,
+               const int32_t* rows = nullptr);
   DType type() const { return type_; }
   int64_t n_tokens() const { return n_tokens_; }
   int64_t n() const { return n_; }

@@ -36,17 +36,12 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   spec_ = &spec;
   by_expert_.resize(E);
   for (auto& v : by_expert_) v.clear();
-  // Per (token, slot) weighted expert outputs, summed in slot order at the end. Every slot is written
-  // below (no zero fill: at 512 tokens x 8 slots that was 32 MiB of memset per layer).
-  slots_.resize(static_cast<size_t>(n_tokens * k * n_embd));
+  // Which row of down_ holds each (token, slot)'s expert output (-1: an empty slot, no expert).
+  slot_row_.assign(static_cast<size_t>(n_tokens * k), -1);
   for (int64_t t = 0; t < n_tokens; ++t)
     for (int j = 0; j < k; ++j) {
-      // An empty slot (no expert) gets a zero slot, so the sum over slots is unchanged by it.
       const int32_t id = routing.id(t, j);
-      if (id < 0) {
-        std::fill_n(slots_.data() + (t * k + j) * n_embd, n_embd, 0.0f);
-        continue;
-      }
+      if (id < 0) continue;
       if (id >= E) fail("layer {}: token {} was routed to expert {}, but the layer has {}", layer, t, id, E);
       by_expert_[id].push_back({static_cast<int32_t>(t), j});
     }
@@ -69,25 +64,21 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
   store.prefetch(layer, needed_.data(), static_cast<int>(needed_.size()), /*speculative=*/false,
                  low_bit_ok_.data());
 
-  // Each needed expert's tokens, gathered into consecutive rows of xg_ (outputs: the same rows of down_).
+  // Each needed expert's tokens as consecutive rows (outputs: the same rows of down_); its activations
+  // are quantized straight from x's rows (no gathered float copy: 32 MB a layer at 512 tokens).
   row0_.resize(needed_.size() + 1);
   row0_[0] = 0;
   for (size_t i = 0; i < needed_.size(); ++i)
     row0_[i + 1] = row0_[i] + static_cast<int64_t>(by_expert_[needed_[i]].size());
   const int64_t rows = row0_[needed_.size()];
-  xg_.resize(static_cast<size_t>(rows * n_embd));
   down_.resize(static_cast<size_t>(rows * n_embd));
-  row_member_.clear();
-  for (const int32_t e : needed_) row_member_.insert(row_member_.end(), by_expert_[e].begin(), by_expert_[e].end());
-  // The copies in and out and the sum over slots run on every thread: on one they were 7% of a
-  // 512-token prefill's wall time (Qwen3-30B-A3B shape, 2 threads), the other thread idle meanwhile.
-  // Below 64 rows (decoding) they stay on the calling thread. Each element is computed as before.
-  constexpr int64_t kCopyGrain = 64;
-  pool.parallel_for(rows, kCopyGrain, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r)
-      std::memcpy(xg_.data() + r * n_embd, x + row_member_[static_cast<size_t>(r)].first * n_embd,
-                  static_cast<size_t>(n_embd) * sizeof(float));
-  });
+  row_token_.clear();
+  for (const int32_t e : needed_)
+    for (const auto& [t, j] : by_expert_[e]) {
+      slot_row_[static_cast<size_t>(t) * k + j] = static_cast<int64_t>(row_token_.size());
+      row_token_.push_back(t);
+    }
+  x_ = x;
   evals_[0] = evals_[1] = acquires_[0] = acquires_[1] = 0;
   compute_ready_first(layer, n_embd, store, pool);
   if (sink)
@@ -95,25 +86,32 @@ void ExpertExecutor::run(int layer, const MoeSpec& spec, const float* x, int64_t
       sink->on_expert_output(layer, needed_[i], by_expert_[needed_[i]].data(),
                              static_cast<int64_t>(by_expert_[needed_[i]].size()),
                              down_.data() + row0_[i] * n_embd, n_embd);
-  pool.parallel_for(rows, kCopyGrain, [&](int64_t r0, int64_t r1, int) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const auto [t, j] = row_member_[static_cast<size_t>(r)];
-      float* dst = slots_.data() + (static_cast<int64_t>(t) * k + j) * n_embd;
-      std::memcpy(dst, down_.data() + r * n_embd, static_cast<size_t>(n_embd) * sizeof(float));
-      kernels::scale(dst, routing.weight(t, j), n_embd);
-    }
-  });
   if (counters_) {
     counters_->full_evals += evals_[0];
     counters_->low_bit_evals += evals_[1];
     counters_->full_acquires += acquires_[0];
     counters_->low_bit_acquires += acquires_[1];
   }
+  // Per token, each slot's output row weighted in place (observers have seen it) and summed in slot
+  // order: the same operations in the same order as copying weighted rows into per-slot buffers and
+  // summing those, without the buffers (32 MB a layer written and read again at 512 tokens). An empty
+  // slot adds zeros, as its zero-filled buffer did (-0 + 0 is +0). On every thread; below 64 rows
+  // (decoding) on the calling one.
+  constexpr int64_t kCopyGrain = 64;
+  if (zeros_.size() < static_cast<size_t>(n_embd)) zeros_.assign(static_cast<size_t>(n_embd), 0.0f);
   pool.parallel_for(n_tokens, kCopyGrain / k + 1, [&](int64_t t0, int64_t t1, int) {
     for (int64_t t = t0; t < t1; ++t) {
       float* o = out + t * n_embd;
-      std::memcpy(o, slots_.data() + t * k * n_embd, static_cast<size_t>(n_embd) * sizeof(float));
-      for (int j = 1; j < k; ++j) kernels::add(o, slots_.data() + (t * k + j) * n_embd, n_embd);
+      for (int j = 0; j < k; ++j) {
+        const int64_t r = slot_row_[static_cast<size_t>(t * k + j)];
+        float* row = r >= 0 ? down_.data() + r * n_embd : nullptr;
+        if (row) kernels::scale(row, routing.weight(t, j), n_embd);
+        const float* src = row ? row : zeros_.data();
+        if (j == 0)
+          std::memcpy(o, src, static_cast<size_t>(n_embd) * sizeof(float));
+        else
+          kernels::add(o, src, n_embd);
+      }
     }
   });
 }
@@ -177,9 +175,9 @@ void ExpertExecutor::compute_fused(int layer, int64_t n_embd, ExpertStore& store
     const ExpertWeights& w = weights_[i];
     const int64_t m = row0_[i + 1] - row0_[i];
     const DType gate_act = dtype_traits(w.gate.type).vec_dot_type, up_act = dtype_traits(w.up.type).vec_dot_type;
-    const float* xi = xg_.data() + row0_[i] * n_embd;
-    if (gate) act_in_[i].convert(gate_act, xi, m, n_embd, n_embd);
-    if (up && up_act != gate_act) act_up_[i].convert(up_act, xi, m, n_embd, n_embd);
+    const int32_t* tokens = row_token_.data() + row0_[i];
+    if (gate) act_in_[i].convert(gate_act, x_, m, n_embd, n_embd, tokens);
+    if (up && up_act != gate_act) act_up_[i].convert(up_act, x_, m, n_embd, n_embd, tokens);
   };
   if (!one_token)
     pool.parallel_for(static_cast<int64_t>(batch_.size()), 1, [&](int64_t b0, int64_t b1, int) {

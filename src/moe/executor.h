@@ -83,9 +83,10 @@ class ExpertExecutor {
   void compute_decode_dataflow(size_t nb, int64_t n_embd, ThreadPool& pool, Activate& activate);
 
   std::vector<std::vector<std::pair<int32_t, int32_t>>> by_expert_;  // expert -> (token, slot)
-  std::vector<float> xg_, down_, slots_;
-  // Per gathered row (xg_ / down_ order): its token and slot, for the parallel gather and scatter.
-  std::vector<std::pair<int32_t, int32_t>> row_member_;
+  std::vector<float> down_, zeros_;
+  const float* x_ = nullptr;         // run()'s input rows
+  std::vector<int32_t> row_token_;   // per row of down_: its token (the row of x it multiplies)
+  std::vector<int64_t> slot_row_;    // per (token, slot): its row of down_, -1 for an empty slot
   std::vector<int32_t> needed_;
   std::vector<int32_t> pending_, batch_;  // compute_ready_first: positions in needed_
   std::vector<uint8_t> low_bit_ok_;  // per needed_ entry

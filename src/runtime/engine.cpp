@@ -37,8 +37,9 @@ uint64_t buffer_bytes_for(const Model& m, int64_t n_batch, int64_t n_ctx, int ex
   // Per token of a batch, in floats: hidden state, normed copy and FFN output; the router's fp32 input
   // copies and the 8-bit activations of the dense projections; q, k, v and attention output (MLA: each
   // head's full query and its output after attn_v_b); the FFN; the logits. The FFN: a MoE layer's
-  // gathered inputs, per-slot outputs and expert outputs, gate and up, and 8-bit activations of its
-  // experts (gate/up input, up input when its type differs, down input: at most 1.31 bytes per element,
+  // expert outputs (weighted in place and summed straight into the layer output; the experts' inputs
+  // are quantized from the layer input's rows), gate and up, and 8-bit activations of its experts
+  // (gate/up input, up input when its type differs, down input: at most 1.31 bytes per element,
   // a Q8_0 batch's quants and its blocks' sums and scales, and a kernels::ActBuffer keeps up to twice
   // what it last needed: 2/3 of a float per element), for as many experts per token as
   // the routing policy allows; plus any dense or shared-expert FFN in the same layer (gate, up, its
@@ -50,7 +51,7 @@ uint64_t buffer_bytes_for(const Model& m, int64_t n_batch, int64_t n_ctx, int ex
     int64_t layer = dense_ff > 0 ? 3 * dense_ff + s.n_embd : 0;
     if (L.is_moe) {
       const int64_t k = std::max<int64_t>(1, planned_k(L.moe, experts_per_token));
-      layer += 3 * k * s.n_embd + 2 * k * L.moe.n_ff_exp + (2 * k * (2 * s.n_embd + L.moe.n_ff_exp)) / 3;
+      layer += k * s.n_embd + 2 * k * L.moe.n_ff_exp + (2 * k * (2 * s.n_embd + L.moe.n_ff_exp)) / 3;
       max_experts = std::max(max_experts, L.moe.n_expert);
     }
     ffn = std::max(ffn, layer);
