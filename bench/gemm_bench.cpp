@@ -223,7 +223,9 @@ BENCHMARK(BM_PanelGemm)->Apply(PanelArgs)->Unit(benchmark::kMillisecond);
 // gate/up (768 x 2048), 1 = down (2048 x 768), 32 tokens (a 512-token prompt gives each of 128 experts
 // 32 on average) or more. The matrices cycle through 64 experts' copies (more than the L3), so every
 // call reads its weights from DRAM, as a prefill does: this is what the panel conversion's prefetching
-// is for, which BM_PanelGemm (one matrix, from cache) cannot show. Counter GFLOP/s: thread CPU time.
+// is for, which BM_PanelGemm (one matrix, from cache) cannot show. q8_0 against q8_0_p (the same
+// matrices packed at load, kernels/q8_0_panels.h) also at 1, 2, 4 and 8 tokens: a decoded token and a
+// batched decode step, where q8_0 takes its row kernels. Counter GFLOP/s: thread CPU time.
 void BM_PrefillExpert(benchmark::State& state) {
   const auto type = static_cast<moe::DType>(state.range(0));
   const int shape = static_cast<int>(state.range(1));

@@ -139,6 +139,8 @@ void matmul_rows(const MatrixRef& w, const ActBuffer& act, float* y, int64_t y_s
 
 void check_operands(const MatrixRef& w, const ActBuffer& act) {
   if (act.n() != w.cols) fail("matmul: activation length {} != weight columns {}", act.n(), w.cols);
+  if (w.type == DType::Q8_0_P && !quant::q8_0_panels_fit(w.rows, w.cols))
+    fail("matmul: a q8_0_p matrix of {} x {} is not whole 16-row panels", w.rows, w.cols);
   if (act.type() != dtype_traits(w.type).vec_dot_type)
     fail("matmul: activations are {} but {} weights need {}", dtype_traits(act.type()).name,
          dtype_traits(w.type).name, dtype_traits(dtype_traits(w.type).vec_dot_type).name);

@@ -3,7 +3,8 @@
 // Q8_K for quantized ones). Where the type has a tile kernel (DTypeTraits::vec_dot_tile), a decoded token
 // takes rows four at a time (the activation block is shared by four rows), and a batch goes to the panel
 // GEMM where the type has one (Q4_0, Q8_0, Q4_K(_R), Q5_K, Q6_K on AVX-512: 16 rows converted once per
-// chunk and token block) or to the tile kernel; otherwise each output is one vec_dot. Either way every
+// chunk and token block; Q8_0_P, packed at load, for every token count, nothing converted) or to the
+// tile kernel; otherwise each output is one vec_dot. Either way every
 // output equals vec_dot(row, token) bit for bit, whatever the thread count or chunking. Rows are split
 // across the pool in dynamic chunks.
 #pragma once
@@ -40,8 +41,8 @@ class ActBuffer {
   int64_t n() const { return n_; }
   const uint8_t* row(int64_t t) const { return data_.data() + static_cast<size_t>(t) * row_bytes_; }
   size_t row_bytes() const { return row_bytes_; }
-  // Q8_0 batches (more than one token): each block's quant sum and float scale, [n_tokens][n / 32], from
-  // token t on; nulls otherwise. The panel GEMM of Q8_0 / Q4_0 weights uses them.
+  // Q8_0 activations (any number of tokens): each block's quant sum and float scale, [n_tokens][n / 32],
+  // from token t on; nulls otherwise. The panel GEMM of Q8_0 / Q8_0_P / Q4_0 weights uses them.
   quant::Q8_0BlockFacts block_facts(int64_t t) const {
     if (block_sums_.empty()) return {};
     const size_t at = static_cast<size_t>(t * (n_ / 32));
