@@ -405,6 +405,23 @@ struct alignas(64) LegacyPanel {
   __m512 d;
 };
 
+// The quants of Q8_0 blocks b and b + 1 (only b unless two) of each row p[r] (rows >= nr: zeros) in
+// register order: t[k] lane r = quants 4k .. 4k+3 of row r, block b; t[8 + k] the same of block b + 1.
+inline void q8_0_pair_lanes(const uint8_t* const* p, int nr, int64_t b, bool two, __m512i t[16]) {
+  for (int r = 0; r < kPanel; ++r) {
+    if (r >= nr) {
+      t[r] = _mm512_setzero_si512();
+      continue;
+    }
+    const uint8_t* x = p[r] + b * sizeof(BlockQ8_0) + offsetof(BlockQ8_0, qs);
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    t[r] = two ? _mm512_inserti64x4(_mm512_castsi256_si512(lo),
+                                    _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + sizeof(BlockQ8_0))), 1)
+               : _mm512_zextsi256_si512(lo);
+  }
+  transpose16(t);
+}
+
 void convert_q8_0(const uint8_t* w, size_t ws, int nr, int64_t nb, LegacyPanel* out) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80)), rows = row_offsets(ws, nr);
   const uint8_t* p[kPanel];
@@ -414,18 +431,7 @@ void convert_q8_0(const uint8_t* w, size_t ws, int nr, int64_t nb, LegacyPanel* 
     __m512i t[16];
     constexpr int64_t ahead = kAheadBytes / sizeof(BlockQ8_0);
     if (b + ahead < nb) prefetch_rows(p, nr, (b + ahead) * sizeof(BlockQ8_0), (b + ahead + 1 < nb ? 2 : 1) * sizeof(BlockQ8_0));
-    for (int r = 0; r < kPanel; ++r) {
-      if (r >= nr) {
-        t[r] = _mm512_setzero_si512();
-        continue;
-      }
-      const uint8_t* x = p[r] + b * sizeof(BlockQ8_0) + offsetof(BlockQ8_0, qs);
-      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
-      t[r] = two ? _mm512_inserti64x4(_mm512_castsi256_si512(lo),
-                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + sizeof(BlockQ8_0))), 1)
-                 : _mm512_zextsi256_si512(lo);
-    }
-    transpose16(t);
+    q8_0_pair_lanes(p, nr, b, two, t);
     for (int k = 0; k < 8; ++k) {
       out[b].q[k] = _mm512_xor_si512(t[k], flip);
       if (two) out[b + 1].q[k] = _mm512_xor_si512(t[8 + k], flip);
@@ -481,7 +487,7 @@ struct PackedBlocks {
   __m512 d(int64_t b) const { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at(b) + 512))); }
   // Block b + kPackedAhead (reading past the panel's end only prefetches: never faults).
   void prefetch(int64_t b) const {
-    if (!fetch || kPackedAhead == 0) return;
+    if (!fetch) return;
     const uint8_t* a = at(b + kPackedAhead);
     for (size_t o = 0; o < kQ8PanelBlockBytes; o += 64) prefetch_line(a + o);
     prefetch_line(a + kQ8PanelBlockBytes - 1);
@@ -683,17 +689,12 @@ void pack_q8_0_panel_avx512(const void* rows, void* out, int64_t nb) {
   auto* o = static_cast<uint8_t*>(out);
   const size_t ws = static_cast<size_t>(nb) * sizeof(BlockQ8_0);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const uint8_t* p[kPanel];
+  for (int r = 0; r < kPanel; ++r) p[r] = w + r * ws;
   for (int64_t b = 0; b < nb; b += 2) {
     const bool two = b + 1 < nb;
     __m512i t[16];
-    for (int r = 0; r < kPanel; ++r) {
-      const uint8_t* x = w + r * ws + b * sizeof(BlockQ8_0) + offsetof(BlockQ8_0, qs);
-      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
-      t[r] = two ? _mm512_inserti64x4(_mm512_castsi256_si512(lo),
-                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + sizeof(BlockQ8_0))), 1)
-                 : _mm512_zextsi256_si512(lo);
-    }
-    transpose16(t);
+    q8_0_pair_lanes(p, kPanel, b, two, t);
     for (int q = 0; q < (two ? 2 : 1); ++q) {
       uint8_t* blk = o + static_cast<size_t>(b + q) * kQ8PanelBlockBytes;
       for (int k = 0; k < 8; ++k) _mm512_storeu_si512(blk + 64 * k, _mm512_xor_si512(t[8 * q + k], flip));
