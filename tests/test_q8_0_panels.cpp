@@ -103,9 +103,11 @@ TEST(Q8_0Panels, MatmulRowsMatchesScalarReferenceBitwise) {
   const size_t rb = row_bytes(DType::Q8_0, cols);
   const std::vector<uint8_t> w = random_q8_0(rows, cols, 7), p = packed(w, rows, cols);
   const kernels::MatrixRef m{p.data(), DType::Q8_0_P, rows, cols, rb};
-  const std::pair<int64_t, int64_t> ranges[] = {{0, 64}, {5, 37}, {16, 32}, {47, 48}, {0, 1}, {63, 64}};
+  // Whole and cut panels, alone, in pairs (the kernel's tile) and with an odd panel after pairs.
+  const std::pair<int64_t, int64_t> ranges[] = {{0, 64}, {5, 37}, {16, 32}, {47, 48}, {0, 1},  {63, 64},
+                                                {0, 48}, {5, 60}, {16, 64}, {1, 33}, {17, 31}, {0, 32}};
   for (bool heavy : {false, true})
-    for (int64_t nt : {1, 2, 3, 5, 8, 9, 17, 33, 130}) {
+    for (int64_t nt : {1, 2, 3, 4, 5, 6, 8, 9, 17, 33, 130}) {
       kernels::ActBuffer act;
       activations(act, cols, nt, static_cast<uint32_t>(nt), heavy);
       for (auto [r0, r1] : ranges) {

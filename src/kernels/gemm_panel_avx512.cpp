@@ -80,6 +80,7 @@ constexpr size_t kAheadBytes = 544;
 // GCC 12 at -O2 deletes a loop nest whose only statements are _mm_prefetch (it counts them as free
 // of side effects), hence the volatile asm.
 inline void prefetch_line(const uint8_t* a) { asm volatile("prefetcht0 %0" : : "m"(*a)); }
+inline void prefetch_line_l2(const uint8_t* a) { asm volatile("prefetcht1 %0" : : "m"(*a)); }
 inline void prefetch_rows(const uint8_t* const* p, int nr, size_t off, size_t bytes) {
   for (int r = 0; r < nr; ++r) {
     const uint8_t* a = p[r] + off;
@@ -532,11 +533,67 @@ void gemm_legacy(const Blocks& W, int64_t nb, const uint8_t* act, size_t as, con
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(out + t * os, keep, acc[t]);
 }
 
+// Two Q8_0_P panels (32 rows) against NT tokens: each token's broadcast activation word feeds both
+// panels, halving the broadcasts per vpdpbusd, which with one panel bounded the kernel before the
+// multiply-adds did (bench/gemm_bench.cpp BM_PrefillExpert q8_0_p, 128 tokens, alternating: 457-498
+// GFLOP/s with one panel of 8 tokens, 534-581 with pairs of 5; from cache, 510-560 against 660-700).
+// One chain per (panel, token): at 5 tokens ten chains, enough to cover vpdpbusd's latency. The same
+// integer sums and the same float epilogue as gemm_legacy, so the same bits.
+// Also fetches `ahead` (a slice of the next pair, into L2), a few lines per block.
+struct AheadSlice {
+  const uint8_t* from = nullptr;
+  int64_t lines = 0;
+};
+template <int NT, int32_t kOffset>
+void gemm_legacy_pair(const PackedBlocks& W0, const PackedBlocks& W1, int64_t nb, const uint8_t* act, size_t as,
+                      const int32_t* sums, const float* dy, int64_t nbx, float* out, int64_t os, __mmask16 keep0,
+                      __mmask16 keep1, AheadSlice ahead) {
+  __m512 acc0[NT], acc1[NT];
+  #pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = _mm512_setzero_ps();
+  const int64_t ahead_per_block = (ahead.lines + nb - 1) / nb;
+  for (int64_t b = 0; b < nb; ++b) {
+    W0.prefetch(b);
+    W1.prefetch(b);
+    for (int64_t l = b * ahead_per_block, e = std::min(ahead.lines, l + ahead_per_block); l < e; ++l)
+      prefetch_line_l2(ahead.from + 64 * l);
+    const uint8_t* y = act + b * sizeof(BlockQ8_0) + offsetof(BlockQ8_0, qs);
+    __m512i I[NT], J[NT];  // panel 0's and panel 1's sums
+    #pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) I[t] = J[t] = _mm512_set1_epi32(-kOffset * sums[t * nbx + b]);
+    #pragma GCC unroll 16
+    for (int k = 0; k < 8; ++k) {
+      const __m512i w0 = W0.q(b, k), w1 = W1.q(b, k);
+      #pragma GCC unroll 16
+      for (int t = 0; t < NT; ++t) {
+        const __m512i yk = _mm512_set1_epi32(ld32(y + t * as + 4 * k));
+        I[t] = _mm512_dpbusd_epi32(I[t], w0, yk);
+        J[t] = _mm512_dpbusd_epi32(J[t], w1, yk);
+      }
+    }
+    const __m512 d0 = W0.d(b), d1 = W1.d(b);
+    #pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) {
+      const __m512 s = _mm512_set1_ps(dy[t * nbx + b]);
+      acc0[t] = _mm512_add_ps(acc0[t], _mm512_mul_ps(_mm512_cvtepi32_ps(I[t]), _mm512_mul_ps(d0, s)));
+      acc1[t] = _mm512_add_ps(acc1[t], _mm512_mul_ps(_mm512_cvtepi32_ps(J[t]), _mm512_mul_ps(d1, s)));
+    }
+  }
+  #pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t) {
+    _mm512_mask_storeu_ps(out + t * os, keep0, acc0[t]);
+    _mm512_mask_storeu_ps(out + t * os + kPanel, keep1, acc1[t]);
+  }
+}
+
 // ---- drivers ------------------------------------------------------------------------------------
 
 // Tokens per register tile: 8 keeps each token's block sum, its sub-block sum and its float accumulator
 // in registers next to the weights (26 of 32); measured within a few percent of 10 and 12.
 constexpr int kTileTokens8 = 8;
+// Tokens per tile of a panel pair: two float and two integer accumulators per token; 5 measured a few
+// percent ahead of 4 and 6.
+constexpr int kPairTileTokens = 5;
 
 // Per-thread scratch: the converted panel and, for Q8_0 activations, per (token, block) values.
 struct alignas(64) CacheLine {
@@ -670,15 +727,47 @@ void q8_0_panels_drive(int64_t n, const uint8_t* m, int64_t r0, int64_t r1, cons
   const int64_t nb = n / kQK;
   facts = with_block_facts(facts, act, as, nt, nb);
   const size_t panel_bytes = static_cast<size_t>(nb) * kQ8PanelBlockBytes;
-  for (int64_t p = r0 / kPanel; p * kPanel < r1; ++p) {
+  // The rows of panel p within [r0, r1), as a lane mask.
+  const auto keep = [&](int64_t p) {
     const int64_t first = p * kPanel;
     const int lo = static_cast<int>(std::max(r0, first) - first), hi = static_cast<int>(std::min(r1, first + kPanel) - first);
-    const auto keep = static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+    return static_cast<__mmask16>(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+  };
+  const int64_t p_end = (r1 + kPanel - 1) / kPanel;
+  int64_t p = r0 / kPanel;
+  // Up to kTileTokens8 tokens, one pass of one-panel tiles over the weights: such calls stream their
+  // weights from DRAM at about the rate the tile computes, and a pair's second pass would read them again.
+  for (; nt > kTileTokens8 && p + 1 < p_end; p += 2) {  // pairs of panels
+    const uint8_t* base = m + static_cast<size_t>(p) * panel_bytes;
+    // The next pair (or odd panel) comes into L2 while this pair computes, each token tile fetching its
+    // share: with few tokens the first tile over a pair, which streams it from DRAM, was most of its time.
+    const int64_t next_lines = static_cast<int64_t>(std::min<int64_t>(2, p_end - p - 2) * panel_bytes / 64);
+    const int n_tiles = (nt + kPairTileTokens - 1) / kPairTileTokens;
+    for (int t0 = 0; t0 < nt; t0 += kPairTileTokens) {
+      const int tile = t0 / kPairTileTokens;
+      const int64_t l0 = next_lines * tile / n_tiles, l1 = next_lines * (tile + 1) / n_tiles;
+      const AheadSlice ahead{base + 2 * panel_bytes + 64 * l0, l1 - l0};
+      const PackedBlocks w0{base, t0 == 0}, w1{base + panel_bytes, t0 == 0};
+      const auto* a = act + t0 * as;
+      float* o = out + t0 * os + p * kPanel;
+      const int32_t* sm = facts.sums + t0 * nb;
+      const float* dy = facts.scales + t0 * nb;
+      const __mmask16 k0 = keep(p), k1 = keep(p + 1);
+      switch (std::min(kPairTileTokens, nt - t0)) {
+        case 1: gemm_legacy_pair<1, 128>(w0, w1, nb, a, as, sm, dy, nb, o, os, k0, k1, ahead); break;
+        case 2: gemm_legacy_pair<2, 128>(w0, w1, nb, a, as, sm, dy, nb, o, os, k0, k1, ahead); break;
+        case 3: gemm_legacy_pair<3, 128>(w0, w1, nb, a, as, sm, dy, nb, o, os, k0, k1, ahead); break;
+        case 4: gemm_legacy_pair<4, 128>(w0, w1, nb, a, as, sm, dy, nb, o, os, k0, k1, ahead); break;
+        default: gemm_legacy_pair<5, 128>(w0, w1, nb, a, as, sm, dy, nb, o, os, k0, k1, ahead); break;
+      }
+    }
+  }
+  for (; p < p_end; ++p) {  // an odd panel left, or every panel of a few tokens
     const uint8_t* base = m + static_cast<size_t>(p) * panel_bytes;
     for (int t0 = 0; t0 < nt; t0 += kTileTokens8)
       tile_dispatch<LegacyTile<128>::template Of>(std::min(kTileTokens8, nt - t0), PackedBlocks{base, t0 == 0}, nb,
                                                    act + t0 * as, as, facts.sums + t0 * nb, facts.scales + t0 * nb, nb,
-                                                   out + t0 * os + first, os, keep);
+                                                   out + t0 * os + p * kPanel, os, keep(p));
   }
 }
 

@@ -151,6 +151,11 @@ void check_operands(const MatrixRef& w, const ActBuffer& act) {
 // its token block once per panel: chunks of about 128 KB of weights, whole panels.
 int64_t matmul_row_grain(const MatrixRef& w) {
   const size_t rb = std::max<size_t>(1, w.row_bytes);
+  // Q8_0_P batches run on pairs of panels (gemm_panel_avx512.cpp): whole pairs, rounded up.
+  if (w.type == DType::Q8_0_P) {
+    constexpr int64_t kPair = 2 * quant::kQ8PanelRows;
+    return (static_cast<int64_t>((128 << 10) / rb) + kPair - 1) & ~(kPair - 1);
+  }
   if (uses_panel_gemm(dtype_traits(w.type))) return std::max<int64_t>(16, static_cast<int64_t>((128 << 10) / rb)) & ~int64_t{15};
   // F32 (routers): every chunk streams all the batch's fp32 activations (8 KB a token at 2048 wide)
   // from L3, so chunks of 128 KB of rows rather than 32.
