@@ -6,14 +6,22 @@
 //    rows of 32 query heads and 4 kv heads interleaved as in the forward pass). Counter GFLOP (per
 //    second): 2 * heads * m * keys * (128 + 128) over CPU time, counting the masked part of the diagonal
 //    chunk as the kernel computes it.
+//  BM_AttnGemmF32/{product}/{impl}: one chunk's product of a stacked block (256 rows: 64 queries of 4
+//    heads; 256 keys; head_dim 128): product 0 the scores (256 x 256, k 128, the keys transposed
+//    first, as the kernel does), 1 the values (256 x 128, k 256, accumulating); impl 0 our
+//    kernels/gemm_f32.h, 1 OpenBLAS's cblas_sgemm on the untransposed keys. Counter GFLOP (per second).
 //  BM_ExpShiftedSum/{isa}: the softmax exponential over a 256-key chunk row, isa 0 the scalar reference,
 //    1 the AVX2 body, 2 the AVX-512 body (the same bits). Counter ns_per_exp.
 #include <benchmark/benchmark.h>
 
 #include <vector>
 
+#include <cblas.h>
+
 #include "kernels/attention.h"
+#include "kernels/blas.h"
 #include "kernels/cpu_features.h"
+#include "kernels/gemm_f32.h"
 #include "test_data.h"
 
 namespace {
@@ -50,6 +58,38 @@ void BM_CausalBlock(benchmark::State& state) {
                                                  benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_CausalBlock)->ArgsProduct({{512, 2048, 4096}, {64, 128}, {1, 4}})->Unit(benchmark::kMicrosecond);
+
+void BM_AttnGemmF32(benchmark::State& state) {
+  const bool scores = state.range(0) == 0, ours = state.range(1) == 0;
+  if (ours && !moe::kernels::gemm_f32_fast_here()) {
+    state.SkipWithError("no AVX-512 here: gemm_f32 is the scalar reference");
+    return;
+  }
+  moe::kernels::use_single_threaded_blas();
+  const int64_t rows = 256, keys = 256, hd = 128;
+  const auto q = gaussian(rows * hd, 1), k = gaussian(keys * hd, 2), p = gaussian(rows * keys, 3);
+  std::vector<float> kt(static_cast<size_t>(hd * keys)), out(static_cast<size_t>(rows * keys));
+  for (auto _ : state) {
+    if (scores && ours) {
+      moe::kernels::transpose_f32(keys, hd, k.data(), hd, kt.data(), keys);
+      moe::kernels::gemm_f32({.m = rows, .n = keys, .k = hd, .a = q.data(), .lda = hd, .b = kt.data(), .ldb = keys,
+                              .c = out.data(), .ldc = keys, .accumulate = false, .scale = 0.088f});
+    } else if (scores) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, 0.088f, q.data(), hd, k.data(), hd, 0.0f,
+                  out.data(), keys);
+    } else if (ours) {
+      moe::kernels::gemm_f32({.m = rows, .n = hd, .k = keys, .a = p.data(), .lda = keys, .b = k.data(), .ldb = hd,
+                              .c = out.data(), .ldc = hd, .accumulate = true});
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, p.data(), keys, k.data(), hd, 1.0f,
+                  out.data(), hd);
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["GFLOP"] = benchmark::Counter(2.0 * static_cast<double>(rows * keys * hd) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+BENCHMARK(BM_AttnGemmF32)->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMicrosecond);
 
 void BM_ExpShiftedSum(benchmark::State& state) {
   const int64_t isa = state.range(0);

@@ -241,7 +241,11 @@ TEST(Remix, ReplacesTheRoutingOfTheLastNMoeLayersOnly) {
   ResidentExpertStore store(*model);
   ThreadPool pool(2);
   const auto prompt = read_ids(ref_path("tiny-deepseekmoe", "t2.tok"));
-  Session plain(*model, store, 128), mixed(*model, store, 128);
+  // Batch-invariant: eval_with_remix evaluates the last token again on its own, and only then does a
+  // single token attend with the prompt batch's exact arithmetic.
+  ForwardOptions invariant;
+  invariant.batch_invariant = true;
+  Session plain(*model, store, 128, invariant), mixed(*model, store, 128, invariant);
   LastRouting a, b;
   plain.forward().add_observer(&a);
   plain.eval(prompt, pool);

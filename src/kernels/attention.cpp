@@ -8,6 +8,7 @@
 #include "kernels/blas.h"
 #include "kernels/cpu_features.h"
 #include "kernels/exp_poly.h"
+#include "kernels/gemm_f32.h"
 #include "tensor/fp16.h"
 
 namespace moe::kernels {
@@ -37,7 +38,12 @@ void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
   const int64_t chunk = std::max<int64_t>(64, std::min<int64_t>(kAttnKeyChunk, (65536 / rows) & ~int64_t{15}));
   const int64_t kc_max = std::min(nk, chunk);
   const bool stacked = g > 1;
-  const size_t need = static_cast<size_t>(rows * kc_max + 2 * rows + (stacked ? rows * (b.head_dim + vd) : 0));
+  // Our fp32 GEMM (gemm_f32.h) where it runs AVX-512, on the chunk's keys transposed into scratch (the
+  // products need a row of k^T per step); OpenBLAS's sgemm elsewhere.
+  const bool own_gemm = gemm_f32_fast_here();
+  const int64_t ldkt = (kc_max + 15) & ~int64_t{15};
+  const size_t need = static_cast<size_t>(rows * kc_max + 2 * rows + (stacked ? rows * (b.head_dim + vd) : 0) +
+                                          (own_gemm ? b.head_dim * ldkt : 0));
   if (scratch.size() < need) scratch.resize(need);
   float* s = scratch.data();
   float* row_max = s + rows * kc_max;
@@ -47,6 +53,7 @@ void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
   int64_t lda = b.q_stride;
   float* oa = b.out;
   int64_t ldo = b.out_stride;
+  float* kt = row_sum + rows + (stacked ? rows * (b.head_dim + vd) : 0);  // head_dim x kc, ldkt apart
   if (stacked) {
     float* qp = row_sum + rows;
     oa = qp + rows * b.head_dim;
@@ -76,8 +83,14 @@ void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
     while (ib > ia && lo(ib - 1) >= c0 + kc) --ib;
     if (ia >= ib) continue;
     const int64_t ra = ia * g, rb = ib * g;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i32(rb - ra), i32(kc), i32(b.head_dim), b.scale,
-                qa + ra * lda, i32(lda), b.k + c0 * b.kv_stride, i32(b.kv_stride), 0.0f, s, i32(kc));
+    if (own_gemm) {
+      transpose_f32(kc, b.head_dim, b.k + c0 * b.kv_stride, b.kv_stride, kt, ldkt);
+      gemm_f32({.m = rb - ra, .n = kc, .k = b.head_dim, .a = qa + ra * lda, .lda = lda, .b = kt, .ldb = ldkt, .c = s,
+                .ldc = kc, .accumulate = false, .scale = b.scale});
+    } else {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i32(rb - ra), i32(kc), i32(b.head_dim), b.scale,
+                  qa + ra * lda, i32(lda), b.k + c0 * b.kv_stride, i32(b.kv_stride), 0.0f, s, i32(kc));
+    }
     for (int64_t r = ra; r < rb; ++r) {
       const int64_t i = r / g;
       float* row = s + (r - ra) * kc;
@@ -97,8 +110,12 @@ void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch) {
       std::fill(row, row + a, 0.0f);  // masked keys weigh nothing in the product below
       std::fill(row + e, row + kc, 0.0f);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(rb - ra), i32(vd), i32(kc), 1.0f, s, i32(kc),
-                b.v + c0 * vs, i32(vs), 1.0f, oa + ra * ldo, i32(ldo));
+    if (own_gemm)
+      gemm_f32({.m = rb - ra, .n = vd, .k = kc, .a = s, .lda = kc, .b = b.v + c0 * vs, .ldb = vs, .c = oa + ra * ldo,
+                .ldc = ldo, .accumulate = true});
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i32(rb - ra), i32(vd), i32(kc), 1.0f, s, i32(kc),
+                  b.v + c0 * vs, i32(vs), 1.0f, oa + ra * ldo, i32(ldo));
   }
   for (int64_t r = 0; r < rows; ++r) {
     const float* o = oa + r * ldo;

@@ -3,9 +3,11 @@
 // (head, query block) items over its pool, so the blocking, and hence the result, is independent of the
 // thread count. Keys are taken in chunks of kAttnKeyChunk with an online softmax (flash attention's
 // recurrence: a running row maximum and sum, the output rescaled when the maximum rises), each chunk two
-// single-threaded sgemm calls (S = scale * Q K^T, then out += exp(S - max) V): the scores of a chunk stay
-// in L2 however long the prompt, where one m x n_keys score matrix (1 MiB per block at 4096 keys) made
-// the softmax passes run from DRAM.
+// single-threaded matrix products (S = scale * Q K^T, then out += exp(S - max) V): the scores of a chunk
+// stay in L2 however long the prompt, where one m x n_keys score matrix (1 MiB per block at 4096 keys)
+// made the softmax passes run from DRAM. The products are kernels/gemm_f32.h's (the chunk's keys
+// transposed first) where the CPU has AVX-512, else OpenBLAS's sgemm: bench/attention_bench.cpp
+// BM_CausalBlock/2048/64/4 on this machine, 89-93 GFLOP/s with sgemm, 137-160 with gemm_f32.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -42,10 +44,12 @@ struct CausalBlock {
 inline constexpr int64_t kAttnKeyChunk = 256;
 
 // scratch grows to about m * heads * (kAttnKeyChunk + head_dim + v_dim + 2) floats and is reused across
-// calls. With heads > 1 the queries of all heads are stacked (token-major: row i * heads + g) into one
-// matrix, so each chunk of keys and values is packed by sgemm once for the group instead of once per
-// head, and the two products run on heads * m rows (sgemm on 256 rows: 101 GFLOP/s on this machine's
-// cores against 89 on 64). The arithmetic of each row is that of heads = 1 up to sgemm's own blocking.
+// calls (plus head_dim x 256 for the transposed keys). With heads > 1 the queries of all heads are
+// stacked (token-major: row i * heads + g) into one matrix, so each chunk of keys and values is packed
+// (transposed) once for the group instead of once per head, and the two products run on heads * m rows
+// (sgemm on 256 rows: 101 GFLOP/s on this machine's cores against 89 on 64). A row's products do not
+// depend on the stack with gemm_f32 (only the chunking of keys, which follows the stacked row count,
+// can); with sgemm they do, through its own blocking.
 void causal_attention_block(const CausalBlock& b, std::vector<float>& scratch);
 
 // How many of a group of `group` query heads one CausalBlock of m queries should stack: 1 below
