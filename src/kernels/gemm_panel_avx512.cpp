@@ -457,6 +457,9 @@ struct ConvertedBlocks {
 };
 // Q8_0_P blocks fetched ahead by the first token tile: bench/gemm_bench.cpp BM_PrefillExpert q8_0_p, 32
 // tokens, weights from DRAM: 340-375 GFLOP/s without, 415-435 at 4 blocks, 440-460 at 8, 440-470 at 16.
+// Not for a decoded token: there two threads stream weights at once, and end to end (Qwen3-30B-A3B's
+// layer at Q8_0, `moe bench -p 0 -n 64`, 7 alternating rounds) decode ran faster without it in 6 of 7
+// (ahead 4-13%, behind 8% once), though one thread alone on BM_PrefillExpert/264/0/1 gains from it.
 inline constexpr int64_t kPackedAhead = 16;
 struct PackedBlocks {
   const uint8_t* base;
@@ -743,7 +746,7 @@ void q8_0_panels_drive(int64_t n, const uint8_t* m, int64_t r0, int64_t r1, cons
   for (; p < p_end; ++p) {  // an odd panel left, or every panel of a few tokens
     const uint8_t* base = m + static_cast<size_t>(p) * panel_bytes;
     for (int t0 = 0; t0 < nt; t0 += kTileTokens8)
-      tile_dispatch<LegacyTile<128>::template Of>(std::min(kTileTokens8, nt - t0), PackedBlocks{base, t0 == 0}, nb,
+      tile_dispatch<LegacyTile<128>::template Of>(std::min(kTileTokens8, nt - t0), PackedBlocks{base, t0 == 0 && nt > 1}, nb,
                                                    act + t0 * as, as, facts.sums + t0 * nb, facts.scales + t0 * nb, nb,
                                                    out + t0 * os + p * kPanel, os, keep(p));
   }
