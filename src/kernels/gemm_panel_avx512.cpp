@@ -730,6 +730,7 @@ void q8_0_panels_drive(int64_t n, const uint8_t* m, int64_t r0, int64_t r1, cons
     // of fewer tokens has fewer chains and runs slower per token (from cache: 5 tokens 660-700 GFLOP/s,
     // 4 about 636, 3 about 569, 2 about 440).
     const int n_tiles = (nt + kPairTileTokens - 1) / kPairTileTokens, even = nt / n_tiles, more = nt % n_tiles;
+    const __mmask16 k0 = keep(p), k1 = keep(p + 1);
     for (int tile = 0; tile < n_tiles; ++tile) {
       const int t0 = tile * even + std::min(tile, more), mt = even + (tile < more ? 1 : 0);
       const int64_t l0 = next_lines * tile / n_tiles, l1 = next_lines * (tile + 1) / n_tiles;
@@ -739,7 +740,6 @@ void q8_0_panels_drive(int64_t n, const uint8_t* m, int64_t r0, int64_t r1, cons
       float* o = out + t0 * os + p * kPanel;
       const int32_t* sm = facts.sums + t0 * nb;
       const float* dy = facts.scales + t0 * nb;
-      const __mmask16 k0 = keep(p), k1 = keep(p + 1);
       switch (mt) {
         case 1: gemm_legacy_pair<1, 128>(w0, w1, nb, a, as, sm, dy, nb, o, os, k0, k1, ahead); break;
         case 2: gemm_legacy_pair<2, 128>(w0, w1, nb, a, as, sm, dy, nb, o, os, k0, k1, ahead); break;
