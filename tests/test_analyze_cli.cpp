@@ -91,8 +91,10 @@ TEST(AnalyzeCli, SimulatorMatchesTheStoreOfARecordedRun) {
                                "--offload-all", "-c", "256", "--trace", probe, "-t", "2"});
   ASSERT_EQ(r.status, 0) << r.err;
   const nlohmann::ordered_json mem = TraceReader(probe).header().json["memory"];
-  // held_bytes is the process's RSS before loading, measured per run: half a slot of slack absorbs most of
-  // its jitter.
+  // held_bytes is the process's RSS before loading, measured per run. It moves between runs by up to
+  // 0.3 MB (0.7 of this model's 0.4 MB slot; measured over 24 runs started three at a time, as ctest -j
+  // does: the binary's pages the kernel maps around each fault depend on the page cache), so a run may get
+  // one slot more or fewer than the probe implies. Half a slot centres the budget between the two.
   const uint64_t fixed = mem["resident_bytes"].get<uint64_t>() + mem["kv_bytes"].get<uint64_t>() +
                          mem["buffer_bytes"].get<uint64_t>() + mem["held_bytes"].get<uint64_t>() +
                          mem["slot_bytes"].get<uint64_t>() / 2;
@@ -105,9 +107,10 @@ TEST(AnalyzeCli, SimulatorMatchesTheStoreOfARecordedRun) {
                    "-1", "--trace", trace, "--stats-json", stats, "-t", "2"});
       ASSERT_EQ(r.status, 0) << r.err;
       const nlohmann::json st = read_json(stats);
-      // The held RSS of this run may exceed the probe's by more than the half-slot slack: one slot fewer.
+      // The pool is sized with this run's own held RSS: within one slot of the probe's, either way. What the
+      // test checks below holds for whatever number of slots the run got.
       const uint64_t got = st["pool_slots"].get<uint64_t>();
-      ASSERT_TRUE(got == slots || got + 1 == slots) << "--mem " << mem_bytes << ": " << got << " slots";
+      ASSERT_TRUE(got + 1 >= slots && got <= slots + 1) << "--mem " << mem_bytes << ": " << got << " slots";
       const std::string out = (dir / "sim.json").string();
       r = run_cli({"analyze", trace, "--simulate", "--policies", policy, "--predictors", "none", "--budgets", std::to_string(got),
                    "--json", out, "-q"});
