@@ -514,17 +514,19 @@ void gemm_legacy(const Blocks& W, int64_t nb, const uint8_t* act, size_t as, con
   for (int t = 0; t < NT; ++t) _mm512_mask_storeu_ps(out + t * os, keep, acc[t]);
 }
 
+// Lines of the next pair of panels that one pair tile fetches into L2 while it computes.
+struct AheadSlice {
+  const uint8_t* from = nullptr;
+  int64_t lines = 0;
+};
+
 // Two Q8_0_P panels (32 rows) against NT tokens: each token's broadcast activation word feeds both
 // panels, halving the broadcasts per vpdpbusd, which with one panel bounded the kernel before the
 // multiply-adds did (bench/gemm_bench.cpp BM_PrefillExpert q8_0_p, 128 tokens, alternating: 457-498
 // GFLOP/s with one panel of 8 tokens, 534-581 with pairs of 5; from cache, 510-560 against 660-700).
 // One chain per (panel, token): at 5 tokens ten chains, enough to cover vpdpbusd's latency. The same
-// integer sums and the same float epilogue as gemm_legacy, so the same bits.
-// Also fetches `ahead` (a slice of the next pair, into L2), a few lines per block.
-struct AheadSlice {
-  const uint8_t* from = nullptr;
-  int64_t lines = 0;
-};
+// integer sums and the same float epilogue as gemm_legacy, so the same bits. Also fetches `ahead` into
+// L2, a few lines per block.
 template <int NT, int32_t kOffset>
 void gemm_legacy_pair(const PackedBlocks& W0, const PackedBlocks& W1, int64_t nb, const uint8_t* act, size_t as,
                       const int32_t* sums, const float* dy, int64_t nbx, float* out, int64_t os, __mmask16 keep0,
